@@ -1,0 +1,2 @@
+//! hako-bench.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! hako's configuration.
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! hako proxy.
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! Helpers for hako end-to-end tests.
