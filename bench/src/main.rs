@@ -1,1 +1,6 @@
-fn main() {}
+//! `hako-bench`: see the library for everything.
+#![forbid(unsafe_code)]
+
+fn main() -> std::process::ExitCode {
+    hako_bench::cli::main()
+}

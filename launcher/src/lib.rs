@@ -1,1 +1,21 @@
-//! hako launcher.
+//! hako launcher: turns a [`ContainerSpec`] into a running, isolated process.
+//!
+//! - [`PreparedSpec`] computes everything once per app (C strings, mount table, BPF);
+//! - [`spawn_prepared`] clones a container directly (single-threaded callers, `hako run`);
+//! - [`Zygote`] does the same from a single-threaded helper process, for the supervisor;
+//! - [`CgroupRoot`] / [`InstanceCgroup`] manage the per-instance cgroups (v1 and v2).
+pub mod cgroup;
+mod child;
+pub mod error;
+pub mod prepare;
+pub mod seccomp;
+pub mod spawn;
+pub mod spec;
+pub mod zygote;
+
+pub use cgroup::{CgroupAttach, CgroupError, CgroupLimits, CgroupRoot, CgroupStats, CgroupVersion, InstanceCgroup};
+pub use error::LaunchError;
+pub use prepare::PreparedSpec;
+pub use spawn::{pidfd_signal, spawn_prepared, wait_pidfd, ExitStatusInfo, Output, Spawned};
+pub use spec::{ContainerSpec, NetworkMode, RootfsSpec, DEFAULT_CAPABILITIES};
+pub use zygote::{SpawnRequest, Zygote};

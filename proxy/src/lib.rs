@@ -1,2 +1,36 @@
-//! hako proxy.
+//! hako proxy: the HTTP front.
+//!
+//! Routes requests by `Host` (and optional path prefix) to an app, asks the supervisor for a
+//! lease on a ready instance through the [`Activator`] trait, forwards the request over a
+//! pooled keep-alive HTTP/1.1 connection and streams both bodies. HTTP/1.1 and h2c clients
+//! are served on the same port; HTTP/1.1 upgrades (WebSocket) are tunnelled. The crate knows
+//! nothing about containers or cgroups.
+//!
+//! Responses the proxy produces itself are short `text/plain` pages naming the app and the
+//! reason: 400 (no/invalid `Host`), 404 (no route — the body names the host — or
+//! [`ActivateError::UnknownApp`]), 502 (boot failed, upstream connect failed or the upstream
+//! closed before answering), 503 (queue full, with `Retry-After` in whole seconds rounded up,
+//! or shutting down), 504 (not ready in time, or no upstream response headers within
+//! [`ProxyOptions::upstream_timeout`]).
+//!
+//! Per request: [`Activator::acquire`] is called only when a route matched; the [`Lease`] is
+//! held until the response body has been handed to the client completely (or the client went
+//! away), for upgrades until the tunnel closes; [`Activator::record`] is called exactly once,
+//! at that moment (status 101 for tunnels, 499 when the client left before a response).
 #![forbid(unsafe_code)]
+
+mod activate;
+mod body;
+mod forward;
+mod headers;
+mod pool;
+mod routes;
+mod server;
+
+pub use activate::{AcquireFuture, ActivateError, Activator, Lease, Upstream};
+pub use body::{BoxError, ProxyBody};
+pub use forward::ProxyError;
+pub use headers::HostError;
+pub use pool::ConnectError;
+pub use routes::{Route, Routes, RoutesHandle};
+pub use server::{serve, ProxyOptions, ServeReport};

@@ -1,3 +1,11 @@
 //! hako's supervisor: instances, single flight, scaling, lifetimes, cgroups, governor, metrics,
 //! admin API and the command line.
+pub mod admin;
 pub mod cli;
+pub mod container;
+pub mod governor;
+pub mod metrics;
+pub mod netns;
+pub mod pool;
+pub mod sampler;
+pub mod serve;

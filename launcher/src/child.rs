@@ -1,0 +1,325 @@
+//! The code that runs in the new process between `clone3` and `execve`.
+//!
+//! # Async-signal-safety (reviewed line by line)
+//!
+//! The child is created by a fork-like `clone3` from a process that may have other threads
+//! (tests, or a supervisor that does not use the zygote). Only async-signal-safe operations
+//! are therefore allowed here, and this module keeps to that:
+//! - no allocation: every string, pointer array, mount op and BPF program was built beforehand
+//!   in [`PreparedSpec`]; this module only reads it through shared references and raw pointers;
+//!   the only new data are plain stack values (`sigset_t`, `Ifreq`, `sock_fprog`, `CapData`);
+//! - no locks, no `std` I/O, no `tracing`, no panics on any path: no indexing that can fail
+//!   (loops are bounded by slice lengths), no `unwrap`, no formatting;
+//! - only raw system calls through `libc` (`write`, `dup2`, `mount`, `mkdir`, `mknod`,
+//!   `symlink`, `chdir`, `syscall(pivot_root|umount2|capset|seccomp|close_range)`, `unshare`,
+//!   `sethostname`, `socket`, `ioctl`, `close`, `setrlimit`, `prctl`, `setgroups`,
+//!   `setresgid`, `setresuid`, `umask`, `sigaction`, `sigprocmask`, `faccessat`, `execve`,
+//!   `_exit`); glibc's wrappers for these are plain syscall stubs that touch only `errno`,
+//!   which is thread-local and ours alone in the child;
+//! - errors are reported as a fixed 12-byte record written to a CLOEXEC pipe, then `_exit(127)`
+//!   (not `exit`: no atexit handlers, no stdio flushing).
+use std::ffi::{c_int, c_void};
+
+use crate::prepare::{Op, PreparedSpec};
+
+/// Steps reported back to the parent in [`ChildError::stage`].
+pub(crate) mod stage {
+    pub const CGROUP: u32 = 1;
+    pub const UNSHARE_CGROUP: u32 = 2;
+    pub const STDIO: u32 = 3;
+    pub const MOUNT: u32 = 4;
+    pub const PIVOT: u32 = 5;
+    pub const HOSTNAME: u32 = 6;
+    pub const LOOPBACK: u32 = 7;
+    pub const RLIMIT: u32 = 8;
+    pub const WORKDIR: u32 = 9;
+    pub const IDS: u32 = 10;
+    pub const CAPS: u32 = 11;
+    pub const NO_NEW_PRIVS: u32 = 12;
+    pub const SECCOMP: u32 = 13;
+    pub const EXEC: u32 = 14;
+    pub const INTERPRETER: u32 = 15;
+    pub const SIGNALS: u32 = 16;
+}
+
+/// The record the child writes on failure: native-endian `stage, index, errno`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChildError {
+    pub stage: u32,
+    pub index: u32,
+    pub errno: i32,
+}
+
+impl ChildError {
+    pub const SIZE: usize = 12;
+    pub fn decode(b: &[u8; Self::SIZE]) -> Self {
+        Self {
+            stage: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+            index: u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+            errno: i32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        }
+    }
+}
+
+/// Maximum number of v1 `cgroup.procs` files (one per hierarchy).
+pub(crate) const MAX_PROCS_FDS: usize = 8;
+
+/// Per-boot file descriptors, opened by the parent before `clone3`.
+pub(crate) struct ChildFds {
+    pub stdin: c_int,
+    pub stdout: c_int,
+    pub stderr: c_int,
+    pub err_pipe: c_int,
+    pub procs: [c_int; MAX_PROCS_FDS],
+    pub nprocs: usize,
+}
+
+#[repr(C)]
+struct Ifreq {
+    name: [u8; 16],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
+
+fn errno() -> i32 {
+    // SAFETY: reads the calling thread's errno location, always valid.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Reports a failure to the parent and exits. Never returns.
+fn fail(fds: &ChildFds, stage: u32, index: u32, err: i32) -> ! {
+    let mut rec = [0u8; ChildError::SIZE];
+    let (a, rest) = rec.split_at_mut(4);
+    let (b, c) = rest.split_at_mut(4);
+    a.copy_from_slice(&stage.to_ne_bytes());
+    b.copy_from_slice(&index.to_ne_bytes());
+    c.copy_from_slice(&err.to_ne_bytes());
+    // SAFETY: `rec` is a live 12-byte stack buffer; write(2) and _exit(2) are
+    // async-signal-safe. A short or failed write cannot be helped: the parent then sees EOF
+    // and learns the failure from the exit status 127.
+    unsafe {
+        libc::write(fds.err_pipe, rec.as_ptr().cast(), rec.len());
+        libc::_exit(127)
+    }
+}
+
+/// Runs in the child; never returns: either `execve` succeeds or the child exits with 127.
+///
+/// # Safety
+/// Must only be called in the child of a fork-like `clone3`, with `p` and `fds` valid (they
+/// are the parent's memory, copied on write into the child).
+pub(crate) unsafe fn run(p: &PreparedSpec, fds: &ChildFds) -> ! {
+    // SAFETY: every call below is a raw system call on pointers into `p` (NUL-terminated C
+    // strings and NULL-terminated arrays built by PreparedSpec::new and alive for the whole
+    // call) or on local stack values; see the module documentation for the review.
+    unsafe {
+        // 0. Signals: an empty mask and default dispositions (SIG_IGN survives execve).
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
+            fail(fds, stage::SIGNALS, 0, errno());
+        }
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..32 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            }
+        }
+
+        // New session: terminal signals go to the supervisor, which forwards them.
+        libc::setsid();
+
+        // 1. cgroup v1: join every hierarchy before anything else runs ("0" = self).
+        let mut i = 0;
+        while i < fds.nprocs && i < MAX_PROCS_FDS {
+            if libc::write(fds.procs[i], b"0".as_ptr().cast(), 1) != 1 {
+                fail(fds, stage::CGROUP, i as u32, errno());
+            }
+            i += 1;
+        }
+        // ... then root our cgroup view at our own group.
+        if libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
+            fail(fds, stage::UNSHARE_CGROUP, 0, errno());
+        }
+
+        // 2. stdio, then mark every other descriptor close-on-exec.
+        for (i, (from, to)) in [(fds.stdin, 0), (fds.stdout, 1), (fds.stderr, 2)].into_iter().enumerate() {
+            if from != to && libc::dup2(from, to) < 0 {
+                fail(fds, stage::STDIO, i as u32, errno());
+            }
+        }
+        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
+            fail(fds, stage::STDIO, 3, errno());
+        }
+
+        // 3. Mount table, then pivot_root with the old root detached.
+        libc::umask(0);
+        for (i, op) in p.ops.iter().enumerate() {
+            let r = match *op {
+                Op::Mount { src, target, fstype, flags, data } => libc::mount(src, target, fstype, flags, data),
+                Op::Mkdir { path, mode } => {
+                    let r = libc::mkdir(path, mode);
+                    if r != 0 && errno() == libc::EEXIST { 0 } else { r }
+                }
+                Op::Mknod { path, mode, dev } => libc::mknod(path, mode, dev),
+                Op::Symlink { target, link } => libc::symlink(target, link),
+            };
+            if r != 0 {
+                fail(fds, stage::MOUNT, i as u32, errno());
+            }
+        }
+        let dot = c".".as_ptr();
+        if libc::chdir(p.new_root) != 0 {
+            fail(fds, stage::PIVOT, 0, errno());
+        }
+        if libc::syscall(libc::SYS_pivot_root, dot, dot) != 0 {
+            fail(fds, stage::PIVOT, 1, errno());
+        }
+        if libc::umount2(dot, libc::MNT_DETACH) != 0 {
+            fail(fds, stage::PIVOT, 2, errno());
+        }
+        if libc::chdir(c"/".as_ptr()) != 0 {
+            fail(fds, stage::PIVOT, 3, errno());
+        }
+        libc::umask(0o022);
+
+        // 4. Hostname and loopback.
+        let host = p.hostname.as_bytes();
+        if libc::sethostname(host.as_ptr().cast(), host.len()) != 0 {
+            fail(fds, stage::HOSTNAME, 0, errno());
+        }
+        if p.loopback {
+            let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            if s < 0 {
+                fail(fds, stage::LOOPBACK, 0, errno());
+            }
+            let mut req = Ifreq { name: [0; 16], flags: 0, _pad: [0; 22] };
+            req.name[0] = b'l';
+            req.name[1] = b'o';
+            if libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req as *mut Ifreq as *mut c_void) != 0 {
+                fail(fds, stage::LOOPBACK, 1, errno());
+            }
+            req.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            if libc::ioctl(s, libc::SIOCSIFFLAGS, &mut req as *mut Ifreq as *mut c_void) != 0 {
+                fail(fds, stage::LOOPBACK, 2, errno());
+            }
+            libc::close(s);
+        }
+
+        // 5. rlimits and working directory.
+        let lim = libc::rlimit { rlim_cur: p.nofile, rlim_max: p.nofile };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            fail(fds, stage::RLIMIT, 0, errno());
+        }
+        if let Some(n) = p.nproc {
+            let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+            if libc::setrlimit(libc::RLIMIT_NPROC, &lim) != 0 {
+                fail(fds, stage::RLIMIT, 1, errno());
+            }
+        }
+        if libc::chdir(p.workdir) != 0 {
+            fail(fds, stage::WORKDIR, 0, errno());
+        }
+
+        // 6. Capabilities: bounding set first (needs CAP_SETPCAP), then ids, then the rest.
+        let mut cap = 0u32;
+        while cap <= p.cap_last && cap < 64 {
+            if p.cap_keep & (1u64 << cap) == 0
+                && libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) != 0
+                && errno() != libc::EINVAL
+            {
+                fail(fds, stage::CAPS, 0, errno());
+            }
+            cap += 1;
+        }
+        if p.uid != 0 && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
+            fail(fds, stage::IDS, 0, errno());
+        }
+        if libc::setgroups(0, std::ptr::null()) != 0 {
+            fail(fds, stage::IDS, 1, errno());
+        }
+        if libc::setresgid(p.gid, p.gid, p.gid) != 0 {
+            fail(fds, stage::IDS, 2, errno());
+        }
+        if libc::setresuid(p.uid, p.uid, p.uid) != 0 {
+            fail(fds, stage::IDS, 3, errno());
+        }
+        let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+        let lo = p.cap_keep as u32;
+        let hi = (p.cap_keep >> 32) as u32;
+        let data = [
+            CapData { effective: lo, permitted: lo, inheritable: lo },
+            CapData { effective: hi, permitted: hi, inheritable: hi },
+        ];
+        if libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) != 0 {
+            fail(fds, stage::CAPS, 1, errno());
+        }
+        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+        if p.uid != 0 {
+            let mut cap = 0u32;
+            while cap <= p.cap_last && cap < 64 {
+                if p.cap_keep & (1u64 << cap) != 0
+                    && libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, cap as libc::c_ulong, 0, 0) != 0
+                {
+                    fail(fds, stage::CAPS, 2, errno());
+                }
+                cap += 1;
+            }
+        }
+
+        // 7. no_new_privs, then seccomp as the very last step before execve.
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            fail(fds, stage::NO_NEW_PRIVS, 0, errno());
+        }
+        if !p.bpf.is_empty() {
+            let prog = libc::sock_fprog { len: p.bpf.len() as u16, filter: p.bpf.as_ptr() as *mut libc::sock_filter };
+            if libc::syscall(libc::SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0 as libc::c_ulong, &prog as *const libc::sock_fprog) != 0 {
+                fail(fds, stage::SECCOMP, 0, errno());
+            }
+        }
+
+        // 8. execve, trying each PATH candidate like execvp.
+        let mut eacces: Option<u32> = None;
+        for (i, path) in p.exec_candidates.iter().enumerate() {
+            libc::execve(*path, p.argv.as_ptr(), p.envp.as_ptr());
+            let e = errno();
+            match e {
+                libc::ENOENT | libc::ENOTDIR => {
+                    // The file exists but execve says ENOENT: its interpreter is missing.
+                    if e == libc::ENOENT && libc::faccessat(libc::AT_FDCWD, *path, libc::F_OK, 0) == 0 {
+                        fail(fds, stage::INTERPRETER, i as u32, e);
+                    }
+                }
+                libc::EACCES => {
+                    if eacces.is_none() {
+                        eacces = Some(i as u32);
+                    }
+                }
+                _ => fail(fds, stage::EXEC, i as u32, e),
+            }
+        }
+        match eacces {
+            Some(i) => fail(fds, stage::EXEC, i, libc::EACCES),
+            None => fail(fds, stage::EXEC, u32::MAX, libc::ENOENT),
+        }
+    }
+}
+

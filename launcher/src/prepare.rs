@@ -1,0 +1,333 @@
+//! Turning a [`ContainerSpec`] into everything the child needs, computed once per app:
+//! C strings, argv/envp pointer arrays, the mount table, capability masks and the seccomp BPF.
+//! The child (see `child.rs`) only reads this data.
+use std::ffi::{c_char, c_ulong, c_void, CString};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crate::error::LaunchError;
+use crate::spec::{ContainerSpec, NetworkMode, RootfsSpec, DEFAULT_PATH};
+
+/// Directory over which a `host` rootfs is assembled (in the child's own mount namespace).
+pub const HOST_ROOT_STAGING: &str = "/run/hako/host-root";
+
+/// Entries of the host's `/` exposed read-only with `rootfs: host`.
+const HOST_ENTRIES: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc"];
+
+/// One step of the mount table. Pointers point into `PreparedSpec::strings`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Op {
+    Mount { src: *const c_char, target: *const c_char, fstype: *const c_char, flags: c_ulong, data: *const c_void },
+    Mkdir { path: *const c_char, mode: libc::mode_t },
+    Mknod { path: *const c_char, mode: libc::mode_t, dev: libc::dev_t },
+    Symlink { target: *const c_char, link: *const c_char },
+}
+
+/// A spec prepared for fast, allocation-free boots. Not `Send`: it holds raw pointers into its
+/// own strings; keep it in the thread (or zygote) that boots from it.
+#[derive(Debug)]
+pub struct PreparedSpec {
+    strings: Vec<CString>,
+    pub(crate) ops: Vec<Op>,
+    /// Human description of each op, for error messages (`mount /proc`).
+    pub(crate) op_names: Vec<(String, String)>,
+    pub(crate) new_root: *const c_char,
+    pub(crate) workdir: *const c_char,
+    pub(crate) hostname: CString,
+    pub(crate) exec_candidates: Vec<*const c_char>,
+    pub(crate) exec_names: Vec<String>,
+    pub(crate) argv: Vec<*const c_char>,
+    pub(crate) envp: Vec<*const c_char>,
+    pub(crate) bpf: Vec<libc::sock_filter>,
+    pub(crate) cap_keep: u64,
+    pub(crate) cap_last: u32,
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) nofile: u64,
+    pub(crate) nproc: Option<u64>,
+    pub(crate) clone_flags: u64,
+    pub(crate) loopback: bool,
+    pub(crate) command0: String,
+    pub(crate) workdir_name: String,
+    pub(crate) hostname_name: String,
+}
+
+fn cstr(s: impl AsRef<[u8]>) -> Result<CString, LaunchError> {
+    CString::new(s.as_ref()).map_err(|_| {
+        LaunchError::InvalidSpec(format!("NUL byte in {:?}", String::from_utf8_lossy(s.as_ref())))
+    })
+}
+
+/// Capability names to a bit mask.
+pub fn capability_mask(names: &[String]) -> Result<u64, LaunchError> {
+    let mut mask = 0u64;
+    for n in names {
+        let upper = n.to_ascii_uppercase();
+        let full = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
+        let cap = caps::Capability::from_str(&full)
+            .map_err(|_| LaunchError::InvalidSpec(format!("unknown capability {n:?}")))?;
+        mask |= 1u64 << cap.index();
+    }
+    Ok(mask)
+}
+
+/// Capabilities this process holds: a container cannot get more (a sandboxed host may lack
+/// some, e.g. `CAP_SYS_RESOURCE`); asking for more is not an error, the rest is dropped.
+fn available_capabilities() -> u64 {
+    match caps::read(None, caps::CapSet::Permitted) {
+        Ok(set) => set.iter().fold(0u64, |m, c| m | (1u64 << c.index())),
+        Err(_) => u64::MAX,
+    }
+}
+
+fn cap_last_cap() -> u32 {
+    std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40)
+}
+
+struct Builder {
+    strings: Vec<CString>,
+    ops: Vec<Op>,
+    op_names: Vec<(String, String)>,
+}
+
+impl Builder {
+    fn s(&mut self, s: impl AsRef<[u8]>) -> Result<*const c_char, LaunchError> {
+        let c = cstr(s)?;
+        let p = c.as_ptr();
+        self.strings.push(c);
+        Ok(p)
+    }
+    fn opt(&mut self, s: Option<&str>) -> Result<*const c_char, LaunchError> {
+        match s {
+            Some(s) => self.s(s),
+            None => Ok(std::ptr::null()),
+        }
+    }
+    fn mount(&mut self, src: Option<&str>, target: &Path, fstype: Option<&str>, flags: c_ulong, data: Option<&str>) -> Result<(), LaunchError> {
+        let op = Op::Mount {
+            src: self.opt(src)?,
+            target: self.s(target.as_os_str().as_bytes())?,
+            fstype: self.opt(fstype)?,
+            flags,
+            data: self.opt(data)?.cast(),
+        };
+        self.ops.push(op);
+        self.op_names.push(("mount".into(), target.display().to_string()));
+        Ok(())
+    }
+    fn mkdir(&mut self, path: &Path, mode: libc::mode_t) -> Result<(), LaunchError> {
+        let op = Op::Mkdir { path: self.s(path.as_os_str().as_bytes())?, mode };
+        self.ops.push(op);
+        self.op_names.push(("mkdir".into(), path.display().to_string()));
+        Ok(())
+    }
+    fn mknod(&mut self, path: &Path, major: u32, minor: u32) -> Result<(), LaunchError> {
+        let op = Op::Mknod {
+            path: self.s(path.as_os_str().as_bytes())?,
+            mode: libc::S_IFCHR | 0o666,
+            dev: libc::makedev(major, minor),
+        };
+        self.ops.push(op);
+        self.op_names.push(("mknod".into(), path.display().to_string()));
+        Ok(())
+    }
+    fn symlink(&mut self, target: &Path, link: &Path) -> Result<(), LaunchError> {
+        let op = Op::Symlink {
+            target: self.s(target.as_os_str().as_bytes())?,
+            link: self.s(link.as_os_str().as_bytes())?,
+        };
+        self.ops.push(op);
+        self.op_names.push(("symlink".into(), link.display().to_string()));
+        Ok(())
+    }
+    /// Bind-mounts `src` on `target`, then makes that mount read-only.
+    fn bind_ro(&mut self, src: &Path, target: &Path) -> Result<(), LaunchError> {
+        let s = src.to_str().ok_or_else(|| LaunchError::InvalidSpec(format!("non-UTF-8 path {}", src.display())))?;
+        self.mount(Some(s), target, None, libc::MS_BIND | libc::MS_REC, None)?;
+        self.mount(None, target, None, libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV, None)
+    }
+}
+
+impl PreparedSpec {
+    /// Validates `spec` and computes everything a boot needs.
+    pub fn new(spec: &ContainerSpec) -> Result<Self, LaunchError> {
+        if spec.command.is_empty() || spec.command[0].is_empty() {
+            return Err(LaunchError::InvalidSpec("empty command".into()));
+        }
+        let mut b = Builder { strings: Vec::new(), ops: Vec::new(), op_names: Vec::new() };
+        // Nothing we do may propagate to the host.
+        b.mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+        let root: PathBuf = match &spec.rootfs {
+            RootfsSpec::Dir(dir) => {
+                let root = dir
+                    .canonicalize()
+                    .map_err(|e| LaunchError::io("rootfs", dir, &e))?;
+                if !root.is_dir() {
+                    return Err(LaunchError::InvalidSpec(format!("rootfs {} is not a directory", root.display())));
+                }
+                // Mount points must exist in the (read-only) rootfs: create them now, once.
+                for d in ["proc", "dev", "tmp", "run"] {
+                    let p = root.join(d);
+                    if !p.is_dir() {
+                        std::fs::create_dir(&p).map_err(|e| LaunchError::io("mkdir", &p, &e))?;
+                    }
+                }
+                let s = root.to_str().ok_or_else(|| LaunchError::InvalidSpec("non-UTF-8 rootfs path".into()))?;
+                b.mount(Some(s), &root, None, libc::MS_BIND | libc::MS_REC, None)?;
+                root
+            }
+            RootfsSpec::Host => {
+                let root = PathBuf::from(HOST_ROOT_STAGING);
+                std::fs::create_dir_all(&root).map_err(|e| LaunchError::io("mkdir", &root, &e))?;
+                b.mount(Some("tmpfs"), &root, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("mode=755,size=64k"))?;
+                for e in HOST_ENTRIES {
+                    let host = Path::new("/").join(e);
+                    let Ok(meta) = std::fs::symlink_metadata(&host) else { continue };
+                    if meta.file_type().is_symlink() {
+                        let t = std::fs::read_link(&host).map_err(|err| LaunchError::io("readlink", &host, &err))?;
+                        b.symlink(&t, &root.join(e))?;
+                    } else if meta.is_dir() {
+                        b.mkdir(&root.join(e), 0o755)?;
+                        b.bind_ro(&host, &root.join(e))?;
+                    }
+                }
+                for d in ["proc", "dev", "tmp", "run"] {
+                    b.mkdir(&root.join(d), 0o755)?;
+                }
+                root
+            }
+        };
+        // Fresh /proc of the new pid namespace.
+        b.mount(Some("proc"), &root.join("proc"), Some("proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)?;
+        // Minimal /dev.
+        let dev = root.join("dev");
+        b.mount(Some("tmpfs"), &dev, Some("tmpfs"), libc::MS_NOSUID | libc::MS_STRICTATIME, Some("mode=755,size=64k"))?;
+        for (name, major, minor) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)] {
+            b.mknod(&dev.join(name), major, minor)?;
+        }
+        b.mkdir(&dev.join("pts"), 0o755)?;
+        b.mount(Some("devpts"), &dev.join("pts"), Some("devpts"), libc::MS_NOSUID | libc::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))?;
+        b.symlink(Path::new("pts/ptmx"), &dev.join("ptmx"))?;
+        b.mkdir(&dev.join("shm"), 0o1777)?;
+        b.mount(Some("shm"), &dev.join("shm"), Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, Some("mode=1777,size=65536k"))?;
+        for (link, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+            b.symlink(Path::new(target), &dev.join(link))?;
+        }
+        // Writable scratch space.
+        b.mount(Some("tmpfs"), &root.join("tmp"), Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("mode=1777"))?;
+        b.mount(Some("tmpfs"), &root.join("run"), Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("mode=755"))?;
+        // The root itself read-only (its sub-mounts above stay as they are).
+        b.mount(None, &root, None, libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV, None)?;
+        let new_root = b.s(root.as_os_str().as_bytes())?;
+
+        let workdir = b.s(spec.workdir.as_os_str().as_bytes())?;
+        let argv_storage: Vec<*const c_char> =
+            spec.command.iter().map(|a| b.s(a)).collect::<Result<_, _>>()?;
+        let mut argv = argv_storage;
+        argv.push(std::ptr::null());
+        let mut envp: Vec<*const c_char> =
+            spec.env.iter().map(|(k, v)| {
+                if k.contains('=') || k.is_empty() {
+                    return Err(LaunchError::InvalidSpec(format!("bad environment variable name {k:?}")));
+                }
+                b.s(format!("{k}={v}"))
+            }).collect::<Result<_, _>>()?;
+        envp.push(std::ptr::null());
+
+        let cmd = &spec.command[0];
+        let exec_names: Vec<String> = if cmd.contains('/') {
+            vec![cmd.clone()]
+        } else {
+            let path = spec.env.iter().rev().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+            path.split(':').filter(|d| !d.is_empty()).map(|d| format!("{}/{cmd}", d.trim_end_matches('/'))).collect()
+        };
+        if exec_names.is_empty() {
+            return Err(LaunchError::InvalidSpec(format!("{cmd}: empty PATH")));
+        }
+        let exec_candidates = exec_names.iter().map(|n| b.s(n)).collect::<Result<_, _>>()?;
+
+        let bpf = if spec.seccomp { crate::seccomp::default_profile_bpf()? } else { Vec::new() };
+        let mut clone_flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
+        let loopback = spec.network == NetworkMode::Isolated;
+        if loopback {
+            clone_flags |= libc::CLONE_NEWNET as u64;
+        }
+        let hostname = cstr(&spec.hostname)?;
+        if spec.hostname.len() > 64 {
+            return Err(LaunchError::InvalidSpec(format!("hostname {:?} longer than 64 bytes", spec.hostname)));
+        }
+        Ok(Self {
+            strings: b.strings,
+            ops: b.ops,
+            op_names: b.op_names,
+            new_root,
+            workdir,
+            hostname,
+            exec_candidates,
+            exec_names,
+            argv,
+            envp,
+            bpf,
+            cap_keep: capability_mask(&spec.capabilities)? & available_capabilities(),
+            cap_last: cap_last_cap(),
+            uid: spec.uid,
+            gid: spec.gid,
+            nofile: spec.nofile,
+            nproc: spec.nproc,
+            clone_flags,
+            loopback,
+            command0: cmd.clone(),
+            workdir_name: spec.workdir.display().to_string(),
+            hostname_name: spec.hostname.clone(),
+        })
+    }
+
+    /// Number of C strings held (for tests and debugging).
+    pub fn string_count(&self) -> usize {
+        self.strings.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_names_map_to_bits() {
+        let m = capability_mask(&["CAP_CHOWN".into(), "net_bind_service".into()]).unwrap();
+        assert_eq!(m, (1 << 0) | (1 << 10));
+        assert!(capability_mask(&["CAP_NOPE".into()]).is_err());
+    }
+
+    #[test]
+    fn command_is_looked_up_in_path_and_argv_is_null_terminated() {
+        let t = tempfile::tempdir().unwrap();
+        let mut spec = ContainerSpec::new(RootfsSpec::Dir(t.path().to_owned()), vec!["sh".into(), "-c".into(), "true".into()]);
+        spec.env = vec![("PATH".into(), "/bin:/usr/bin/".into())];
+        spec.seccomp = false;
+        let p = PreparedSpec::new(&spec).unwrap();
+        assert_eq!(p.exec_names, vec!["/bin/sh".to_owned(), "/usr/bin/sh".to_owned()]);
+        assert_eq!(p.argv.len(), 4);
+        assert!(p.argv[3].is_null());
+        assert!(p.envp.last().unwrap().is_null());
+        // The mount points were created in the rootfs.
+        assert!(t.path().join("proc").is_dir() && t.path().join("tmp").is_dir());
+        assert_ne!(p.clone_flags & libc::CLONE_NEWNET as u64, 0);
+    }
+
+    #[test]
+    fn bad_specs_are_rejected_with_the_value() {
+        let t = tempfile::tempdir().unwrap();
+        let spec = ContainerSpec::new(RootfsSpec::Dir(t.path().to_owned()), vec![]);
+        assert!(matches!(PreparedSpec::new(&spec), Err(LaunchError::InvalidSpec(_))));
+        let mut spec = ContainerSpec::new(RootfsSpec::Dir(t.path().to_owned()), vec!["a\0b".into()]);
+        spec.seccomp = false;
+        assert!(PreparedSpec::new(&spec).unwrap_err().to_string().contains("NUL"));
+        let spec = ContainerSpec::new(RootfsSpec::Dir(t.path().join("missing")), vec!["x".into()]);
+        assert!(PreparedSpec::new(&spec).unwrap_err().to_string().contains("missing"));
+    }
+}

@@ -1,0 +1,286 @@
+//! `clone3` of a container from a [`PreparedSpec`], and reaping through the pidfd.
+use std::ffi::c_int;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{open, OFlag};
+use nix::sys::stat::Mode;
+
+use crate::cgroup::CgroupAttach;
+use crate::child::{self, stage, ChildError, ChildFds, MAX_PROCS_FDS};
+use crate::error::LaunchError;
+use crate::prepare::PreparedSpec;
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+const P_PIDFD: libc::idtype_t = 3;
+
+/// A started container: its pid (in the caller's pid namespace) and a pidfd for it.
+#[derive(Debug)]
+pub struct Spawned {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+}
+
+/// Where the container's stdout and stderr go (stdin is always `/dev/null`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// `/dev/null`.
+    Null,
+    /// Appended to this file (created 0640 if missing).
+    Append(PathBuf),
+    /// The caller's own stdout and stderr (`hako run`).
+    Inherit,
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatusInfo {
+    Exited(i32),
+    Signaled(i32),
+}
+
+impl ExitStatusInfo {
+    /// The exit code, if the process exited.
+    pub fn code(&self) -> Option<i32> {
+        match *self {
+            ExitStatusInfo::Exited(c) => Some(c),
+            ExitStatusInfo::Signaled(_) => None,
+        }
+    }
+
+    /// The signal that killed the process, if any.
+    pub fn signal(&self) -> Option<i32> {
+        match *self {
+            ExitStatusInfo::Exited(_) => None,
+            ExitStatusInfo::Signaled(s) => Some(s),
+        }
+    }
+
+    /// Shell convention: the exit code, or 128+signal.
+    pub fn shell_code(&self) -> i32 {
+        match *self {
+            ExitStatusInfo::Exited(c) => c,
+            ExitStatusInfo::Signaled(s) => 128 + s,
+        }
+    }
+}
+
+/// Sends `signal` to the process behind `pidfd` (`pidfd_send_signal(2)`: no pid reuse race).
+pub fn pidfd_signal(pidfd: impl AsRawFd, signal: i32) -> Result<(), LaunchError> {
+    let fd = pidfd.as_raw_fd();
+    // SAFETY: pidfd_send_signal with a descriptor number, a signal number and a NULL siginfo.
+    let r = unsafe {
+        libc::syscall(libc::SYS_pidfd_send_signal, fd, signal, std::ptr::null::<libc::siginfo_t>(), 0u32)
+    };
+    if r != 0 {
+        return Err(LaunchError::sys("pidfd_send_signal", format!("pidfd {fd} signal {signal}"), nix::errno::Errno::last()));
+    }
+    Ok(())
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// Reaps (or with `nohang`, polls) the child behind `pidfd`. The caller must be its parent.
+/// `Ok(None)` only with `nohang` when it is still running.
+pub fn wait_pidfd(pidfd: BorrowedFd<'_>, nohang: bool) -> Result<Option<ExitStatusInfo>, LaunchError> {
+    loop {
+        // SAFETY: siginfo_t is plain data; all-zero is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let flags = libc::WEXITED | if nohang { libc::WNOHANG } else { 0 };
+        // SAFETY: waitid with a valid pidfd and a live siginfo_t out-pointer.
+        let r = unsafe { libc::waitid(P_PIDFD, pidfd.as_raw_fd() as libc::id_t, &mut info, flags) };
+        if r != 0 {
+            let e = nix::errno::Errno::last();
+            if e == nix::errno::Errno::EINTR {
+                continue;
+            }
+            return Err(LaunchError::sys("waitid", format!("pidfd {}", pidfd.as_raw_fd()), e));
+        }
+        // SAFETY: waitid filled `info` for a child state change (or left si_pid 0 with WNOHANG).
+        let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
+        if pid == 0 {
+            return Ok(None);
+        }
+        return Ok(Some(match info.si_code {
+            libc::CLD_EXITED => ExitStatusInfo::Exited(status),
+            _ => ExitStatusInfo::Signaled(status),
+        }));
+    }
+}
+
+fn open_fd(path: &Path, flags: OFlag, mode: Mode) -> Result<OwnedFd, LaunchError> {
+    let fd = open(path, flags | OFlag::O_CLOEXEC, mode).map_err(|e| LaunchError::sys("open", path, e))?;
+    // SAFETY: `open` returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Result of a clone: the child exists (pid/pidfd) even when setup failed, and must be reaped.
+pub(crate) struct RawSpawn {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    pub error: Option<LaunchError>,
+}
+
+/// Clones a container from `p`. With `clone_parent`, the container becomes a sibling of the
+/// caller (the zygote's parent reaps it); otherwise the caller's child.
+pub(crate) fn clone_container(
+    p: &PreparedSpec,
+    cgroup: Option<&CgroupAttach>,
+    output: &Output,
+    clone_parent: bool,
+) -> Result<RawSpawn, LaunchError> {
+    let null = Path::new("/dev/null");
+    let stdin = open_fd(null, OFlag::O_RDONLY, Mode::empty())?;
+    let out_owned = match output {
+        Output::Null => Some(open_fd(null, OFlag::O_WRONLY, Mode::empty())?),
+        Output::Append(path) => Some(open_fd(
+            path,
+            OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT,
+            Mode::from_bits_truncate(0o640),
+        )?),
+        Output::Inherit => None,
+    };
+    let (stdout, stderr): (RawFd, RawFd) = match &out_owned {
+        Some(fd) => (fd.as_raw_fd(), fd.as_raw_fd()),
+        None => (1, 2),
+    };
+    let mut cgroup_dir: Option<OwnedFd> = None;
+    let mut procs: Vec<OwnedFd> = Vec::new();
+    match cgroup {
+        Some(CgroupAttach::V2 { dir }) => {
+            cgroup_dir = Some(open_fd(dir, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty())?);
+        }
+        Some(CgroupAttach::V1 { procs: files }) => {
+            if files.len() > MAX_PROCS_FDS {
+                return Err(LaunchError::InvalidSpec(format!("{} cgroup hierarchies (max {MAX_PROCS_FDS})", files.len())));
+            }
+            for f in files {
+                procs.push(open_fd(f, OFlag::O_WRONLY, Mode::empty())?);
+            }
+        }
+        None => {}
+    }
+    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| LaunchError::sys("pipe2", "", e))?;
+    let mut fds = ChildFds {
+        stdin: stdin.as_raw_fd(),
+        stdout,
+        stderr,
+        err_pipe: err_w.as_raw_fd(),
+        procs: [-1; MAX_PROCS_FDS],
+        nprocs: procs.len(),
+    };
+    for (slot, fd) in fds.procs.iter_mut().zip(&procs) {
+        *slot = fd.as_raw_fd();
+    }
+
+    let mut pidfd: c_int = -1;
+    let mut args = CloneArgs {
+        flags: p.clone_flags | libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    if clone_parent {
+        args.flags |= libc::CLONE_PARENT as u64;
+        // The kernel requires 0 here with CLONE_PARENT; the child inherits our exit signal.
+        args.exit_signal = 0;
+    }
+    if let Some(d) = &cgroup_dir {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = d.as_raw_fd() as u64;
+    }
+    // SAFETY: clone3 with a valid, fully initialized clone_args and no stack: fork semantics.
+    // The child only runs `child::run`, which is async-signal-safe and never returns.
+    let ret = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    if ret == 0 {
+        // SAFETY: we are the freshly cloned child; `p` and `fds` are our copies of the parent's.
+        unsafe { child::run(p, &fds) }
+    }
+    if ret < 0 {
+        return Err(LaunchError::sys("clone3", p.exec_names[0].as_str(), nix::errno::Errno::last()));
+    }
+    let pid = ret as i32;
+    // SAFETY: CLONE_PIDFD stored a fresh pidfd owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    drop(err_w);
+    drop((stdin, out_owned, cgroup_dir, procs));
+    let mut buf = [0u8; ChildError::SIZE];
+    let mut got = 0;
+    let error = loop {
+        match nix::unistd::read(err_r.as_raw_fd(), &mut buf[got..]) {
+            Ok(0) if got == 0 => break None,
+            Ok(0) => break Some(LaunchError::Zygote(format!("short error record from child {pid}"))),
+            Ok(n) => {
+                got += n;
+                if got == ChildError::SIZE {
+                    break Some(describe(p, ChildError::decode(&buf)));
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => break Some(LaunchError::sys("read", "error pipe", e)),
+        }
+    };
+    Ok(RawSpawn { pid, pidfd, error })
+}
+
+/// Turns a child's error record into a message naming the step and the path.
+fn describe(p: &PreparedSpec, e: ChildError) -> LaunchError {
+    let idx = e.index as usize;
+    let setup = |step: &str, path: &str| LaunchError::Setup { step: step.to_owned(), path: path.to_owned(), errno: e.errno };
+    match e.stage {
+        stage::EXEC => LaunchError::Exec {
+            path: p.exec_names.get(idx).cloned().unwrap_or_else(|| p.command0.clone()),
+            errno: e.errno,
+        },
+        stage::INTERPRETER => LaunchError::BadInterpreter {
+            path: p.exec_names.get(idx).cloned().unwrap_or_else(|| p.command0.clone()),
+            errno: e.errno,
+        },
+        stage::MOUNT => {
+            let (op, path) = p.op_names.get(idx).cloned().unwrap_or_default();
+            setup(&op, &path)
+        }
+        stage::CGROUP => setup("join cgroup", &format!("hierarchy #{idx}")),
+        stage::UNSHARE_CGROUP => setup("unshare", "cgroup namespace"),
+        stage::STDIO => setup("stdio", &format!("fd {idx}")),
+        stage::PIVOT => setup(["chdir", "pivot_root", "umount old root", "chdir"].get(idx).copied().unwrap_or("pivot"), "new root"),
+        stage::HOSTNAME => setup("sethostname", &p.hostname_name),
+        stage::LOOPBACK => setup("bring up", "lo"),
+        stage::RLIMIT => setup("setrlimit", if idx == 0 { "RLIMIT_NOFILE" } else { "RLIMIT_NPROC" }),
+        stage::WORKDIR => setup("chdir", &p.workdir_name),
+        stage::IDS => setup("set ids", &format!("uid {} gid {}", p.uid, p.gid)),
+        stage::CAPS => setup("capabilities", ["bounding set", "capset", "ambient set"].get(idx).copied().unwrap_or("")),
+        stage::NO_NEW_PRIVS => setup("prctl", "PR_SET_NO_NEW_PRIVS"),
+        stage::SECCOMP => setup("seccomp", "default profile"),
+        stage::SIGNALS => setup("signal mask", ""),
+        other => setup("unknown step", &other.to_string()),
+    }
+}
+
+/// Prepares nothing, spawns directly from the calling process (no zygote): for `hako run`
+/// and single-threaded callers. The container is the caller's child.
+pub fn spawn_prepared(p: &PreparedSpec, cgroup: Option<&CgroupAttach>, output: &Output) -> Result<Spawned, LaunchError> {
+    let raw = clone_container(p, cgroup, output, false)?;
+    match raw.error {
+        None => Ok(Spawned { pid: raw.pid, pidfd: raw.pidfd }),
+        Some(e) => {
+            let _ = wait_pidfd(raw.pidfd.as_fd(), false);
+            Err(e)
+        }
+    }
+}
+

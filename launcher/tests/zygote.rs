@@ -1,0 +1,152 @@
+//! The zygote path and cgroup placement (root only).
+mod common;
+
+use std::os::fd::AsFd;
+
+use common::*;
+use hako_launcher::{
+    spawn_prepared, wait_pidfd, CgroupLimits, CgroupRoot, CgroupVersion, ExitStatusInfo, LaunchError, Output,
+    PreparedSpec, SpawnRequest, Zygote,
+};
+
+#[test]
+fn zygote_spawns_children_of_the_caller_and_reports_exec_errors() {
+    if !is_root("zygote") {
+        return;
+    }
+    let fs = Rootfs::build();
+    let zygote = Zygote::start().unwrap();
+    let root = cgroup_root();
+    let logs = tempfile::tempdir().unwrap();
+    for i in 0..3 {
+        let cg = TestCgroup::new(&root, &CgroupLimits { pids: Some(8), ..Default::default() });
+        let log = logs.path().join(format!("{i}.log"));
+        let req = SpawnRequest {
+            spec: fs.spec("echo hello $$; exit 3"),
+            spec_key: "same-app".into(),
+            cgroup: Some(cg.get().attach()),
+            log_path: Some(log.clone()),
+        };
+        let s = zygote.spawn(&req).unwrap();
+        // The container is our child: we can reap it through the pidfd.
+        let st = wait_pidfd(s.pidfd.as_fd(), false).unwrap().unwrap();
+        assert_eq!(st, ExitStatusInfo::Exited(3));
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "hello 1\n");
+    }
+    let mut spec = fs.spec("");
+    spec.command = vec!["/bin/nope".into()];
+    let err = zygote
+        .spawn(&SpawnRequest { spec, spec_key: "nope".into(), cgroup: None, log_path: None })
+        .unwrap_err();
+    assert_eq!(err, LaunchError::Exec { path: "/bin/nope".into(), errno: libc::ENOENT });
+    // Invalid specs come back as errors too, and the zygote keeps serving.
+    let mut spec = fs.spec("");
+    spec.capabilities = vec!["CAP_BOGUS".into()];
+    let err = zygote.spawn(&SpawnRequest { spec, spec_key: "bogus".into(), cgroup: None, log_path: None });
+    assert!(matches!(err, Err(LaunchError::InvalidSpec(_))), "{err:?}");
+    let s = zygote
+        .spawn(&SpawnRequest { spec: fs.spec("true"), spec_key: "t".into(), cgroup: None, log_path: None })
+        .unwrap();
+    assert_eq!(wait_pidfd(s.pidfd.as_fd(), false).unwrap(), Some(ExitStatusInfo::Exited(0)));
+    let zpid = zygote.pid();
+    drop(zygote);
+    assert!(!std::path::Path::new(&format!("/proc/{zpid}")).exists(), "zygote must be gone after drop");
+}
+
+#[test]
+fn zygote_is_usable_from_many_threads() {
+    if !is_root("zygote threads") {
+        return;
+    }
+    let fs = Rootfs::build();
+    let zygote = Zygote::start().unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (z, fs) = (&zygote, &fs);
+            s.spawn(move || {
+                for _ in 0..5 {
+                    let req = SpawnRequest {
+                        spec: fs.spec(&format!("exit {t}")),
+                        spec_key: format!("k{t}"),
+                        cgroup: None,
+                        log_path: None,
+                    };
+                    let sp = z.spawn(&req).unwrap();
+                    assert_eq!(wait_pidfd(sp.pidfd.as_fd(), false).unwrap(), Some(ExitStatusInfo::Exited(t)));
+                }
+            });
+        }
+    });
+}
+
+fn wait_for_output(path: &std::path::Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// The process is in its group (all hierarchies) before it runs, and its cgroup namespace is
+/// rooted there.
+#[test]
+fn container_runs_in_its_cgroup_with_its_own_cgroup_namespace() {
+    if !is_root("cgroup placement") {
+        return;
+    }
+    let fs = Rootfs::build();
+    let root = cgroup_root();
+    let cg = TestCgroup::new(&root, &CgroupLimits { memory_max: Some(64 << 20), ..Default::default() });
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let p = PreparedSpec::new(&fs.spec("cat /proc/self/cgroup; sleep 5")).unwrap();
+    let s = spawn_prepared(&p, Some(&cg.get().attach()), &Output::Append(log.path().to_owned())).unwrap();
+    let host_view = std::fs::read_to_string(format!("/proc/{}/cgroup", s.pid)).unwrap();
+    assert!(cg.get().pids().unwrap().contains(&s.pid));
+    wait_for_output(log.path());
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.pid), nix::sys::signal::SIGKILL);
+    wait_pidfd(s.pidfd.as_fd(), false).unwrap();
+    let inside = std::fs::read_to_string(log.path()).unwrap();
+    match root.version() {
+        CgroupVersion::V1 => {
+            for c in ["memory", "pids", "cpu"] {
+                let line = host_view.lines().find(|l| l.split(':').nth(1) == Some(c)).unwrap();
+                assert!(line.ends_with(&format!("/{}/{}", CGROUP_PARENT, cg.name)), "{host_view}");
+                let inner = inside.lines().find(|l| l.split(':').nth(1) == Some(c)).unwrap();
+                assert!(inner.ends_with(":/"), "cgroup namespace must be rooted at the group: {inside}");
+            }
+        }
+        CgroupVersion::V2 => {
+            assert!(host_view.contains(&format!("0::/{}/{}", CGROUP_PARENT, cg.name)), "{host_view}");
+            assert!(inside.contains("0::/\n"), "{inside}");
+        }
+    }
+}
+
+/// `CLONE_INTO_CGROUP` on a real cgroup v2 hierarchy: on a hybrid host the (controller-less)
+/// unified mount; on a pure v2 host the main one.
+#[test]
+fn clone_into_cgroup_places_the_child_on_v2() {
+    if !is_root("v2 placement") {
+        return;
+    }
+    let mount = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+        .into_iter()
+        .find(|m| std::path::Path::new(m).join("cgroup.controllers").exists());
+    let Some(mount) = mount else {
+        eprintln!("SKIPPED v2 placement: no cgroup2 mount");
+        return;
+    };
+    let fs = Rootfs::build();
+    let root = CgroupRoot::detect(std::path::Path::new(mount), "hako-test").unwrap();
+    assert_eq!(root.version(), CgroupVersion::V2);
+    let cg = TestCgroup::new(&root, &CgroupLimits::default());
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let p = PreparedSpec::new(&fs.spec("cat /proc/self/cgroup; sleep 5")).unwrap();
+    let s = spawn_prepared(&p, Some(&cg.get().attach()), &Output::Append(log.path().to_owned())).unwrap();
+    let host_view = std::fs::read_to_string(format!("/proc/{}/cgroup", s.pid)).unwrap();
+    assert!(host_view.contains(&format!("0::/hako-test/{}\n", cg.name)), "{host_view}");
+    assert!(cg.get().pids().unwrap().contains(&s.pid));
+    cg.get().kill_all().unwrap();
+    assert_eq!(wait_pidfd(s.pidfd.as_fd(), false).unwrap(), Some(ExitStatusInfo::Signaled(9)));
+    drop(cg);
+    let _ = std::fs::remove_dir(std::path::Path::new(mount).join("hako-test"));
+}

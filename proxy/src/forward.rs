@@ -1,0 +1,369 @@
+//! One request: route, acquire a lease, forward over a pooled connection, stream back.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::activate::{ActivateError, Upstream};
+use crate::body::{PooledConn, ProxyBody, RequestGuard};
+use crate::headers::{self, HostError};
+use crate::pool::{ConnectError, Pool, Sender};
+use crate::server::{Phase, Shared};
+
+/// Why a request was answered by the proxy itself rather than by the app.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No usable `Host`: 400.
+    #[error("{0}")]
+    BadHost(#[from] HostError),
+    /// No route for this host and path: 404.
+    #[error("no app for host '{host}' and path '{path}'")]
+    UnknownHost {
+        /// Host as the client sent it.
+        host: String,
+        /// Request path.
+        path: String,
+    },
+    /// The supervisor could not lease an instance.
+    #[error(transparent)]
+    Activate(#[from] ActivateError),
+    /// Opening a connection to the instance failed: 502.
+    #[error("app '{app}': {source}")]
+    Connect {
+        /// The app.
+        app: String,
+        /// What failed.
+        #[source]
+        source: ConnectError,
+    },
+    /// The instance did not answer with response headers in time: 504.
+    #[error("app '{app}': no response headers from upstream within {timeout:?}")]
+    UpstreamTimeout {
+        /// The app.
+        app: String,
+        /// The configured `upstream_timeout`.
+        timeout: Duration,
+    },
+    /// The exchange with the instance failed before a response arrived: 502.
+    #[error("app '{app}': upstream request failed: {source}")]
+    Upstream {
+        /// The app.
+        app: String,
+        /// hyper's error.
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+impl ProxyError {
+    /// The HTTP status the client sees.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::BadHost(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UnknownHost { .. } => StatusCode::NOT_FOUND,
+            ProxyError::Activate(e) => match e {
+                ActivateError::UnknownApp(_) => StatusCode::NOT_FOUND,
+                ActivateError::BootFailed { .. } => StatusCode::BAD_GATEWAY,
+                ActivateError::QueueFull { .. } | ActivateError::ShuttingDown => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
+                ActivateError::NotReady { .. } => StatusCode::GATEWAY_TIMEOUT,
+            },
+            ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The short text/plain error page.
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        let body = format!(
+            "{} {}: {}\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            self
+        );
+        let mut resp = Response::new(ProxyBody::full(body));
+        *resp.status_mut() = status;
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let ProxyError::Activate(ActivateError::QueueFull { retry_after, .. }) = &self {
+            h.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs(*retry_after)),
+            );
+        }
+        resp
+    }
+}
+
+/// Seconds for `Retry-After`: rounded up, at least 1.
+pub(crate) fn retry_after_secs(d: Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+/// The connection-level failure behind a hyper error (refused, reset, closed early), if any.
+pub(crate) fn connection_failure(error: &hyper::Error) -> Option<std::io::Error> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(std::io::Error::new(io.kind(), error.to_string()));
+        }
+        source = e.source();
+    }
+    if error.is_incomplete_message() || error.is_closed() || error.is_canceled() {
+        return Some(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            error.to_string(),
+        ));
+    }
+    None
+}
+
+/// The hyper service: never fails, every problem becomes an error page.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let mut guard = Some(RequestGuard::new(Arc::clone(&shared)));
+    let resp = match forward(&shared, peer, req, &mut guard).await {
+        Ok(resp) => resp,
+        Err(error) => {
+            // The instance is not needed to send an error page: release it now.
+            if let Some(g) = guard.as_mut() {
+                g.lease = None;
+            }
+            let status = error.status();
+            let app = guard.as_ref().and_then(|g| g.app.clone());
+            if status.is_server_error() {
+                tracing::warn!(app = app.as_deref().unwrap_or("-"), %status, %error, "proxy error");
+            } else {
+                tracing::debug!(app = app.as_deref().unwrap_or("-"), %status, %error, "proxy error");
+            }
+            error.into_response()
+        }
+    };
+    Ok(match guard {
+        Some(mut g) => {
+            g.status = resp.status().as_u16();
+            resp.map(|b| b.with_guard(g))
+        }
+        None => resp,
+    })
+}
+
+async fn forward(
+    shared: &Arc<Shared>,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+    guard_slot: &mut Option<RequestGuard>,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let host = headers::request_host(&req)?;
+    let app = shared
+        .routes
+        .load()
+        .resolve(&host, req.uri().path())
+        .map(str::to_owned)
+        .ok_or_else(|| ProxyError::UnknownHost {
+            host: host.clone(),
+            path: req.uri().path().to_string(),
+        })?;
+    let Some(guard) = guard_slot.as_mut() else {
+        unreachable_guard()
+    };
+    guard.app = Some(app.clone());
+
+    let lease = shared.activator.acquire(&app).await?;
+    let upstream = Arc::clone(&lease.upstream);
+    guard.lease = Some(lease);
+
+    // Rewrite the request for the upstream (HTTP/1.1, origin-form).
+    let upgrading = headers::is_upgrade_request(&req);
+    let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
+    let client_version = req.version();
+    let (mut parts, body) = req.into_parts();
+    let upgrade_proto = parts.headers.get(header::UPGRADE).cloned();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    // hyper already answered `100-continue` to the client when the body is first read.
+    parts.headers.remove(header::EXPECT);
+    if let (true, Some(proto)) = (upgrading, upgrade_proto) {
+        parts.headers.insert(header::UPGRADE, proto);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if client_version == Version::HTTP_2 {
+        headers::join_cookies(&mut parts.headers);
+    }
+    if !parts.headers.contains_key(header::HOST) {
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    headers::set_forwarded(&mut parts.headers, peer.ip(), &host);
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map(|pq| Uri::from(pq.clone()))
+        .unwrap_or_else(|| Uri::from_static("/"));
+    parts.version = Version::HTTP_11;
+    let upstream_req = Request::from_parts(parts, body);
+
+    let timeout = shared.opts.upstream_timeout;
+    let id = upstream.id();
+    let (mut resp, sender) =
+        match tokio::time::timeout(timeout, send(shared, &*upstream, upstream_req)).await {
+            Err(_) => return Err(ProxyError::UpstreamTimeout { app, timeout }),
+            Ok(Err(SendError::Connect(source))) => {
+                shared.pool.purge(id);
+                if let ConnectError::Io { source: io, .. } = &source {
+                    shared.activator.upstream_failed(id, io);
+                }
+                return Err(ProxyError::Connect { app, source });
+            }
+            Ok(Err(SendError::Request(source))) => {
+                if let Some(io) = connection_failure(&source) {
+                    shared.pool.purge(id);
+                    shared.activator.upstream_failed(id, &io);
+                }
+                return Err(ProxyError::Upstream { app, source });
+            }
+            Ok(Ok(pair)) => pair,
+        };
+
+    if let Some(client_upgrade) = client_upgrade {
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let (mut parts, _) = resp.into_parts();
+            let proto = parts.headers.get(header::UPGRADE).cloned();
+            headers::strip_hop_by_hop(&mut parts.headers);
+            if let Some(proto) = proto {
+                parts.headers.insert(header::UPGRADE, proto);
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            }
+            let mut tunnel_guard = guard_slot.take().unwrap_or_else(|| unreachable_guard());
+            tunnel_guard.status = 101;
+            spawn_tunnel(
+                shared,
+                client_upgrade,
+                upstream_upgrade,
+                tunnel_guard,
+                sender,
+            );
+            return Ok(Response::from_parts(parts, ProxyBody::empty()));
+        }
+    }
+
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    let conn = PooledConn {
+        pool: Arc::clone(&shared.pool),
+        id,
+        sender,
+    };
+    Ok(Response::from_parts(parts, ProxyBody::stream(body, conn)))
+}
+
+#[cold]
+fn unreachable_guard() -> ! {
+    // The guard slot is only emptied when a tunnel takes it, which ends `forward`.
+    panic!("request guard taken twice")
+}
+
+enum SendError {
+    Connect(ConnectError),
+    Request(hyper::Error),
+}
+
+/// Sends on an idle pooled connection when one is ready (retrying on another connection if a
+/// stale one refused the request before writing it), otherwise on a fresh one.
+async fn send(
+    shared: &Shared,
+    upstream: &dyn Upstream,
+    mut req: Request<Incoming>,
+) -> Result<(Response<Incoming>, Sender), SendError> {
+    let id = upstream.id();
+    while let Some(mut sender) = shared.pool.checkout(id) {
+        match sender.try_send_request(req).await {
+            Ok(resp) => return Ok((resp, sender)),
+            Err(mut e) => match e.take_message() {
+                Some(back) => {
+                    tracing::debug!(upstream = id, "stale pooled connection, retrying");
+                    req = back;
+                }
+                None => return Err(SendError::Request(e.into_error())),
+            },
+        }
+    }
+    let mut sender = Pool::connect(upstream).await.map_err(SendError::Connect)?;
+    let resp = sender.send_request(req).await.map_err(SendError::Request)?;
+    Ok((resp, sender))
+}
+
+fn spawn_tunnel(
+    shared: &Arc<Shared>,
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    guard: RequestGuard,
+    sender: Sender,
+) {
+    let token = shared.tracker.token();
+    let mut phase = shared.phase.clone();
+    let stats = Arc::clone(shared);
+    tokio::spawn(async move {
+        let _token = token;
+        let _guard = guard;
+        drop(sender);
+        let (client, upstream) = match tokio::join!(client, upstream) {
+            (Ok(c), Ok(u)) => (c, u),
+            (c, u) => {
+                tracing::debug!(
+                    client_ok = c.is_ok(),
+                    upstream_ok = u.is_ok(),
+                    "upgrade failed"
+                );
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        tokio::select! {
+            res = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                match res {
+                    Ok((up, down)) => tracing::debug!(up, down, "tunnel closed"),
+                    Err(error) => tracing::debug!(%error, "tunnel closed with error"),
+                }
+            }
+            _ = crate::server::wait_phase(&mut phase, Phase::Force) => {
+                stats.stats.forced_closes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_with_minimum_one() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(10)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);
+        assert_eq!(retry_after_secs(Duration::from_millis(2001)), 3);
+    }
+}

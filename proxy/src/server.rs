@@ -1,0 +1,264 @@
+//! Accept loop, per-connection tasks and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+
+use crate::activate::Activator;
+use crate::pool::Pool;
+use crate::routes::RoutesHandle;
+
+/// Tunables of [`serve`].
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// Time a client has to send complete request headers (HTTP/1). Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Time the upstream has to send response headers (connect included); then 504.
+    /// Default 60 s.
+    pub upstream_timeout: Duration,
+    /// Idle keep-alive connections kept per upstream instance. Default 32.
+    pub max_idle_per_upstream: usize,
+    /// Idle pooled connections older than this are closed. Default 90 s.
+    pub idle_conn_timeout: Duration,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            header_read_timeout: Duration::from_secs(10),
+            upstream_timeout: Duration::from_secs(60),
+            max_idle_per_upstream: 32,
+            idle_conn_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+/// What happened during [`serve`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServeReport {
+    /// Client connections accepted.
+    pub connections: u64,
+    /// Requests finished (every status, error pages included).
+    pub requests: u64,
+    /// Requests that finished after shutdown began.
+    pub completed_during_drain: u64,
+    /// Connections and tunnels still open when `grace` ran out, closed by force.
+    pub forced_closes: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Phase {
+    Running,
+    Draining,
+    Force,
+}
+
+/// Resolves once the phase is at least `at_least` (or `serve` is gone).
+pub(crate) async fn wait_phase(rx: &mut watch::Receiver<Phase>, at_least: Phase) {
+    let _ = rx.wait_for(|p| *p >= at_least).await.map(|_| ());
+}
+
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub(crate) connections: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) completed_during_drain: AtomicU64,
+    pub(crate) forced_closes: AtomicU64,
+    pub(crate) draining: AtomicBool,
+}
+
+/// Counts live connection and tunnel tasks; `wait_zero` resolves when none is left.
+#[derive(Clone, Default)]
+pub(crate) struct Tracker(Arc<TrackerInner>);
+
+#[derive(Default)]
+pub(crate) struct TrackerInner {
+    live: AtomicUsize,
+    zero: Notify,
+}
+
+pub(crate) struct TrackerToken(Arc<TrackerInner>);
+
+impl Tracker {
+    pub(crate) fn token(&self) -> TrackerToken {
+        self.0.live.fetch_add(1, Ordering::SeqCst);
+        TrackerToken(Arc::clone(&self.0))
+    }
+
+    async fn wait_zero(&self) {
+        loop {
+            let notified = self.0.zero.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.0.live.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for TrackerToken {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.zero.notify_waiters();
+        }
+    }
+}
+
+/// State shared by every connection and request of one [`serve`] call.
+pub(crate) struct Shared {
+    pub(crate) activator: Arc<dyn Activator>,
+    pub(crate) routes: Arc<RoutesHandle>,
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) opts: ProxyOptions,
+    pub(crate) stats: Stats,
+    pub(crate) phase: watch::Receiver<Phase>,
+    pub(crate) tracker: Tracker,
+}
+
+/// Serves until `shutdown` resolves; then stops accepting (the listener is closed at once),
+/// lets in-flight requests, connections and upgraded tunnels finish for up to `grace`
+/// (HTTP/1 keep-alive connections close after their current response, HTTP/2 ones get a
+/// GOAWAY), then force-closes what is left and returns.
+pub async fn serve<A: Activator>(
+    listener: TcpListener,
+    routes: Arc<RoutesHandle>,
+    activator: Arc<A>,
+    opts: ProxyOptions,
+    shutdown: impl Future<Output = ()> + Send,
+    grace: Duration,
+) -> std::io::Result<ServeReport> {
+    let (phase_tx, phase_rx) = watch::channel(Phase::Running);
+    let pool = Pool::new(opts.max_idle_per_upstream, opts.idle_conn_timeout);
+    let activator: Arc<dyn Activator> = activator;
+    let shared = Arc::new(Shared {
+        activator,
+        routes,
+        pool: Arc::clone(&pool),
+        opts: opts.clone(),
+        stats: Stats::default(),
+        phase: phase_rx,
+        tracker: Tracker::default(),
+    });
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout)
+        .keep_alive(true)
+        .http2()
+        .timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+
+    let reap_every =
+        (opts.idle_conn_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
+    let reaper = {
+        let pool = Arc::clone(&pool);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(reap_every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                pool.reap();
+            }
+        })
+    };
+
+    let local = listener.local_addr().ok();
+    tracing::info!(addr = ?local, "proxy listening");
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+                    spawn_connection(&shared, &builder, stream, peer);
+                }
+                Err(error) => {
+                    // EMFILE/ENFILE/ECONNABORTED and friends: log, back off briefly, go on.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    shared.stats.draining.store(true, Ordering::SeqCst);
+    let _ = phase_tx.send(Phase::Draining);
+    tracing::info!(grace_ms = grace.as_millis() as u64, "proxy draining");
+
+    if tokio::time::timeout(grace, shared.tracker.wait_zero())
+        .await
+        .is_err()
+    {
+        let _ = phase_tx.send(Phase::Force);
+        tracing::warn!("grace period over, closing remaining connections");
+        // Tasks notice the phase change at their next poll; give them a moment to unwind.
+        let _ = tokio::time::timeout(Duration::from_secs(1), shared.tracker.wait_zero()).await;
+    }
+    reaper.abort();
+    pool.purge_all();
+
+    let s = &shared.stats;
+    let report = ServeReport {
+        connections: s.connections.load(Ordering::Relaxed),
+        requests: s.requests.load(Ordering::Relaxed),
+        completed_during_drain: s.completed_during_drain.load(Ordering::Relaxed),
+        forced_closes: s.forced_closes.load(Ordering::Relaxed),
+    };
+    tracing::info!(?report, "proxy stopped");
+    Ok(report)
+}
+
+fn spawn_connection(
+    shared: &Arc<Shared>,
+    builder: &Arc<auto::Builder<TokioExecutor>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let token = shared.tracker.token();
+    let shared = Arc::clone(shared);
+    let builder = Arc::clone(builder);
+    tokio::spawn(async move {
+        let _token = token;
+        let _ = stream.set_nodelay(true);
+        let mut drain_rx = shared.phase.clone();
+        let mut force_rx = shared.phase.clone();
+        let svc_shared = Arc::clone(&shared);
+        let svc = service_fn(move |req| crate::forward::handle(Arc::clone(&svc_shared), peer, req));
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+        tokio::pin!(conn);
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                res = conn.as_mut() => {
+                    if let Err(error) = res {
+                        tracing::debug!(%peer, %error, "client connection ended with error");
+                    }
+                    break;
+                }
+                () = wait_phase(&mut drain_rx, Phase::Draining), if !draining => {
+                    conn.as_mut().graceful_shutdown();
+                    draining = true;
+                }
+                () = wait_phase(&mut force_rx, Phase::Force) => {
+                    shared.stats.forced_closes.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "client connection force-closed");
+                    break;
+                }
+            }
+        }
+    });
+}

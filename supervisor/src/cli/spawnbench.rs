@@ -1,0 +1,118 @@
+//! `hako bench-spawn` (hidden): launcher boot latency. Starts a zygote (unless --no-zygote),
+//! prepares the spec once, then N times: create the instance cgroup, spawn `/bin/true` with all
+//! isolation on (pid/mount/uts/ipc/cgroup/net namespaces, read-only rootfs, seccomp, reduced
+//! capabilities), reap it. Each sample is spawn request → exit reaped, cgroup creation
+//! included; the cgroup is removed after the sample (off the measured path).
+//!
+//! stdout: one JSON line `{"runtime":"hako-launcher","samples_us":[...]}`; a summary on stderr.
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use hako_launcher::{
+    spawn_prepared, wait_pidfd, CgroupLimits, CgroupRoot, ContainerSpec, ExitStatusInfo, InstanceCgroup, Output,
+    PreparedSpec, RootfsSpec, SpawnRequest, Zygote,
+};
+
+#[derive(Debug, Args)]
+pub struct BenchSpawnArgs {
+    /// Root filesystem directory containing the command (default /bin/true).
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: PathBuf,
+    /// Number of spawns.
+    #[arg(short = 'n', long, default_value_t = 200)]
+    pub n: usize,
+    /// Spawn directly from this process instead of through the zygote.
+    #[arg(long)]
+    pub no_zygote: bool,
+    /// Take the cgroups from a pool created before the timed loop instead of creating each.
+    #[arg(long)]
+    pub cgroup_pool: bool,
+    /// Spawn without any cgroup (to isolate the cost of the cgroup).
+    #[arg(long, conflicts_with = "cgroup_pool")]
+    pub no_cgroup: bool,
+    /// Command to run.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
+    // The zygote first, while this process is still single-threaded.
+    let zygote = if args.no_zygote { None } else { Some(Zygote::start()?) };
+    let command = if args.command.is_empty() { vec!["/bin/true".to_owned()] } else { args.command.clone() };
+    let spec = ContainerSpec::new(RootfsSpec::Dir(args.rootfs.clone()), command);
+    let prepared = PreparedSpec::new(&spec)?;
+    let root = CgroupRoot::detect(Path::new("/sys/fs/cgroup"), "hako").context("cgroups")?;
+    let limits = CgroupLimits { cpu: Some(1.0), memory_max: Some(64 << 20), memory_high: None, pids: Some(64) };
+    let base = format!("bench-{}", std::process::id());
+    let mut pool: Vec<InstanceCgroup> = Vec::new();
+    if args.cgroup_pool {
+        for i in 0..args.n {
+            pool.push(root.create(&format!("{base}-{i}"), &limits)?);
+        }
+        pool.reverse();
+    }
+    let req_base = SpawnRequest { spec: spec.clone(), spec_key: "bench".into(), cgroup: None, log_path: None };
+    // Warm-up: prepares the zygote's cache and faults in the code paths.
+    if let Some(z) = &zygote {
+        let s = z.spawn(&req_base)?;
+        wait_pidfd(s.pidfd.as_fd(), false)?;
+    }
+    let mut samples = Vec::with_capacity(args.n);
+    let mut removal_us = Vec::with_capacity(args.n);
+    for i in 0..args.n {
+        let t0 = Instant::now();
+        let cg = if args.no_cgroup {
+            None
+        } else if args.cgroup_pool {
+            pool.pop()
+        } else {
+            Some(root.create(&format!("{base}-{i}"), &limits)?)
+        };
+        let attach = cg.as_ref().map(InstanceCgroup::attach);
+        let spawned = match &zygote {
+            Some(z) => z.spawn(&SpawnRequest { cgroup: attach, ..req_base.clone() })?,
+            None => spawn_prepared(&prepared, attach.as_ref(), &Output::Null)?,
+        };
+        let status = wait_pidfd(spawned.pidfd.as_fd(), false)?;
+        samples.push(t0.elapsed().as_micros() as u64);
+        if status != Some(ExitStatusInfo::Exited(0)) {
+            anyhow::bail!("iteration {i}: container ended with {status:?}");
+        }
+        if let Some(cg) = cg {
+            let t1 = Instant::now();
+            cg.remove()?;
+            removal_us.push(t1.elapsed().as_micros() as u64);
+        }
+    }
+    for cg in pool {
+        cg.remove()?;
+    }
+    println!("{}", serde_json::json!({"runtime": "hako-launcher", "samples_us": samples}));
+    let mut sorted = samples.clone();
+    sorted.sort_unstable();
+    removal_us.sort_unstable();
+    eprintln!(
+        "hako-launcher n={} zygote={} cgroup={}: p50 {} us, p90 {} us, p99 {} us, min {} us; cgroup removal p50 {} us",
+        args.n,
+        zygote.is_some(),
+        if args.no_cgroup { "none" } else if args.cgroup_pool { "pool" } else { "per-boot" },
+        percentile(&sorted, 0.5),
+        percentile(&sorted, 0.9),
+        percentile(&sorted, 0.99),
+        sorted.first().copied().unwrap_or(0),
+        percentile(&removal_us, 0.5),
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,407 @@
+//! The production [`Runtime`]: real containers from the launcher's zygote, one cgroup each,
+//! reached inside their own network namespace (or on a per-instance host port).
+use std::collections::BTreeMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use hako_launcher::cgroup::{CgroupLimits, CgroupRoot, InstanceCgroup};
+use hako_launcher::spec::{ContainerSpec, NetworkMode, RootfsSpec, DEFAULT_CAPABILITIES, DEFAULT_PATH};
+use hako_launcher::zygote::{SpawnRequest, Zygote};
+use hako_policies::{App, Network, Rootfs};
+use hako_proxy::Upstream;
+use serde::{Deserialize, Serialize};
+use tokio::io::unix::AsyncFd;
+
+use crate::netns::NetnsSockets;
+use crate::pool::{BoxFuture, EffectiveLimits, ExitInfo, Running, Runtime, Usage};
+
+/// What `state_dir/instances/<name>.json` records about a live instance, so that a restart
+/// after `kill -9` can find and remove what the previous process left.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InstanceRecord {
+    pub app: String,
+    pub id: u64,
+    pub pid: i32,
+    /// Process start time (field 22 of /proc/PID/stat), to tell a reused pid apart.
+    pub start_time: Option<u64>,
+    pub cgroup: Option<String>,
+    pub created_unix: u64,
+}
+
+/// Builds the launcher's spec for an app.
+pub fn container_spec(app: &App, port: u16) -> ContainerSpec {
+    let rootfs = match &app.rootfs {
+        Rootfs::Host => RootfsSpec::Host,
+        Rootfs::Dir(p) => RootfsSpec::Dir(p.clone()),
+    };
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    env.insert("PATH".into(), DEFAULT_PATH.into());
+    env.insert("HOME".into(), "/".into());
+    for (k, v) in &app.env {
+        env.insert(k.clone(), v.clone());
+    }
+    env.insert("PORT".into(), port.to_string());
+    let mut spec = ContainerSpec::new(rootfs, app.command.clone());
+    spec.env = env.into_iter().collect();
+    spec.workdir = app.workdir.clone();
+    spec.hostname = app.name.clone();
+    spec.network = match app.network {
+        Network::Isolated => NetworkMode::Isolated,
+        Network::Host => NetworkMode::Host,
+    };
+    spec.uid = app.user.uid;
+    spec.gid = app.user.gid;
+    spec.nproc = None;
+    spec.capabilities = match &app.capabilities {
+        Some(c) => c.clone(),
+        None => DEFAULT_CAPABILITIES.iter().map(|s| (*s).to_string()).collect(),
+    };
+    spec.seccomp = matches!(app.seccomp, hako_policies::SeccompMode::Default);
+    spec
+}
+
+/// Cgroup limits of an app's policy.
+pub fn cgroup_limits(app: &App) -> CgroupLimits {
+    CgroupLimits {
+        cpu: Some(app.limits.cpu),
+        memory_max: Some(app.limits.memory),
+        memory_high: None,
+        pids: Some(app.limits.pids),
+    }
+}
+
+/// Real containers.
+pub struct ContainerRuntime {
+    zygote: Arc<Zygote>,
+    cgroups: Option<Arc<CgroupRoot>>,
+    sockets: NetnsSockets,
+    state_dir: PathBuf,
+}
+
+impl std::fmt::Debug for ContainerRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContainerRuntime").field("state_dir", &self.state_dir).finish_non_exhaustive()
+    }
+}
+
+impl ContainerRuntime {
+    pub fn new(
+        zygote: Arc<Zygote>,
+        cgroups: Option<Arc<CgroupRoot>>,
+        state_dir: PathBuf,
+    ) -> io::Result<Self> {
+        std::fs::create_dir_all(state_dir.join("instances"))?;
+        std::fs::create_dir_all(state_dir.join("logs"))?;
+        Ok(ContainerRuntime { zygote, cgroups, sockets: NetnsSockets::start()?, state_dir })
+    }
+}
+
+fn record_path(state_dir: &Path, name: &str) -> PathBuf {
+    state_dir.join("instances").join(format!("{name}.json"))
+}
+
+/// Field 22 of /proc/PID/stat (start time in clock ticks since boot).
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and parentheses: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn free_host_port() -> io::Result<u16> {
+    let l = std::net::TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?;
+    Ok(l.local_addr()?.port())
+}
+
+impl Runtime for ContainerRuntime {
+    fn spawn(&self, app: Arc<App>, id: u64) -> BoxFuture<'static, Result<Arc<dyn Running>, String>> {
+        let zygote = self.zygote.clone();
+        let cgroups = self.cgroups.clone();
+        let sockets = self.sockets.clone();
+        let state_dir = self.state_dir.clone();
+        Box::pin(async move {
+            let name = format!("{}-{}", app.name, id);
+            let port = match app.network {
+                Network::Isolated => app.port,
+                Network::Host => free_host_port().map_err(|e| format!("no free host port: {e}"))?,
+            };
+            let spec = container_spec(&app, port);
+            let spec_key = format!(
+                "{}:{:016x}",
+                app.name,
+                fxhash(&serde_json::to_vec(&spec).unwrap_or_default())
+            );
+            let log_path = state_dir.join("logs").join(format!("{name}.log"));
+            let limits = cgroup_limits(&app);
+            let req_name = name.clone();
+            let setup = tokio::task::spawn_blocking(move || {
+                let cgroup = match &cgroups {
+                    Some(root) => Some(
+                        root.create(&req_name, &limits)
+                            .map_err(|e| format!("cgroup {req_name}: {e}"))?,
+                    ),
+                    None => None,
+                };
+                let req = SpawnRequest {
+                    spec,
+                    spec_key,
+                    cgroup: cgroup.as_ref().map(|c| c.attach()),
+                    log_path: Some(log_path.clone()),
+                };
+                match zygote.spawn(&req) {
+                    Ok(s) => Ok((s, cgroup, log_path)),
+                    Err(e) => {
+                        if let Some(c) = cgroup {
+                            let _ = c.remove();
+                        }
+                        let _ = std::fs::remove_file(&log_path);
+                        Err(e.to_string())
+                    }
+                }
+            })
+            .await
+            .map_err(|e| format!("spawn task failed: {e}"))?;
+            let (spawned, cgroup, log_path) = setup?;
+            let pid = spawned.pid;
+            let record = InstanceRecord {
+                app: app.name.clone(),
+                id,
+                pid,
+                start_time: process_start_time(pid),
+                cgroup: cgroup.as_ref().map(|c| c.name().to_string()),
+                created_unix: SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0),
+            };
+            let rec_path = record_path(&state_dir, &name);
+            if let Ok(bytes) = serde_json::to_vec(&record) {
+                if let Err(e) = std::fs::write(&rec_path, bytes) {
+                    tracing::warn!(path = %rec_path.display(), error = %e, "cannot write instance record");
+                }
+            }
+            let upstream: Arc<dyn Upstream> = match app.network {
+                Network::Isolated => {
+                    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+                        .map_err(|e| format!("open /proc/{pid}/ns/net: {e}"));
+                    match ns {
+                        Ok(f) => Arc::new(NetnsUpstream {
+                            id,
+                            netns: Arc::new(OwnedFd::from(f)),
+                            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                            sockets,
+                        }),
+                        Err(e) => {
+                            // The process died already; the exit watcher will report how.
+                            tracing::debug!(error = %e, "instance gone before its namespace was opened");
+                            Arc::new(HostUpstream { id, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)) })
+                        }
+                    }
+                }
+                Network::Host => Arc::new(HostUpstream { id, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)) }),
+            };
+            // SAFETY: the AsyncFd takes ownership of the OwnedFd, so the descriptor stays open and
+            // `as_raw_fd` returns the same number for the AsyncFd's whole lifetime.
+            let pidfd = unsafe {
+                AsyncFd::register_with_interest(spawned.pidfd, tokio::io::Interest::READABLE)
+            }
+            .map_err(|e| format!("register pidfd of {pid}: {e}"))?;
+            Ok(Arc::new(Container {
+                pid,
+                pidfd: Arc::new(pidfd),
+                cgroup: Mutex::new(cgroup.map(Arc::new)),
+                upstream,
+                record: rec_path,
+                log_path,
+                exit: Arc::new(Mutex::new(None)),
+            }) as Arc<dyn Running>)
+        })
+    }
+}
+
+/// FNV-1a: a stable cache key for a spec (not security relevant).
+fn fxhash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+struct Container {
+    pid: i32,
+    pidfd: Arc<AsyncFd<OwnedFd>>,
+    cgroup: Mutex<Option<Arc<InstanceCgroup>>>,
+    upstream: Arc<dyn Upstream>,
+    record: PathBuf,
+    log_path: PathBuf,
+    exit: Arc<Mutex<Option<ExitInfo>>>,
+}
+
+impl Container {
+    fn cgroup(&self) -> Option<Arc<InstanceCgroup>> {
+        self.cgroup.lock().expect("cgroup lock").clone()
+    }
+}
+
+/// Last `max` bytes of a file, lossily decoded, for crash reports.
+fn tail(path: &Path, max: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
+    let mut buf = Vec::new();
+    let _ = f.take(max).read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).trim().to_string()
+}
+
+impl Running for Container {
+    fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn upstream(&self) -> Arc<dyn Upstream> {
+        self.upstream.clone()
+    }
+
+    fn wait(&self) -> BoxFuture<'static, ExitInfo> {
+        let pidfd = self.pidfd.clone();
+        let cgroup = self.cgroup();
+        let pid = self.pid;
+        let exit_slot = self.exit.clone();
+        Box::pin(async move {
+            let status = loop {
+                match pidfd.readable().await {
+                    Ok(mut guard) => {
+                        match hako_launcher::wait_pidfd(pidfd.get_ref().as_fd(), true) {
+                            Ok(Some(st)) => break Some(st),
+                            Ok(None) => guard.clear_ready(),
+                            Err(e) => {
+                                tracing::error!(pid, error = %e, "waitid on pidfd failed");
+                                break None;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(pid, error = %e, "polling pidfd failed");
+                        break None;
+                    }
+                }
+            };
+            let oom = cgroup
+                .as_ref()
+                .and_then(|c| c.stats().ok())
+                .is_some_and(|s| s.oom_kills > 0);
+            let info = match status {
+                Some(st) => ExitInfo { code: st.code(), signal: st.signal(), oom },
+                None => ExitInfo { code: None, signal: None, oom },
+            };
+            *exit_slot.lock().expect("exit lock") = Some(info);
+            info
+        })
+    }
+
+    fn signal(&self, signal: i32) {
+        if let Err(e) = hako_launcher::pidfd_signal(self.pidfd.get_ref().as_raw_fd(), signal) {
+            tracing::debug!(pid = self.pid, signal, error = %e, "signal not delivered");
+        }
+    }
+
+    fn cleanup(&self) -> BoxFuture<'static, ()> {
+        let cgroup = self.cgroup.lock().expect("cgroup lock").take();
+        let record = self.record.clone();
+        let log = self.log_path.clone();
+        let exit = *self.exit.lock().expect("exit lock");
+        let pid = self.pid;
+        Box::pin(async move {
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(c) = cgroup {
+                    match Arc::try_unwrap(c) {
+                        Ok(c) => {
+                            let name = c.name().to_string();
+                            if let Err(e) = c.remove() {
+                                tracing::error!(cgroup = %name, error = %e, "cannot remove cgroup");
+                            }
+                        }
+                        Err(c) => tracing::error!(cgroup = c.name(), "cgroup still in use; not removed"),
+                    }
+                }
+                let abnormal = exit.is_none_or(|e| e.code != Some(0));
+                if abnormal {
+                    let t = tail(&log, 2048);
+                    if !t.is_empty() {
+                        tracing::info!(pid, log_tail = %t, "last output of the instance");
+                    }
+                }
+                let _ = std::fs::remove_file(&log);
+                let _ = std::fs::remove_file(&record);
+            })
+            .await;
+        })
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        let s = self.cgroup()?.stats().ok()?;
+        Some(Usage { cpu_usage_usec: s.cpu_usage_usec, memory_current: s.memory_current })
+    }
+
+    fn limits(&self) -> Option<EffectiveLimits> {
+        let l = self.cgroup()?.limits().ok()?;
+        Some(EffectiveLimits { cpu: l.cpu, memory_max: l.memory_max, memory_high: l.memory_high, pids: l.pids })
+    }
+
+    fn set_soft_limits(&self, cpu: f64, memory_high: Option<u64>) -> Result<(), String> {
+        let cg = self.cgroup().ok_or("instance has no cgroup")?;
+        let mut l = cg.limits().map_err(|e| e.to_string())?;
+        l.cpu = Some(cpu);
+        l.memory_high = memory_high;
+        cg.set_limits(&l).map_err(|e| e.to_string())
+    }
+}
+
+/// An app inside its own network namespace.
+struct NetnsUpstream {
+    id: u64,
+    netns: Arc<OwnedFd>,
+    addr: SocketAddr,
+    sockets: NetnsSockets,
+}
+
+impl Upstream for NetnsUpstream {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn connect(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<tokio::net::TcpStream>> + Send + 'static>> {
+        let sockets = self.sockets.clone();
+        let netns = self.netns.clone();
+        let addr = self.addr;
+        Box::pin(async move { sockets.connect(netns, addr).await })
+    }
+}
+
+/// An app on the host network (or, in tests, any TCP address).
+pub struct HostUpstream {
+    pub id: u64,
+    pub addr: SocketAddr,
+}
+
+impl Upstream for HostUpstream {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    fn connect(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<tokio::net::TcpStream>> + Send + 'static>> {
+        let addr = self.addr;
+        Box::pin(async move {
+            let s = tokio::net::TcpStream::connect(addr).await?;
+            s.set_nodelay(true)?;
+            Ok(s)
+        })
+    }
+}

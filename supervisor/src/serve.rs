@@ -1,0 +1,344 @@
+//! `hako serve`: wires the proxy, the supervisor, the governor and the admin endpoint together,
+//! and owns startup recovery, reload and graceful shutdown.
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hako_launcher::cgroup::CgroupRoot;
+use hako_launcher::zygote::Zygote;
+use hako_policies::{Config, LoadError};
+use hako_proxy::{ProxyOptions, Route, Routes, RoutesHandle};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::container::{ContainerRuntime, InstanceRecord};
+use crate::metrics::Metrics;
+use crate::pool::{Supervisor, SupervisorOptions};
+
+/// Name of the parent cgroup every instance cgroup lives under.
+pub const CGROUP_PARENT: &str = "hako";
+
+/// The built-in demo: one app, busybox httpd on a read-only view of the host, booted on the
+/// first request to http://127.0.0.1:8080/.
+pub const DEMO_CONFIG: &str = r#"# hako's built-in demo configuration (`hako serve` without --config).
+listen: 127.0.0.1:8080
+admin: 127.0.0.1:9090
+state_dir: /run/hako-demo
+apps:
+  - name: demo
+    hosts: [localhost, 127.0.0.1, demo.localhost]
+    rootfs: host
+    command:
+      - /bin/busybox
+      - sh
+      - -c
+      - >-
+        mkdir -p /tmp/www &&
+        echo "hello from hako: this page was served by container $(hostname), booted on demand" > /tmp/www/index.html &&
+        exec /bin/busybox httpd -f -p 8080 -h /tmp/www
+    port: 8080
+    limits: { cpu: 0.5, memory: 64Mi, pids: 64 }
+    lifetime: { idle_timeout: 30s, max_lifetime: 10m }
+    scaling: { max_instances: 2, concurrency: 64 }
+"#;
+
+/// Where a configuration comes from.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    File(PathBuf),
+    Demo,
+}
+
+impl ConfigSource {
+    pub fn load(&self) -> Result<Config, LoadError> {
+        match self {
+            ConfigSource::File(p) => hako_policies::load_file(p),
+            ConfigSource::Demo => hako_policies::load_str(DEMO_CONFIG, Path::new("<built-in demo>")),
+        }
+    }
+}
+
+fn routes_of(cfg: &Config) -> Routes {
+    Routes::new(
+        cfg.apps
+            .iter()
+            .map(|a| Route { app: a.name.clone(), hosts: a.hosts.clone(), path_prefix: a.path_prefix.clone() })
+            .collect(),
+    )
+}
+
+fn supervisor_options(cfg: &Config) -> SupervisorOptions {
+    SupervisorOptions {
+        max_live_instances: cfg.governor.max_live_instances.map(|n| n as usize),
+        ..SupervisorOptions::default()
+    }
+}
+
+/// Holds an exclusive lock on the state directory for the life of the process.
+#[derive(Debug)]
+pub struct StateLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Creates the state directory and takes its lock, so two hako processes never share one.
+pub fn lock_state_dir(dir: &Path) -> anyhow::Result<StateLock> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir).with_context(|| format!("create state_dir {}", dir.display()))?;
+    let path = dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("open {}", path.display()))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(StateLock { _lock: lock }),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(anyhow::anyhow!(
+            "another hako is running with state_dir {} (lock held on {})",
+            dir.display(),
+            path.display()
+        )),
+        Err((_, e)) => Err(anyhow::anyhow!("lock {}: {e}", path.display())),
+    }
+}
+
+/// Removes everything a previous hako left behind after a crash or `kill -9`: the recorded
+/// processes (if the pid still names the same process), and every instance cgroup. Returns how
+/// many orphans were removed.
+pub fn recover_orphans(state_dir: &Path, cgroups: Option<&CgroupRoot>) -> usize {
+    let mut removed = 0;
+    let dir = state_dir.join("instances");
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for e in entries.flatten() {
+            let path = e.path();
+            let rec: Option<InstanceRecord> =
+                std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            if let Some(rec) = rec {
+                let same = rec.start_time.is_some()
+                    && crate::container::process_start_time(rec.pid) == rec.start_time;
+                if same {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(rec.pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                    tracing::warn!(app = %rec.app, instance = rec.id, pid = rec.pid, "killed orphaned instance of a previous hako");
+                    removed += 1;
+                }
+            }
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    if let Some(root) = cgroups {
+        match root.list() {
+            Ok(names) => {
+                for name in names {
+                    if let Ok(Some(cg)) = root.open(&name) {
+                        match cg.remove() {
+                            Ok(()) => {
+                                tracing::warn!(cgroup = %name, "removed orphaned cgroup of a previous hako");
+                                removed += 1;
+                            }
+                            Err(e) => tracing::error!(cgroup = %name, error = %e, "cannot remove orphaned cgroup"),
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list cgroups for orphan recovery"),
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(state_dir.join("logs")) {
+        for e in entries.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    removed
+}
+
+/// Runs `hako serve` to completion. Must be called from `main` while the process is still
+/// single-threaded (it forks the launcher's zygote before the tokio runtime starts).
+pub fn run(source: ConfigSource) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let cfg = source.load().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let zygote = Arc::new(Zygote::start().context("start the launcher zygote")?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("hako-worker")
+        .build()
+        .context("start the tokio runtime")?;
+    rt.block_on(serve(source, cfg, zygote))
+}
+
+async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let _lock = lock_state_dir(&cfg.state_dir)?;
+    let cgroups = match CgroupRoot::detect(Path::new("/sys/fs/cgroup"), CGROUP_PARENT) {
+        Ok(root) => {
+            tracing::info!(version = ?root.version(), "cgroups detected");
+            Some(Arc::new(root))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no usable cgroup hierarchy: instances run without resource limits");
+            None
+        }
+    };
+    let orphans = recover_orphans(&cfg.state_dir, cgroups.as_deref());
+    if orphans > 0 {
+        tracing::warn!(orphans, "cleaned up after a previous hako");
+    }
+    let runtime = ContainerRuntime::new(zygote, cgroups.clone(), cfg.state_dir.clone())
+        .with_context(|| format!("prepare state_dir {}", cfg.state_dir.display()))?;
+    let metrics = Metrics::new();
+    let sup = Supervisor::new(Arc::new(runtime), metrics, supervisor_options(&cfg));
+    sup.apply_apps(&cfg.apps, supervisor_options(&cfg));
+    let routes = Arc::new(RoutesHandle::new(routes_of(&cfg)));
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listen on {}", cfg.listen))?;
+    let admin_listener = tokio::net::TcpListener::bind(cfg.admin)
+        .await
+        .with_context(|| format!("admin endpoint on {}", cfg.admin))?;
+    tracing::info!(listen = %cfg.listen, admin = %cfg.admin, apps = cfg.apps.len(), "hako serving");
+
+    // Reload: SIGHUP or POST /v1/reload. A broken file keeps the old configuration.
+    let current = Arc::new(Mutex::new(cfg.clone()));
+    let reload: crate::admin::ReloadHook = {
+        let sup = sup.clone();
+        let routes = routes.clone();
+        let current = current.clone();
+        let source = source.clone();
+        Arc::new(move || reload(&source, &sup, &routes, &current))
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin_task = {
+        let sup = sup.clone();
+        let mut rx = stop_rx.clone();
+        let hook = reload.clone();
+        tokio::spawn(async move {
+            crate::admin::serve(admin_listener, sup, Some(hook), async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await;
+        })
+    };
+    let ticker = {
+        let sup = sup.clone();
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut iv = tokio::time::interval(Duration::from_millis(100));
+            iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = iv.tick() => sup.tick(),
+                    _ = rx.wait_for(|s| *s) => return,
+                }
+            }
+        })
+    };
+    let governor_task = {
+        let sup = sup.clone();
+        let rx = stop_rx.clone();
+        let current = current.clone();
+        tokio::spawn(crate::sampler::run(sup, current, rx))
+    };
+
+    let mut sigterm = signal(SignalKind::terminate()).context("install SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("install SIGINT handler")?;
+    let mut sighup = signal(SignalKind::hangup()).context("install SIGHUP handler")?;
+    let (first_signal_tx, first_signal_rx) = tokio::sync::oneshot::channel::<&'static str>();
+    let signals = {
+        let sup = sup.clone();
+        let reload = reload.clone();
+        tokio::spawn(async move {
+            let mut first = Some(first_signal_tx);
+            loop {
+                let name = tokio::select! {
+                    _ = sigterm.recv() => "SIGTERM",
+                    _ = sigint.recv() => "SIGINT",
+                    _ = sighup.recv() => {
+                        match reload() {
+                            Ok(s) => tracing::info!(summary = %s, "configuration reloaded"),
+                            Err(e) => tracing::error!(errors = %e, "reload rejected; the previous configuration stays in force"),
+                        }
+                        continue;
+                    }
+                };
+                match first.take() {
+                    Some(tx) => {
+                        tracing::info!(signal = name, "shutting down gracefully (send it again to force)");
+                        let _ = tx.send(name);
+                    }
+                    None => {
+                        tracing::warn!(signal = name, "forced shutdown: killing every instance");
+                        sup.kill_all();
+                    }
+                }
+            }
+        })
+    };
+
+    let grace = cfg.apps.iter().map(|a| a.lifetime.grace).max().unwrap_or(Duration::from_secs(10));
+    let report = hako_proxy::serve(
+        listener,
+        routes,
+        sup.clone(),
+        ProxyOptions::default(),
+        async move {
+            let _ = first_signal_rx.await;
+        },
+        grace,
+    )
+    .await
+    .context("proxy failed")?;
+    tracing::info!(
+        requests = report.requests,
+        completed_during_drain = report.completed_during_drain,
+        forced_closes = report.forced_closes,
+        "proxy stopped; stopping instances"
+    );
+    let stop_deadline = cfg
+        .apps
+        .iter()
+        .map(|a| a.lifetime.grace + a.lifetime.stop_timeout)
+        .max()
+        .unwrap_or(Duration::from_secs(15))
+        + Duration::from_secs(5);
+    sup.shutdown(stop_deadline).await;
+    let _ = stop_tx.send(true);
+    let _ = admin_task.await;
+    let _ = ticker.await;
+    let _ = governor_task.await;
+    signals.abort();
+    tracing::info!("hako stopped; every instance and cgroup removed");
+    Ok(())
+}
+
+fn reload(
+    source: &ConfigSource,
+    sup: &Arc<Supervisor>,
+    routes: &RoutesHandle,
+    current: &Mutex<Config>,
+) -> Result<String, String> {
+    let new = source.load().map_err(|e| e.to_string())?;
+    let mut cur = current.lock().expect("config lock");
+    let mut notes = Vec::new();
+    if new.listen != cur.listen {
+        notes.push(format!("listen change to {} needs a restart", new.listen));
+    }
+    if new.admin != cur.admin {
+        notes.push(format!("admin change to {} needs a restart", new.admin));
+    }
+    if new.state_dir != cur.state_dir {
+        notes.push("state_dir change needs a restart".to_string());
+    }
+    sup.apply_apps(&new.apps, supervisor_options(&new));
+    routes.store(routes_of(&new));
+    let summary = format!(
+        "{} apps{}{}",
+        new.apps.len(),
+        if notes.is_empty() { "" } else { "; " },
+        notes.join("; ")
+    );
+    *cur = new;
+    Ok(summary)
+}

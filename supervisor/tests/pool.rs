@@ -1,0 +1,374 @@
+//! The supervisor's decisions (single flight, scale-out, queue, backoff, readiness timeout,
+//! lifetimes, crash handling) against a fake runtime whose "instances" are in-process TCP
+//! servers. No root needed.
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hako_policies::{App, Rootfs};
+use hako_proxy::{ActivateError, Activator};
+use hako_supervisor::container::HostUpstream;
+use hako_supervisor::metrics::Metrics;
+use hako_supervisor::pool::{BoxFuture, ExitInfo, Running, Runtime, State, Supervisor, SupervisorOptions};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Behaviour {
+    Serve,
+    FailSpawn,
+    NeverListen,
+}
+
+struct FakeRuntime {
+    behaviour: Behaviour,
+    boot_delay: Duration,
+    spawns: AtomicUsize,
+    live: Arc<AtomicUsize>,
+    signals: Arc<Mutex<Vec<i32>>>,
+    instances: Arc<Mutex<Vec<Arc<FakeInstance>>>>,
+}
+
+impl FakeRuntime {
+    fn new(behaviour: Behaviour, boot_delay: Duration) -> Arc<Self> {
+        Arc::new(FakeRuntime {
+            behaviour,
+            boot_delay,
+            spawns: AtomicUsize::new(0),
+            live: Arc::new(AtomicUsize::new(0)),
+            signals: Arc::new(Mutex::new(Vec::new())),
+            instances: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+}
+
+struct FakeInstance {
+    id: u64,
+    addr: SocketAddr,
+    exit_tx: watch::Sender<Option<ExitInfo>>,
+    live: Arc<AtomicUsize>,
+    signals: Arc<Mutex<Vec<i32>>>,
+    server: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl FakeInstance {
+    /// Simulates the process dying on its own.
+    fn crash(&self, code: i32) {
+        if let Some(h) = self.server.lock().unwrap().take() {
+            h.abort();
+        }
+        self.exit_tx.send_replace(Some(ExitInfo { code: Some(code), signal: None, oom: false }));
+    }
+}
+
+impl Running for FakeInstance {
+    fn pid(&self) -> i32 {
+        1000 + self.id as i32
+    }
+    fn upstream(&self) -> Arc<dyn hako_proxy::Upstream> {
+        Arc::new(HostUpstream { id: self.id, addr: self.addr })
+    }
+    fn wait(&self) -> BoxFuture<'static, ExitInfo> {
+        let mut rx = self.exit_tx.subscribe();
+        let live = self.live.clone();
+        Box::pin(async move {
+            let _ = rx.wait_for(Option::is_some).await;
+            live.fetch_sub(1, Ordering::SeqCst);
+            rx.borrow().expect("set")
+        })
+    }
+    fn signal(&self, signal: i32) {
+        self.signals.lock().unwrap().push(signal);
+        if let Some(h) = self.server.lock().unwrap().take() {
+            h.abort();
+        }
+        self.exit_tx.send_replace(Some(ExitInfo { code: None, signal: Some(signal), oom: false }));
+    }
+    fn cleanup(&self) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+}
+
+impl Runtime for FakeRuntime {
+    fn spawn(&self, _app: Arc<App>, id: u64) -> BoxFuture<'static, Result<Arc<dyn Running>, String>> {
+        self.spawns.fetch_add(1, Ordering::SeqCst);
+        let behaviour = self.behaviour;
+        let delay = self.boot_delay;
+        let live = self.live.clone();
+        let signals = self.signals.clone();
+        let this_instances = Arc::new(Mutex::new(None::<Arc<FakeInstance>>));
+        let out = this_instances.clone();
+        let fut = async move {
+            if behaviour == Behaviour::FailSpawn {
+                return Err("exec /bin/nope: No such file or directory (ENOENT)".to_string());
+            }
+            // A slow boot: the process exists but listens only after `delay`.
+            tokio::time::sleep(delay).await;
+            let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            let server = match behaviour {
+                Behaviour::NeverListen => {
+                    drop(listener);
+                    None
+                }
+                _ => Some(tokio::spawn(async move {
+                    loop {
+                        let Ok((mut s, _)) = listener.accept().await else { return };
+                        tokio::spawn(async move {
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                                .await;
+                        });
+                    }
+                })),
+            };
+            let (exit_tx, _) = watch::channel(None);
+            live.fetch_add(1, Ordering::SeqCst);
+            let inst = Arc::new(FakeInstance {
+                id,
+                addr,
+                exit_tx,
+                live,
+                signals,
+                server: Mutex::new(server),
+            });
+            *out.lock().unwrap() = Some(inst.clone());
+            Ok(inst as Arc<dyn Running>)
+        };
+        let instances = this_instances;
+        let me = self.instances.clone();
+        Box::pin(async move {
+            let r = fut.await;
+            if let Some(i) = instances.lock().unwrap().take() {
+                me.lock().unwrap().push(i);
+            }
+            r
+        })
+    }
+}
+
+fn app(name: &str) -> App {
+    let mut a = App::with_defaults(name, Rootfs::Host, vec!["/bin/true".into()]);
+    a.hosts = vec![format!("{name}.test")];
+    a
+}
+
+fn supervisor(rt: Arc<FakeRuntime>, apps: &[App]) -> Arc<Supervisor> {
+    let sup = Supervisor::new(rt, Metrics::new(), SupervisorOptions::default());
+    sup.apply_apps(apps, SupervisorOptions::default());
+    sup
+}
+
+fn metric(sup: &Supervisor, needle: &str) -> f64 {
+    let text = sup.metrics().render();
+    text.lines()
+        .find(|l| l.starts_with(needle))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cold_requests_share_one_boot() {
+    let rt = FakeRuntime::new(Behaviour::Serve, Duration::from_millis(50));
+    let mut a = app("cold");
+    a.scaling.concurrency = 1000;
+    a.scaling.max_instances = 4;
+    let sup = supervisor(rt.clone(), &[a]);
+    let mut tasks = Vec::new();
+    for _ in 0..300 {
+        let sup = sup.clone();
+        tasks.push(tokio::spawn(async move { sup.acquire("cold").await.map(|l| l.upstream.id()) }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for t in tasks {
+        ids.insert(t.await.unwrap().expect("lease"));
+    }
+    assert_eq!(rt.spawns.load(Ordering::SeqCst), 1, "exactly one boot for the burst");
+    assert_eq!(ids.len(), 1);
+    assert_eq!(metric(&sup, r#"hako_boots_total{app="cold",result="ok"}"#), 1.0);
+    sup.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(rt.live.load(Ordering::SeqCst), 0, "shutdown stops every instance");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scales_out_to_max_instances_and_never_more() {
+    let rt = FakeRuntime::new(Behaviour::Serve, Duration::from_millis(20));
+    let mut a = app("scale");
+    a.scaling.concurrency = 10;
+    a.scaling.max_instances = 3;
+    a.scaling.queue_timeout = Duration::from_millis(500);
+    a.readiness.timeout = Duration::from_millis(500);
+    let sup = supervisor(rt.clone(), &[a]);
+    // Hold 30 leases at once: exactly fills 3 instances × 10.
+    let mut tasks = Vec::new();
+    for _ in 0..30 {
+        let sup = sup.clone();
+        tasks.push(tokio::spawn(async move { sup.acquire("scale").await }));
+    }
+    let mut leases = Vec::new();
+    for t in tasks {
+        leases.push(t.await.unwrap().expect("lease"));
+    }
+    assert_eq!(rt.spawns.load(Ordering::SeqCst), 3);
+    let mut per_instance = std::collections::HashMap::new();
+    for l in &leases {
+        *per_instance.entry(l.upstream.id()).or_insert(0) += 1;
+    }
+    assert!(per_instance.values().all(|n| *n <= 10), "{per_instance:?}");
+    // A 31st request waits (no 4th boot) and times out in the queue.
+    let r = sup.acquire("scale").await;
+    assert!(matches!(r, Err(ActivateError::NotReady { .. })), "{r:?}");
+    assert_eq!(rt.spawns.load(Ordering::SeqCst), 3);
+    // Releasing one lease lets a waiter in.
+    let waiter = {
+        let sup = sup.clone();
+        tokio::spawn(async move { sup.acquire("scale").await.map(|_| ()) })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    leases.pop();
+    waiter.await.unwrap().expect("served after a release");
+    drop(leases);
+    sup.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_boot_is_reported_and_backs_off() {
+    let rt = FakeRuntime::new(Behaviour::FailSpawn, Duration::ZERO);
+    let sup = supervisor(rt.clone(), &[app("broken")]);
+    let first = sup.acquire("broken").await;
+    match first {
+        Err(ActivateError::BootFailed { reason, .. }) => assert!(reason.contains("/bin/nope"), "{reason}"),
+        other => panic!("expected BootFailed, got {other:?}"),
+    }
+    for _ in 0..10 {
+        let r = sup.acquire("broken").await;
+        assert!(matches!(r, Err(ActivateError::BootFailed { .. })), "{r:?}");
+    }
+    assert_eq!(rt.spawns.load(Ordering::SeqCst), 1, "crash-loop backoff: no boot per request");
+    assert_eq!(metric(&sup, r#"hako_boots_total{app="broken",result="failed"}"#), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_that_never_listens_times_out_and_is_killed() {
+    let rt = FakeRuntime::new(Behaviour::NeverListen, Duration::ZERO);
+    let mut a = app("mute");
+    a.readiness.timeout = Duration::from_millis(300);
+    let sup = supervisor(rt.clone(), &[a]);
+    let r = sup.acquire("mute").await;
+    assert!(matches!(r, Err(ActivateError::NotReady { .. })), "{r:?}");
+    // The instance was killed and removed.
+    for _ in 0..50 {
+        if rt.live.load(Ordering::SeqCst) == 0 && sup.instances().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(rt.live.load(Ordering::SeqCst), 0);
+    assert!(rt.signals.lock().unwrap().contains(&libc::SIGKILL));
+    assert_eq!(metric(&sup, r#"hako_boots_total{app="mute",result="not_ready"}"#), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_queue_answers_queue_full() {
+    let rt = FakeRuntime::new(Behaviour::Serve, Duration::from_millis(300));
+    let mut a = app("q");
+    a.scaling.queue = 2;
+    let sup = supervisor(rt.clone(), &[a]);
+    let w1 = { let s = sup.clone(); tokio::spawn(async move { s.acquire("q").await.map(|_| ()) }) };
+    let w2 = { let s = sup.clone(); tokio::spawn(async move { s.acquire("q").await.map(|_| ()) }) };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = sup.acquire("q").await;
+    assert!(matches!(r, Err(ActivateError::QueueFull { .. })), "{r:?}");
+    w1.await.unwrap().expect("first waiter served");
+    w2.await.unwrap().expect("second waiter served");
+    sup.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_instances_stop_and_the_next_request_boots_again() {
+    let rt = FakeRuntime::new(Behaviour::Serve, Duration::ZERO);
+    let mut a = app("idle");
+    a.lifetime.idle_timeout = Duration::from_millis(200);
+    a.lifetime.stop_timeout = Duration::from_millis(200);
+    let sup = supervisor(rt.clone(), &[a]);
+    drop(sup.acquire("idle").await.expect("lease"));
+    assert_eq!(sup.live_instances("idle").len(), 1);
+    // Not idle long enough yet.
+    sup.tick();
+    assert_eq!(sup.live_instances("idle")[0].state(), State::Ready);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    sup.tick();
+    for _ in 0..100 {
+        if sup.live_instances("idle").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(sup.live_instances("idle").is_empty());
+    assert_eq!(metric(&sup, r#"hako_instance_stops_total{app="idle",reason="idle"}"#), 1.0);
+    assert!(rt.signals.lock().unwrap().contains(&libc::SIGTERM), "graceful stop starts with SIGTERM");
+    drop(sup.acquire("idle").await.expect("new lease"));
+    assert_eq!(rt.spawns.load(Ordering::SeqCst), 2);
+    sup.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lifetime_drains_in_flight_requests_before_stopping() {
+    let rt = FakeRuntime::new(Behaviour::Serve, Duration::ZERO);
+    let mut a = app("old");
+    a.lifetime.max_lifetime = Some(Duration::from_millis(200));
+    a.lifetime.grace = Duration::from_secs(5);
+    let sup = supervisor(rt.clone(), &[a]);
+    let lease = sup.acquire("old").await.expect("lease");
+    let first = lease.upstream.id();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    sup.tick();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Draining: the old instance is not handed out; a new request goes to a successor.
+    assert_eq!(sup.live_instances("old").iter().find(|i| i.id == first).map(|i| i.state()), Some(State::Draining));
+    let next = sup.acquire("old").await.expect("successor lease");
+    assert_ne!(next.upstream.id(), first);
+    // The old one is still alive while its request is in flight.
+    assert!(rt.signals.lock().unwrap().is_empty(), "no signal before the lease is released");
+    drop(lease);
+    for _ in 0..100 {
+        if !sup.live_instances("old").iter().any(|i| i.id == first) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!sup.live_instances("old").iter().any(|i| i.id == first));
+    assert_eq!(metric(&sup, r#"hako_instance_stops_total{app="old",reason="lifetime"}"#), 1.0);
+    drop(next);
+    sup.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_instance_is_replaced_and_counted() {
+    let rt = FakeRuntime::new(Behaviour::Serve, Duration::ZERO);
+    let sup = supervisor(rt.clone(), &[app("crashy")]);
+    let id = sup.acquire("crashy").await.expect("lease").upstream.id();
+    let inst = rt.instances.lock().unwrap().iter().find(|i| i.id == id).cloned().expect("instance");
+    inst.crash(3);
+    for _ in 0..100 {
+        if sup.live_instances("crashy").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(metric(&sup, r#"hako_instance_stops_total{app="crashy",reason="crashed"}"#), 1.0);
+    let next = sup.acquire("crashy").await.expect("served by a new instance");
+    assert_ne!(next.upstream.id(), id);
+    drop(next);
+    sup.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_app_is_refused() {
+    let rt = FakeRuntime::new(Behaviour::Serve, Duration::ZERO);
+    let sup = supervisor(rt, &[app("a")]);
+    assert!(matches!(sup.acquire("nope").await, Err(ActivateError::UnknownApp(_))));
+}
