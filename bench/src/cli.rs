@@ -496,10 +496,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Launcher(a) => cmd_launcher(a),
-        cmd => match tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-        {
+        cmd => match runtime(cli.threads) {
             Ok(rt) => rt.block_on(async move {
                 match cmd {
                     Cmd::Run(a) => cmd_run(a).await,

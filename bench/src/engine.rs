@@ -293,7 +293,7 @@ pub async fn exchange(
     req: Request<Full<Bytes>>,
     timeout: Duration,
 ) -> Result<u16, ErrorKind> {
-    match try_exchange(conn, req, timeout).await {
+    match try_exchange(conn, req, timeout, None).await {
         Ok(s) => Ok(s),
         Err(Fail::Kind(k)) => Err(k),
         Err(Fail::Stale) => Err(ErrorKind::Io),
@@ -313,6 +313,7 @@ async fn try_exchange(
     conn: &mut Conn,
     req: Request<Full<Bytes>>,
     timeout: Duration,
+    timer: Option<&mut Timer>,
 ) -> Result<u16, Fail> {
     let io = |_| Fail::Kind(ErrorKind::Io);
     let fut = async {
@@ -335,20 +336,42 @@ async fn try_exchange(
             }
         }
     };
-    tokio::time::timeout(timeout, fut)
-        .await
-        .unwrap_or(Err(Fail::Kind(ErrorKind::Timeout)))
+    let Some(timer) = timer else {
+        return tokio::time::timeout(timeout, fut)
+            .await
+            .unwrap_or(Err(Fail::Kind(ErrorKind::Timeout)));
+    };
+    // A lazily re-armed timer: armed once, re-armed only when it fires before the current
+    // request's deadline. This avoids touching the shared timer wheel on every request.
+    let deadline = Instant::now() + timeout;
+    tokio::pin!(fut);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut fut => return out,
+            _ = timer.as_mut() => {
+                if Instant::now() >= deadline {
+                    return Err(Fail::Kind(ErrorKind::Timeout));
+                }
+                timer.as_mut().reset(deadline);
+            }
+        }
+    }
 }
+
+/// A worker's reusable timeout timer.
+type Timer = Pin<Box<tokio::time::Sleep>>;
 
 /// Sends on `slot`'s connection, reconnecting (once) if it was found closed before sending.
 async fn send_with_reconnect(
     slot: &mut Option<Conn>,
     spec: &LoadSpec,
     tpl: &Template,
+    timer: &mut Timer,
 ) -> Result<u16, ErrorKind> {
     for _ in 0..2 {
         let c = ensure_conn(slot, spec, tpl).await?;
-        match try_exchange(c, tpl.build(), spec.timeout).await {
+        match try_exchange(c, tpl.build(), spec.timeout, Some(timer)).await {
             Ok(s) => return Ok(s),
             Err(Fail::Kind(k)) => {
                 *slot = None;
@@ -583,6 +606,7 @@ pub async fn run_load_detailed(spec: LoadSpec) -> Result<(Report, Vec<Second>), 
                 }
             }
             rec.flush();
+            flush_progress(&shared, &mut rec);
             (rec, Instant::now())
         }));
     }
@@ -655,10 +679,14 @@ fn record(
     measured: bool,
 ) {
     let now = Instant::now();
+    // Progress counters are shared: update them in batches to keep cache lines quiet.
     match res {
-        Ok(_) => shared.done.fetch_add(1, Ordering::Relaxed),
-        Err(_) => shared.failed.fetch_add(1, Ordering::Relaxed),
-    };
+        Ok(_) => rec.pending_done += 1,
+        Err(_) => rec.pending_failed += 1,
+    }
+    if rec.pending_done + rec.pending_failed >= 64 {
+        flush_progress(shared, rec);
+    }
     if !measured {
         return;
     }
@@ -667,6 +695,13 @@ fn record(
         Ok(status) => rec.response(*status, now.saturating_duration_since(from), at),
         Err(kind) => rec.error(*kind, at),
     }
+}
+
+fn flush_progress(shared: &Shared, rec: &mut Recorder) {
+    shared.done.fetch_add(rec.pending_done, Ordering::Relaxed);
+    shared.failed.fetch_add(rec.pending_failed, Ordering::Relaxed);
+    rec.pending_done = 0;
+    rec.pending_failed = 0;
 }
 
 /// Gets a usable connection, opening one if needed.
@@ -697,6 +732,7 @@ async fn closed_worker(
         Stop::Duration(d) => Some(shared.measure_start + d),
         Stop::Requests(_) => None,
     };
+    let mut timer: Timer = Box::pin(tokio::time::sleep(spec.timeout));
     loop {
         let start = Instant::now();
         let measured = start >= shared.measure_start;
@@ -720,7 +756,7 @@ async fn closed_worker(
         if measured {
             rec.sent += 1;
         }
-        let res = send_with_reconnect(&mut conn, spec, tpl).await;
+        let res = send_with_reconnect(&mut conn, spec, tpl, &mut timer).await;
         record(shared, rec, &res, start, measured);
     }
 }
@@ -745,6 +781,7 @@ async fn open_worker(
         Stop::Duration(d) => Some(shared.measure_start + d),
         Stop::Requests(_) => None,
     };
+    let mut timer: Timer = Box::pin(tokio::time::sleep(spec.timeout));
     let mut first = true;
     let mut indices = worker_indices(k, workers, limit);
     while let Some(i) = indices.next() {
@@ -773,7 +810,7 @@ async fn open_worker(
         if measured {
             rec.sent += 1;
         }
-        let res = send_with_reconnect(&mut conn, spec, tpl).await;
+        let res = send_with_reconnect(&mut conn, spec, tpl, &mut timer).await;
         record(shared, rec, &res, intended, measured);
     }
 }

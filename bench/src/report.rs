@@ -164,6 +164,10 @@ pub struct Recorder {
     pub late: u64,
     /// Open loop: requests scheduled within the window that were never sent.
     pub unsent: u64,
+    /// Progress not yet published to the shared counters.
+    pub pending_done: u64,
+    /// Progress (errors) not yet published.
+    pub pending_failed: u64,
     cur_sec: u64,
     cur: Second,
     timeline: SharedTimeline,
@@ -180,6 +184,8 @@ impl Recorder {
             status: BTreeMap::new(),
             late: 0,
             unsent: 0,
+            pending_done: 0,
+            pending_failed: 0,
             cur_sec: 0,
             cur: Second {
                 responses: 0,

@@ -153,3 +153,43 @@ async fn h2c_and_host_override() {
     assert_eq!(r.protocol, "h2c");
     assert_eq!(served.load(Ordering::Relaxed), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_override_reaches_server_h1_and_h2() {
+    let addr = common::host_server("app.local").await;
+    for http2 in [false, true] {
+        let mut s = spec(addr).await;
+        s.request.http2 = http2;
+        s.stop = Stop::Requests(20);
+        let r = run_load(s.clone()).await.unwrap();
+        assert_eq!(r.errors_by_kind.status_4xx, 20, "no override, http2={http2}");
+        s.request.host = Some("app.local".into());
+        let r = run_load(s).await.unwrap();
+        assert_eq!(r.status_counts["200"], 20, "override, http2={http2}");
+        assert_eq!(r.errors, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_closed_connections_are_reopened_not_errors() {
+    let addr = common::idle_closing_server().await;
+    let mut s = spec(addr).await;
+    s.rate = Some(50.0);
+    s.stop = Stop::Requests(10);
+    let r = run_load(s).await.unwrap();
+    assert_eq!(r.responses, 10, "{:?}", r.errors_by_kind);
+    assert_eq!(r.errors, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_body_and_headers_are_sent() {
+    let (addr, served) = common::status_server(200).await;
+    let mut s = spec(addr).await;
+    s.request.method = http::Method::POST;
+    s.request.body = bytes::Bytes::from_static(b"hello");
+    s.request.headers = vec![hako_bench::engine::parse_header("X-A: b").unwrap()];
+    s.stop = Stop::Requests(3);
+    let r = run_load(s).await.unwrap();
+    assert_eq!(r.responses, 3);
+    assert_eq!(served.load(Ordering::Relaxed), 3);
+}

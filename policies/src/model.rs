@@ -14,6 +14,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
 /// Default directory for runtime state.
 pub const DEFAULT_STATE_DIR: &str = "/run/hako";
+/// Default name of the cgroup under which every instance cgroup is created.
+pub const DEFAULT_CGROUP_PARENT: &str = "hako";
 /// Default memory limit of an instance (256Mi).
 pub const DEFAULT_MEMORY: u64 = 256 << 20;
 /// Smallest accepted memory limit (1Mi): below it no program starts, and `memory: 256`
@@ -91,6 +93,9 @@ pub struct Config {
     pub allow_public_admin: bool,
     /// Directory for runtime state (absolute).
     pub state_dir: PathBuf,
+    /// Name of the cgroup (under each hierarchy's root) that holds this hako's instance
+    /// cgroups. Owned exclusively: at start-up everything below it is an orphan and removed.
+    pub cgroup_parent: String,
     /// The apps, in file order.
     pub apps: Vec<App>,
     /// The spike governor.

@@ -15,6 +15,7 @@ pub(crate) struct RawConfig {
     pub admin: Option<String>,
     pub allow_public_admin: Option<bool>,
     pub state_dir: Option<String>,
+    pub cgroup_parent: Option<String>,
     pub apps: Option<Vec<RawApp>>,
     pub governor: Option<RawGovernor>,
 }

@@ -127,6 +127,15 @@ impl<'a> Ctx<'a> {
             }
             Some(dir) => self.resolve(dir),
         };
+        let cgroup_parent = match raw.cgroup_parent {
+            None => DEFAULT_CGROUP_PARENT.to_owned(),
+            Some(name) => {
+                if let Err(e) = check_app_name(&name) {
+                    self.fault("cgroup_parent", e);
+                }
+                name
+            }
+        };
         let governor = self.governor(raw.governor.unwrap_or_default());
         let mut apps = Vec::new();
         match raw.apps {
@@ -146,6 +155,7 @@ impl<'a> Ctx<'a> {
             admin,
             allow_public_admin,
             state_dir,
+            cgroup_parent,
             apps,
             governor,
         }

@@ -14,9 +14,6 @@ use crate::container::{ContainerRuntime, InstanceRecord};
 use crate::metrics::Metrics;
 use crate::pool::{Supervisor, SupervisorOptions};
 
-/// Name of the parent cgroup every instance cgroup lives under.
-pub const CGROUP_PARENT: &str = "hako";
-
 /// The built-in demo: one app, busybox httpd on a read-only view of the host, booted on the
 /// first request to http://127.0.0.1:8080/.
 pub const DEMO_CONFIG: &str = r#"# hako's built-in demo configuration (`hako serve` without --config).
@@ -170,7 +167,7 @@ pub fn run(source: ConfigSource) -> anyhow::Result<()> {
 async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow::Result<()> {
     use anyhow::Context;
     let _lock = lock_state_dir(&cfg.state_dir)?;
-    let cgroups = match CgroupRoot::detect(Path::new("/sys/fs/cgroup"), CGROUP_PARENT) {
+    let cgroups = match CgroupRoot::detect(Path::new("/sys/fs/cgroup"), &cfg.cgroup_parent) {
         Ok(root) => {
             tracing::info!(version = ?root.version(), "cgroups detected");
             Some(Arc::new(root))
