@@ -242,9 +242,18 @@ struct LauncherArgs {
     json: bool,
 }
 
+/// Writes to stdout; a closed pipe (`| head`) is not an error.
+fn out(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    match o.write_all(text.as_bytes()).and_then(|_| o.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
+}
+
 fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
-    Ok(())
+    out(&format!("{}\n", serde_json::to_string_pretty(v)?))
 }
 
 fn write_chart(path: &PathBuf, title: &str, tl: &[crate::report::SecondReport]) -> Result<()> {
@@ -285,11 +294,11 @@ async fn cmd_run(a: RunArgs) -> Result<()> {
         if let Some(d) = &deltas {
             j["scrape"] = serde_json::to_value(d)?;
         }
-        println!("{}", serde_json::to_string_pretty(&j)?);
+        out(&format!("{}\n", serde_json::to_string_pretty(&j)?))?;
     } else {
-        print!("{}", report.to_text());
+        out(&report.to_text())?;
         if let Some(d) = &deltas {
-            print!("scrape deltas:\n{}", prom::deltas_text(d));
+            out(&format!("scrape deltas:\n{}", prom::deltas_text(d)))?;
         }
     }
     Ok(())
@@ -347,14 +356,13 @@ async fn cmd_cold(a: ColdArgs) -> Result<()> {
     if a.req.json {
         return print_json(&r);
     }
-    print!(
+    out(&format!(
         "cold: {} apps in {:.2}s (fresh connection each)\n{}{}",
         r.apps,
         r.duration_s,
         summary_text(&r.summary),
         scrape_text(&r.scrape)
-    );
-    Ok(())
+    ))
 }
 
 async fn cmd_burst(a: BurstArgs) -> Result<()> {
@@ -371,14 +379,13 @@ async fn cmd_burst(a: BurstArgs) -> Result<()> {
     if a.req.json {
         return print_json(&r);
     }
-    print!(
+    out(&format!(
         "burst: {} simultaneous requests to {}\n{}{}",
         r.concurrency,
         r.host,
         summary_text(&r.summary),
         scrape_text(&r.scrape)
-    );
-    Ok(())
+    ))
 }
 
 /// Parses `calm,burst,calm`.
@@ -414,7 +421,7 @@ async fn cmd_spike(a: SpikeArgs) -> Result<()> {
     if a.req.json {
         return print_json(&r);
     }
-    print!(
+    out(&format!(
         "spike: quiet {} at {}/s, noisy {} ({})\n  quiet p99 ms: calm {:.3}, burst {:.3}, after {:.3}; burst/calm {:.2}x\n  noisy: {:.1} req/s, {} errors\n  quiet: {} responses, {} errors, {} late\n{}",
         spec.quiet_host,
         spec.quiet_rate,
@@ -432,8 +439,7 @@ async fn cmd_spike(a: SpikeArgs) -> Result<()> {
         r.quiet.errors,
         r.quiet.late,
         scrape_text(&r.scrape)
-    );
-    Ok(())
+    ))
 }
 
 async fn cmd_density(a: DensityArgs) -> Result<()> {
@@ -461,8 +467,7 @@ async fn cmd_density(a: DensityArgs) -> Result<()> {
         ));
     }
     s.push_str(&scrape_text(&r.scrape));
-    print!("{s}");
-    Ok(())
+    out(&s)
 }
 
 fn cmd_launcher(a: LauncherArgs) -> Result<()> {
@@ -479,8 +484,7 @@ fn cmd_launcher(a: LauncherArgs) -> Result<()> {
     if a.json {
         return print_json(&r);
     }
-    print!("{}", launcher::to_text(&r));
-    Ok(())
+    out(&launcher::to_text(&r))
 }
 
 fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {

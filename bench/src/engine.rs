@@ -699,7 +699,9 @@ fn record(
 
 fn flush_progress(shared: &Shared, rec: &mut Recorder) {
     shared.done.fetch_add(rec.pending_done, Ordering::Relaxed);
-    shared.failed.fetch_add(rec.pending_failed, Ordering::Relaxed);
+    shared
+        .failed
+        .fetch_add(rec.pending_failed, Ordering::Relaxed);
     rec.pending_done = 0;
     rec.pending_failed = 0;
 }

@@ -162,7 +162,10 @@ async fn host_override_reaches_server_h1_and_h2() {
         s.request.http2 = http2;
         s.stop = Stop::Requests(20);
         let r = run_load(s.clone()).await.unwrap();
-        assert_eq!(r.errors_by_kind.status_4xx, 20, "no override, http2={http2}");
+        assert_eq!(
+            r.errors_by_kind.status_4xx, 20,
+            "no override, http2={http2}"
+        );
         s.request.host = Some("app.local".into());
         let r = run_load(s).await.unwrap();
         assert_eq!(r.status_counts["200"], 20, "override, http2={http2}");

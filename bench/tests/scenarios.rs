@@ -27,7 +27,11 @@ async fn cold_hits_each_host_once_and_reports_boots() {
     assert_eq!(r.summary.successes, 5);
     assert_eq!(r.per_host[3].host, "app3.local");
     // Every request paid the 20 ms boot.
-    assert!(r.summary.latency_ms.min >= 20.0, "{:?}", r.summary.latency_ms);
+    assert!(
+        r.summary.latency_ms.min >= 20.0,
+        "{:?}",
+        r.summary.latency_ms
+    );
     let d = r.scrape.unwrap();
     assert_eq!(d[0].name, "hako_boots_total");
     assert_eq!(d[0].total, 5.0);

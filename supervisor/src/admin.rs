@@ -46,14 +46,28 @@ fn handle(
         (&Method::POST, "/v1/reload") => match reload {
             Some(hook) => match hook() {
                 Ok(summary) => reply(StatusCode::OK, "text/plain", format!("{summary}\n")),
-                Err(errors) => reply(StatusCode::UNPROCESSABLE_ENTITY, "text/plain", format!("{errors}\n")),
+                Err(errors) => reply(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "text/plain",
+                    format!("{errors}\n"),
+                ),
             },
-            None => reply(StatusCode::NOT_FOUND, "text/plain", "reload is not available\n"),
+            None => reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "reload is not available\n",
+            ),
         },
-        (_, "/metrics" | "/healthz" | "/v1/instances" | "/v1/reload") => {
-            reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n")
-        }
-        (_, path) => reply(StatusCode::NOT_FOUND, "text/plain", format!("no such endpoint: {path}\n")),
+        (_, "/metrics" | "/healthz" | "/v1/instances" | "/v1/reload") => reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed\n",
+        ),
+        (_, path) => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            format!("no such endpoint: {path}\n"),
+        ),
     }
 }
 

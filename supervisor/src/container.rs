@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use hako_launcher::cgroup::{CgroupLimits, CgroupRoot, InstanceCgroup};
-use hako_launcher::spec::{ContainerSpec, NetworkMode, RootfsSpec, DEFAULT_CAPABILITIES, DEFAULT_PATH};
+use hako_launcher::spec::{
+    ContainerSpec, NetworkMode, RootfsSpec, DEFAULT_CAPABILITIES, DEFAULT_PATH,
+};
 use hako_launcher::zygote::{SpawnRequest, Zygote};
 use hako_policies::{App, Network, Rootfs};
 use hako_proxy::Upstream;
@@ -58,7 +60,10 @@ pub fn container_spec(app: &App, port: u16) -> ContainerSpec {
     spec.nproc = None;
     spec.capabilities = match &app.capabilities {
         Some(c) => c.clone(),
-        None => DEFAULT_CAPABILITIES.iter().map(|s| (*s).to_string()).collect(),
+        None => DEFAULT_CAPABILITIES
+            .iter()
+            .map(|s| (*s).to_string())
+            .collect(),
     };
     spec.seccomp = matches!(app.seccomp, hako_policies::SeccompMode::Default);
     spec
@@ -84,7 +89,9 @@ pub struct ContainerRuntime {
 
 impl std::fmt::Debug for ContainerRuntime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ContainerRuntime").field("state_dir", &self.state_dir).finish_non_exhaustive()
+        f.debug_struct("ContainerRuntime")
+            .field("state_dir", &self.state_dir)
+            .finish_non_exhaustive()
     }
 }
 
@@ -96,7 +103,12 @@ impl ContainerRuntime {
     ) -> io::Result<Self> {
         std::fs::create_dir_all(state_dir.join("instances"))?;
         std::fs::create_dir_all(state_dir.join("logs"))?;
-        Ok(ContainerRuntime { zygote, cgroups, sockets: NetnsSockets::start()?, state_dir })
+        Ok(ContainerRuntime {
+            zygote,
+            cgroups,
+            sockets: NetnsSockets::start()?,
+            state_dir,
+        })
     }
 }
 
@@ -118,7 +130,11 @@ fn free_host_port() -> io::Result<u16> {
 }
 
 impl Runtime for ContainerRuntime {
-    fn spawn(&self, app: Arc<App>, id: u64) -> BoxFuture<'static, Result<Arc<dyn Running>, String>> {
+    fn spawn(
+        &self,
+        app: Arc<App>,
+        id: u64,
+    ) -> BoxFuture<'static, Result<Arc<dyn Running>, String>> {
         let zygote = self.zygote.clone();
         let cgroups = self.cgroups.clone();
         let sockets = self.sockets.clone();
@@ -198,11 +214,17 @@ impl Runtime for ContainerRuntime {
                         Err(e) => {
                             // The process died already; the exit watcher will report how.
                             tracing::debug!(error = %e, "instance gone before its namespace was opened");
-                            Arc::new(HostUpstream { id, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)) })
+                            Arc::new(HostUpstream {
+                                id,
+                                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                            })
                         }
                     }
                 }
-                Network::Host => Arc::new(HostUpstream { id, addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)) }),
+                Network::Host => Arc::new(HostUpstream {
+                    id,
+                    addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+                }),
             };
             // SAFETY: the AsyncFd takes ownership of the OwnedFd, so the descriptor stays open and
             // `as_raw_fd` returns the same number for the AsyncFd's whole lifetime.
@@ -252,7 +274,9 @@ impl Container {
 /// Last `max` bytes of a file, lossily decoded, for crash reports.
 fn tail(path: &Path, max: u64) -> String {
     use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else { return String::new() };
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
     let mut buf = Vec::new();
@@ -298,8 +322,16 @@ impl Running for Container {
                 .and_then(|c| c.stats().ok())
                 .is_some_and(|s| s.oom_kills > 0);
             let info = match status {
-                Some(st) => ExitInfo { code: st.code(), signal: st.signal(), oom },
-                None => ExitInfo { code: None, signal: None, oom },
+                Some(st) => ExitInfo {
+                    code: st.code(),
+                    signal: st.signal(),
+                    oom,
+                },
+                None => ExitInfo {
+                    code: None,
+                    signal: None,
+                    oom,
+                },
             };
             *exit_slot.lock().expect("exit lock") = Some(info);
             info
@@ -328,7 +360,9 @@ impl Running for Container {
                                 tracing::error!(cgroup = %name, error = %e, "cannot remove cgroup");
                             }
                         }
-                        Err(c) => tracing::error!(cgroup = c.name(), "cgroup still in use; not removed"),
+                        Err(c) => {
+                            tracing::error!(cgroup = c.name(), "cgroup still in use; not removed")
+                        }
                     }
                 }
                 let abnormal = exit.is_none_or(|e| e.code != Some(0));
@@ -347,12 +381,20 @@ impl Running for Container {
 
     fn usage(&self) -> Option<Usage> {
         let s = self.cgroup()?.stats().ok()?;
-        Some(Usage { cpu_usage_usec: s.cpu_usage_usec, memory_current: s.memory_current })
+        Some(Usage {
+            cpu_usage_usec: s.cpu_usage_usec,
+            memory_current: s.memory_current,
+        })
     }
 
     fn limits(&self) -> Option<EffectiveLimits> {
         let l = self.cgroup()?.limits().ok()?;
-        Some(EffectiveLimits { cpu: l.cpu, memory_max: l.memory_max, memory_high: l.memory_high, pids: l.pids })
+        Some(EffectiveLimits {
+            cpu: l.cpu,
+            memory_max: l.memory_max,
+            memory_high: l.memory_high,
+            pids: l.pids,
+        })
     }
 
     fn set_soft_limits(&self, cpu: f64, memory_high: Option<u64>) -> Result<(), String> {
@@ -377,7 +419,11 @@ impl Upstream for NetnsUpstream {
         self.id
     }
 
-    fn connect(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<tokio::net::TcpStream>> + Send + 'static>> {
+    fn connect(
+        &self,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = io::Result<tokio::net::TcpStream>> + Send + 'static>,
+    > {
         let sockets = self.sockets.clone();
         let netns = self.netns.clone();
         let addr = self.addr;
@@ -396,7 +442,11 @@ impl Upstream for HostUpstream {
         self.id
     }
 
-    fn connect(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<tokio::net::TcpStream>> + Send + 'static>> {
+    fn connect(
+        &self,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = io::Result<tokio::net::TcpStream>> + Send + 'static>,
+    > {
         let addr = self.addr;
         Box::pin(async move {
             let s = tokio::net::TcpStream::connect(addr).await?;

@@ -209,7 +209,12 @@ impl Metrics {
 
     /// Removes every label set of an app that left the configuration.
     pub fn remove_app(&self, app: &str) {
-        for family in [&self.boots, &self.requests, &self.stops, &self.limit_changes] {
+        for family in [
+            &self.boots,
+            &self.requests,
+            &self.stops,
+            &self.limit_changes,
+        ] {
             remove_matching(family, app);
         }
         for state in INSTANCE_STATES {
@@ -238,7 +243,10 @@ fn remove_matching(family: &IntCounterVec, app: &str) {
     for mf in family.collect() {
         for m in mf.get_metric() {
             let labels = m.get_label();
-            if labels.iter().any(|l| l.get_name() == "app" && l.get_value() == app) {
+            if labels
+                .iter()
+                .any(|l| l.get_name() == "app" && l.get_value() == app)
+            {
                 let values: Vec<&str> = labels.iter().map(|l| l.get_value()).collect();
                 let _ = family.remove_label_values(&values);
             }
@@ -297,7 +305,10 @@ impl AppMetrics {
                 .with_label_values(&[&self.app, &code.to_string()])
                 .inc();
         } else {
-            self.all.requests.with_label_values(&[&self.app, label]).inc();
+            self.all
+                .requests
+                .with_label_values(&[&self.app, label])
+                .inc();
         }
         self.request_duration.observe(elapsed.as_secs_f64());
     }
@@ -368,7 +379,10 @@ mod tests {
             "hako_cgroup_cpu_seconds_total",
             "hako_cgroup_memory_bytes",
         ] {
-            assert!(text.contains(&format!("# HELP {name} ")), "{name} missing:\n{text}");
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} missing:\n{text}"
+            );
         }
         assert!(text.contains(r#"hako_requests_total{app="web",code="418"} 1"#));
         assert!(text.contains(r#"hako_boots_total{app="web",result="ok"} 1"#));

@@ -46,11 +46,23 @@ impl NetnsSockets {
     }
 
     /// Opens a TCP connection to `addr` inside the network namespace `netns`.
-    pub async fn connect(&self, netns: Arc<OwnedFd>, addr: SocketAddr) -> io::Result<tokio::net::TcpStream> {
+    pub async fn connect(
+        &self,
+        netns: Arc<OwnedFd>,
+        addr: SocketAddr,
+    ) -> io::Result<tokio::net::TcpStream> {
         let (reply, rx) = oneshot::channel();
-        let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+        let family = if addr.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
         self.tx
-            .send(Job { netns, family, reply })
+            .send(Job {
+                netns,
+                family,
+                reply,
+            })
             .map_err(|_| io::Error::other("network namespace thread is gone"))?;
         let fd = rx
             .await
@@ -99,8 +111,13 @@ mod tests {
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let t = std::thread::spawn(move || {
             nix::sched::unshare(CloneFlags::CLONE_NEWNET).expect("unshare netns");
-            let st = std::process::Command::new("ip").args(["link", "set", "lo", "up"]).status();
-            assert!(st.map(|s| s.success()).unwrap_or(false), "ip link set lo up");
+            let st = std::process::Command::new("ip")
+                .args(["link", "set", "lo", "up"])
+                .status();
+            assert!(
+                st.map(|s| s.success()).unwrap_or(false),
+                "ip link set lo up"
+            );
             let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind in netns");
             let ns = OwnedFd::from(std::fs::File::open("/proc/thread-self/ns/net").expect("ns"));
             tx.send((ns, l.local_addr().expect("addr"))).expect("send");
@@ -113,7 +130,10 @@ mod tests {
         // The host namespace has no listener on that port.
         assert!(tokio::net::TcpStream::connect(addr).await.is_err());
         let sockets = NetnsSockets::start().expect("start");
-        let mut s = sockets.connect(Arc::new(ns), addr).await.expect("connect inside");
+        let mut s = sockets
+            .connect(Arc::new(ns), addr)
+            .await
+            .expect("connect inside");
         let mut buf = Vec::new();
         use tokio::io::AsyncReadExt;
         s.read_to_end(&mut buf).await.expect("read");

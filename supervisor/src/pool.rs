@@ -18,8 +18,8 @@ use dashmap::DashMap;
 use hako_policies::{App, Probe};
 use hako_proxy::{ActivateError, Activator, Lease, Upstream};
 use serde::Serialize;
-use tokio::sync::{watch, Notify};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{watch, Notify};
 
 use crate::metrics::{AppMetrics, Metrics, StopReason};
 
@@ -93,7 +93,8 @@ pub trait Running: Send + Sync + 'static {
 /// Creates instance processes: real containers in production, plain processes in tests.
 pub trait Runtime: Send + Sync + 'static {
     /// Starts an instance of `app`. Resolves once the process exists (it may not be ready).
-    fn spawn(&self, app: Arc<App>, id: u64) -> BoxFuture<'static, Result<Arc<dyn Running>, String>>;
+    fn spawn(&self, app: Arc<App>, id: u64)
+        -> BoxFuture<'static, Result<Arc<dyn Running>, String>>;
 }
 
 /// Lifecycle state of an instance.
@@ -179,6 +180,9 @@ impl Instance {
     }
 }
 
+/// A live instance, its process handle and the policy it was booted with.
+pub type RunningInstance = (Arc<Instance>, Arc<dyn Running>, Arc<App>);
+
 /// A snapshot of an instance for the admin API and `hako ps`.
 #[derive(Debug, Clone, Serialize)]
 pub struct InstanceInfo {
@@ -245,7 +249,9 @@ struct LeaseGuard {
 
 impl Drop for LeaseGuard {
     fn drop(&mut self) {
-        self.instance.last_used_ms.store(now_ms(), Ordering::Relaxed);
+        self.instance
+            .last_used_ms
+            .store(now_ms(), Ordering::Relaxed);
         if self.instance.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.instance.idle.notify_waiters();
         }
@@ -270,7 +276,10 @@ pub struct SupervisorOptions {
 
 impl Default for SupervisorOptions {
     fn default() -> Self {
-        SupervisorOptions { max_live_instances: None, tick: Duration::from_millis(100) }
+        SupervisorOptions {
+            max_live_instances: None,
+            tick: Duration::from_millis(100),
+        }
     }
 }
 
@@ -335,7 +344,11 @@ mod tokio_util_tasks {
 }
 
 impl Supervisor {
-    pub fn new(runtime: Arc<dyn Runtime>, metrics: Metrics, options: SupervisorOptions) -> Arc<Self> {
+    pub fn new(
+        runtime: Arc<dyn Runtime>,
+        metrics: Metrics,
+        options: SupervisorOptions,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| Supervisor {
             me: me.clone(),
             pools: DashMap::new(),
@@ -423,7 +436,7 @@ impl Supervisor {
     }
 
     /// Every live instance with its running handle (for the governor's sampler).
-    pub fn running_instances(&self) -> Vec<(Arc<Instance>, Arc<dyn Running>, Arc<App>)> {
+    pub fn running_instances(&self) -> Vec<RunningInstance> {
         let mut out = Vec::new();
         for pool in self.pools.iter() {
             let st = pool.state.lock().expect("pool lock");
@@ -477,7 +490,12 @@ impl Supervisor {
     }
 
     /// The whole life of one instance: spawn, readiness, serve, stop, cleanup.
-    async fn run_instance(self: Arc<Self>, pool: Arc<AppPool>, inst: Arc<Instance>, policy: Arc<App>) {
+    async fn run_instance(
+        self: Arc<Self>,
+        pool: Arc<AppPool>,
+        inst: Arc<Instance>,
+        policy: Arc<App>,
+    ) {
         let boot_start = Instant::now();
         let running = match self.runtime.spawn(policy.clone(), inst.id).await {
             Ok(r) => r,
@@ -583,12 +601,22 @@ impl Supervisor {
                         in_flight = inst.in_flight.load(Ordering::Acquire),
                         "grace period over with requests still in flight");
                 }
-                let exit = stop_process(running.as_ref(), &mut exit_rx, policy.lifetime.stop_timeout).await;
+                let exit =
+                    stop_process(running.as_ref(), &mut exit_rx, policy.lifetime.stop_timeout)
+                        .await;
                 (reason, exit)
             }
             None => {
-                let exit = (*exit_rx.borrow()).unwrap_or(ExitInfo { code: None, signal: None, oom: false });
-                let reason = if exit.oom { StopReason::Oom } else { StopReason::Crashed };
+                let exit = (*exit_rx.borrow()).unwrap_or(ExitInfo {
+                    code: None,
+                    signal: None,
+                    oom: false,
+                });
+                let reason = if exit.oom {
+                    StopReason::Oom
+                } else {
+                    StopReason::Crashed
+                };
                 (reason, exit)
             }
         };
@@ -596,8 +624,10 @@ impl Supervisor {
         pool.metrics.stop(reason);
         let age = inst.started.elapsed().as_secs_f64();
         match reason {
-            StopReason::Crashed | StopReason::Oom => tracing::warn!(app = %inst.app, instance = inst.id,
-                %reason, %exit, age_s = age, requests = inst.requests.load(Ordering::Relaxed), "instance died"),
+            StopReason::Crashed | StopReason::Oom => {
+                tracing::warn!(app = %inst.app, instance = inst.id,
+                %reason, %exit, age_s = age, requests = inst.requests.load(Ordering::Relaxed), "instance died")
+            }
             _ => tracing::info!(app = %inst.app, instance = inst.id, %reason, %exit, age_s = age,
                 requests = inst.requests.load(Ordering::Relaxed), "instance stopped"),
         }
@@ -663,7 +693,11 @@ impl Supervisor {
             if successors > 0 && !self.shutting_down.load(Ordering::Acquire) {
                 let mut st = pool.state.lock().expect("pool lock");
                 for _ in 0..successors {
-                    let live = st.instances.iter().filter(|i| i.state() != State::Draining).count();
+                    let live = st
+                        .instances
+                        .iter()
+                        .filter(|i| i.state() != State::Draining)
+                        .count();
                     // The successor may exceed max_instances by one for a moment: the old one
                     // is about to leave.
                     if live <= policy.scaling.max_instances as usize {
@@ -685,8 +719,14 @@ impl Supervisor {
             drop(st);
             pool.changed.notify_waiters();
         }
-        if tokio::time::timeout(deadline, self.tasks.wait_zero()).await.is_err() {
-            tracing::error!(left = self.tasks.count(), "instances still stopping at the shutdown deadline");
+        if tokio::time::timeout(deadline, self.tasks.wait_zero())
+            .await
+            .is_err()
+        {
+            tracing::error!(
+                left = self.tasks.count(),
+                "instances still stopping at the shutdown deadline"
+            );
         }
     }
 
@@ -766,18 +806,32 @@ impl Supervisor {
                         Some(r) => r.upstream(),
                         None => {
                             // Died between the state check and now: release and retry.
-                            drop(LeaseGuard { instance: inst, pool: pool.clone() });
+                            drop(LeaseGuard {
+                                instance: inst,
+                                pool: pool.clone(),
+                            });
                             queued = false;
                             continue;
                         }
                     };
                     return Ok(Lease {
                         upstream,
-                        guard: Box::new(LeaseGuard { instance: inst, pool: pool.clone() }),
+                        guard: Box::new(LeaseGuard {
+                            instance: inst,
+                            pool: pool.clone(),
+                        }),
                     });
                 }
-                let booting = st.instances.iter().filter(|i| i.state() == State::Booting).count();
-                let live = st.instances.iter().filter(|i| i.state() != State::Draining).count();
+                let booting = st
+                    .instances
+                    .iter()
+                    .filter(|i| i.state() == State::Booting)
+                    .count();
+                let live = st
+                    .instances
+                    .iter()
+                    .filter(|i| i.state() != State::Draining)
+                    .count();
                 if booting == 0 {
                     if let (Some(until), Some(f)) = (st.backoff_until, st.last_failure.clone()) {
                         if Instant::now() < until {
@@ -789,9 +843,14 @@ impl Supervisor {
                             return Err(match f {
                                 BootFailure::Failed(reason) => ActivateError::BootFailed {
                                     app,
-                                    reason: format!("{reason} (next boot attempt in {:.1}s)", retry.as_secs_f64()),
+                                    reason: format!(
+                                        "{reason} (next boot attempt in {:.1}s)",
+                                        retry.as_secs_f64()
+                                    ),
                                 },
-                                BootFailure::NotReady(waited) => ActivateError::NotReady { app, waited },
+                                BootFailure::NotReady(waited) => {
+                                    ActivateError::NotReady { app, waited }
+                                }
                             });
                         }
                     }
@@ -800,7 +859,11 @@ impl Supervisor {
                 let demand = st.waiters + usize::from(!queued);
                 let capacity = booting * concurrency as usize;
                 if live < policy.scaling.max_instances as usize && demand > capacity {
-                    let budget = self.options.lock().expect("options lock").max_live_instances;
+                    let budget = self
+                        .options
+                        .lock()
+                        .expect("options lock")
+                        .max_live_instances;
                     if budget.is_some_and(|b| self.total_live() >= b) {
                         if !evicted {
                             evicted = self.evict_lru();
@@ -836,7 +899,10 @@ impl Supervisor {
                 let mut st = pool.state.lock().expect("pool lock");
                 st.waiters -= 1;
                 pool.publish_gauges(&st);
-                return Err(ActivateError::NotReady { app, waited: policy.scaling.queue_timeout });
+                return Err(ActivateError::NotReady {
+                    app,
+                    waited: policy.scaling.queue_timeout,
+                });
             }
         }
     }
@@ -873,8 +939,10 @@ fn info_of(i: &Instance) -> InstanceInfo {
         pid: running.as_ref().map(|r| r.pid()),
         state: i.state(),
         age_seconds: i.started.elapsed().as_secs_f64(),
-        idle_seconds: Duration::from_millis(now_ms().saturating_sub(i.last_used_ms.load(Ordering::Relaxed)))
-            .as_secs_f64(),
+        idle_seconds: Duration::from_millis(
+            now_ms().saturating_sub(i.last_used_ms.load(Ordering::Relaxed)),
+        )
+        .as_secs_f64(),
         requests: i.requests.load(Ordering::Relaxed),
         in_flight: i.in_flight.load(Ordering::Relaxed),
         limits: running.and_then(|r| r.limits()).unwrap_or(configured),
@@ -892,7 +960,10 @@ async fn stop_process(
     }
     if !timeout.is_zero() {
         running.signal(libc::SIGTERM);
-        if tokio::time::timeout(timeout, exit_rx.wait_for(Option::is_some)).await.is_ok() {
+        if tokio::time::timeout(timeout, exit_rx.wait_for(Option::is_some))
+            .await
+            .is_ok()
+        {
             if let Some(info) = *exit_rx.borrow() {
                 return info;
             }
@@ -900,7 +971,11 @@ async fn stop_process(
     }
     running.signal(libc::SIGKILL);
     let _ = exit_rx.wait_for(Option::is_some).await;
-    let exit = (*exit_rx.borrow()).unwrap_or(ExitInfo { code: None, signal: Some(libc::SIGKILL), oom: false });
+    let exit = (*exit_rx.borrow()).unwrap_or(ExitInfo {
+        code: None,
+        signal: Some(libc::SIGKILL),
+        oom: false,
+    });
     exit
 }
 
@@ -943,7 +1018,10 @@ async fn http_probe(stream: &mut tokio::net::TcpStream, path: &str) -> bool {
 }
 
 impl Activator for Supervisor {
-    fn acquire(&self, app: &str) -> Pin<Box<dyn Future<Output = Result<Lease, ActivateError>> + Send + '_>> {
+    fn acquire(
+        &self,
+        app: &str,
+    ) -> Pin<Box<dyn Future<Output = Result<Lease, ActivateError>> + Send + '_>> {
         let app = app.to_string();
         Box::pin(async move {
             // Boots spawn tasks that own the supervisor, so `acquire_inner` needs the Arc.
@@ -958,7 +1036,12 @@ impl Activator for Supervisor {
             None => self.metrics.unrouted_request(status),
         }
         if status >= 500 {
-            tracing::warn!(app = app.unwrap_or(""), status, elapsed_ms = elapsed.as_secs_f64() * 1e3, "request failed");
+            tracing::warn!(
+                app = app.unwrap_or(""),
+                status,
+                elapsed_ms = elapsed.as_secs_f64() * 1e3,
+                "request failed"
+            );
         }
     }
 
@@ -969,6 +1052,8 @@ impl Activator for Supervisor {
 
 impl Supervisor {
     fn self_arc(&self) -> Arc<Supervisor> {
-        self.me.upgrade().expect("supervisor is alive while serving")
+        self.me
+            .upgrade()
+            .expect("supervisor is alive while serving")
     }
 }

@@ -65,7 +65,9 @@ pub async fn run(
             (host, per_app_mem, rows)
         })
         .await;
-        let Ok((host, per_app_mem, rows)) = sampled else { continue };
+        let Ok((host, per_app_mem, rows)) = sampled else {
+            continue;
+        };
 
         let mut cpu_by_app: HashMap<String, f64> = HashMap::new();
         let mut seen = std::collections::HashSet::new();
@@ -99,7 +101,10 @@ pub async fn run(
                     app: app.clone(),
                     cpu_usage_usec: u.cpu_usage_usec,
                     memory_current: u.memory_current,
-                    policy: Limits { cpu: policy.limits.cpu, memory_high: None },
+                    policy: Limits {
+                        cpu: policy.limits.cpu,
+                        memory_high: None,
+                    },
                     spike: policy.spike.as_ref().map(|s| SpikeRule {
                         cpu_above: s.cpu_above,
                         for_: s.for_,
@@ -111,10 +116,15 @@ pub async fn run(
         };
         let decisions = governor.observe(&sample);
         for d in decisions {
-            let Some((_, _, _, _, r)) = rows.iter().find(|row| row.0 == d.id) else { continue };
+            let Some((_, _, _, _, r)) = rows.iter().find(|row| row.0 == d.id) else {
+                continue;
+            };
             let r = r.clone();
             let after = d.after;
-            let applied = tokio::task::spawn_blocking(move || r.set_soft_limits(after.cpu, after.memory_high)).await;
+            let applied = tokio::task::spawn_blocking(move || {
+                r.set_soft_limits(after.cpu, after.memory_high)
+            })
+            .await;
             match applied {
                 Ok(Ok(())) => {
                     tracing::info!(
@@ -127,7 +137,9 @@ pub async fn run(
                         m.limit_change(d.direction.as_str());
                     }
                 }
-                Ok(Err(e)) => tracing::warn!(app = %d.app, instance = d.id, error = %e, "cannot change limits"),
+                Ok(Err(e)) => {
+                    tracing::warn!(app = %d.app, instance = d.id, error = %e, "cannot change limits")
+                }
                 Err(e) => tracing::warn!(error = %e, "limit change task failed"),
             }
         }

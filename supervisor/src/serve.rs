@@ -49,7 +49,9 @@ impl ConfigSource {
     pub fn load(&self) -> Result<Config, LoadError> {
         match self {
             ConfigSource::File(p) => hako_policies::load_file(p),
-            ConfigSource::Demo => hako_policies::load_str(DEMO_CONFIG, Path::new("<built-in demo>")),
+            ConfigSource::Demo => {
+                hako_policies::load_str(DEMO_CONFIG, Path::new("<built-in demo>"))
+            }
         }
     }
 }
@@ -58,7 +60,11 @@ fn routes_of(cfg: &Config) -> Routes {
     Routes::new(
         cfg.apps
             .iter()
-            .map(|a| Route { app: a.name.clone(), hosts: a.hosts.clone(), path_prefix: a.path_prefix.clone() })
+            .map(|a| Route {
+                app: a.name.clone(),
+                hosts: a.hosts.clone(),
+                path_prefix: a.path_prefix.clone(),
+            })
             .collect(),
     )
 }
@@ -107,8 +113,9 @@ pub fn recover_orphans(state_dir: &Path, cgroups: Option<&CgroupRoot>) -> usize 
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for e in entries.flatten() {
             let path = e.path();
-            let rec: Option<InstanceRecord> =
-                std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let rec: Option<InstanceRecord> = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
             if let Some(rec) = rec {
                 let same = rec.start_time.is_some()
                     && crate::container::process_start_time(rec.pid) == rec.start_time;
@@ -134,7 +141,9 @@ pub fn recover_orphans(state_dir: &Path, cgroups: Option<&CgroupRoot>) -> usize 
                                 tracing::warn!(cgroup = %name, "removed orphaned cgroup of a previous hako");
                                 removed += 1;
                             }
-                            Err(e) => tracing::error!(cgroup = %name, error = %e, "cannot remove orphaned cgroup"),
+                            Err(e) => {
+                                tracing::error!(cgroup = %name, error = %e, "cannot remove orphaned cgroup")
+                            }
                         }
                     }
                 }
@@ -262,7 +271,10 @@ async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow
                 };
                 match first.take() {
                     Some(tx) => {
-                        tracing::info!(signal = name, "shutting down gracefully (send it again to force)");
+                        tracing::info!(
+                            signal = name,
+                            "shutting down gracefully (send it again to force)"
+                        );
                         let _ = tx.send(name);
                     }
                     None => {
@@ -274,7 +286,12 @@ async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow
         })
     };
 
-    let grace = cfg.apps.iter().map(|a| a.lifetime.grace).max().unwrap_or(Duration::from_secs(10));
+    let grace = cfg
+        .apps
+        .iter()
+        .map(|a| a.lifetime.grace)
+        .max()
+        .unwrap_or(Duration::from_secs(10));
     let report = hako_proxy::serve(
         listener,
         routes,

@@ -10,7 +10,9 @@ use hako_policies::{App, Rootfs};
 use hako_proxy::{ActivateError, Activator};
 use hako_supervisor::container::HostUpstream;
 use hako_supervisor::metrics::Metrics;
-use hako_supervisor::pool::{BoxFuture, ExitInfo, Running, Runtime, State, Supervisor, SupervisorOptions};
+use hako_supervisor::pool::{
+    BoxFuture, ExitInfo, Running, Runtime, State, Supervisor, SupervisorOptions,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -59,7 +61,11 @@ impl FakeInstance {
         if let Some(h) = self.server.lock().unwrap().take() {
             h.abort();
         }
-        self.exit_tx.send_replace(Some(ExitInfo { code: Some(code), signal: None, oom: false }));
+        self.exit_tx.send_replace(Some(ExitInfo {
+            code: Some(code),
+            signal: None,
+            oom: false,
+        }));
     }
 }
 
@@ -68,7 +74,10 @@ impl Running for FakeInstance {
         1000 + self.id as i32
     }
     fn upstream(&self) -> Arc<dyn hako_proxy::Upstream> {
-        Arc::new(HostUpstream { id: self.id, addr: self.addr })
+        Arc::new(HostUpstream {
+            id: self.id,
+            addr: self.addr,
+        })
     }
     fn wait(&self) -> BoxFuture<'static, ExitInfo> {
         let mut rx = self.exit_tx.subscribe();
@@ -84,7 +93,11 @@ impl Running for FakeInstance {
         if let Some(h) = self.server.lock().unwrap().take() {
             h.abort();
         }
-        self.exit_tx.send_replace(Some(ExitInfo { code: None, signal: Some(signal), oom: false }));
+        self.exit_tx.send_replace(Some(ExitInfo {
+            code: None,
+            signal: Some(signal),
+            oom: false,
+        }));
     }
     fn cleanup(&self) -> BoxFuture<'static, ()> {
         Box::pin(async {})
@@ -92,7 +105,11 @@ impl Running for FakeInstance {
 }
 
 impl Runtime for FakeRuntime {
-    fn spawn(&self, _app: Arc<App>, id: u64) -> BoxFuture<'static, Result<Arc<dyn Running>, String>> {
+    fn spawn(
+        &self,
+        _app: Arc<App>,
+        id: u64,
+    ) -> BoxFuture<'static, Result<Arc<dyn Running>, String>> {
         self.spawns.fetch_add(1, Ordering::SeqCst);
         let behaviour = self.behaviour;
         let delay = self.boot_delay;
@@ -106,7 +123,9 @@ impl Runtime for FakeRuntime {
             }
             // A slow boot: the process exists but listens only after `delay`.
             tokio::time::sleep(delay).await;
-            let listener = TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+            let listener = TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| e.to_string())?;
             let addr = listener.local_addr().map_err(|e| e.to_string())?;
             let server = match behaviour {
                 Behaviour::NeverListen => {
@@ -115,7 +134,9 @@ impl Runtime for FakeRuntime {
                 }
                 _ => Some(tokio::spawn(async move {
                     loop {
-                        let Ok((mut s, _)) = listener.accept().await else { return };
+                        let Ok((mut s, _)) = listener.accept().await else {
+                            return;
+                        };
                         tokio::spawn(async move {
                             let _ = s
                                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
@@ -180,17 +201,30 @@ async fn concurrent_cold_requests_share_one_boot() {
     let mut tasks = Vec::new();
     for _ in 0..300 {
         let sup = sup.clone();
-        tasks.push(tokio::spawn(async move { sup.acquire("cold").await.map(|l| l.upstream.id()) }));
+        tasks.push(tokio::spawn(async move {
+            sup.acquire("cold").await.map(|l| l.upstream.id())
+        }));
     }
     let mut ids = std::collections::HashSet::new();
     for t in tasks {
         ids.insert(t.await.unwrap().expect("lease"));
     }
-    assert_eq!(rt.spawns.load(Ordering::SeqCst), 1, "exactly one boot for the burst");
+    assert_eq!(
+        rt.spawns.load(Ordering::SeqCst),
+        1,
+        "exactly one boot for the burst"
+    );
     assert_eq!(ids.len(), 1);
-    assert_eq!(metric(&sup, r#"hako_boots_total{app="cold",result="ok"}"#), 1.0);
+    assert_eq!(
+        metric(&sup, r#"hako_boots_total{app="cold",result="ok"}"#),
+        1.0
+    );
     sup.shutdown(Duration::from_secs(5)).await;
-    assert_eq!(rt.live.load(Ordering::SeqCst), 0, "shutdown stops every instance");
+    assert_eq!(
+        rt.live.load(Ordering::SeqCst),
+        0,
+        "shutdown stops every instance"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -240,15 +274,24 @@ async fn failed_boot_is_reported_and_backs_off() {
     let sup = supervisor(rt.clone(), &[app("broken")]);
     let first = sup.acquire("broken").await;
     match first {
-        Err(ActivateError::BootFailed { reason, .. }) => assert!(reason.contains("/bin/nope"), "{reason}"),
+        Err(ActivateError::BootFailed { reason, .. }) => {
+            assert!(reason.contains("/bin/nope"), "{reason}")
+        }
         other => panic!("expected BootFailed, got {other:?}"),
     }
     for _ in 0..10 {
         let r = sup.acquire("broken").await;
         assert!(matches!(r, Err(ActivateError::BootFailed { .. })), "{r:?}");
     }
-    assert_eq!(rt.spawns.load(Ordering::SeqCst), 1, "crash-loop backoff: no boot per request");
-    assert_eq!(metric(&sup, r#"hako_boots_total{app="broken",result="failed"}"#), 1.0);
+    assert_eq!(
+        rt.spawns.load(Ordering::SeqCst),
+        1,
+        "crash-loop backoff: no boot per request"
+    );
+    assert_eq!(
+        metric(&sup, r#"hako_boots_total{app="broken",result="failed"}"#),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,7 +311,10 @@ async fn app_that_never_listens_times_out_and_is_killed() {
     }
     assert_eq!(rt.live.load(Ordering::SeqCst), 0);
     assert!(rt.signals.lock().unwrap().contains(&libc::SIGKILL));
-    assert_eq!(metric(&sup, r#"hako_boots_total{app="mute",result="not_ready"}"#), 1.0);
+    assert_eq!(
+        metric(&sup, r#"hako_boots_total{app="mute",result="not_ready"}"#),
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,8 +323,14 @@ async fn full_queue_answers_queue_full() {
     let mut a = app("q");
     a.scaling.queue = 2;
     let sup = supervisor(rt.clone(), &[a]);
-    let w1 = { let s = sup.clone(); tokio::spawn(async move { s.acquire("q").await.map(|_| ()) }) };
-    let w2 = { let s = sup.clone(); tokio::spawn(async move { s.acquire("q").await.map(|_| ()) }) };
+    let w1 = {
+        let s = sup.clone();
+        tokio::spawn(async move { s.acquire("q").await.map(|_| ()) })
+    };
+    let w2 = {
+        let s = sup.clone();
+        tokio::spawn(async move { s.acquire("q").await.map(|_| ()) })
+    };
     tokio::time::sleep(Duration::from_millis(50)).await;
     let r = sup.acquire("q").await;
     assert!(matches!(r, Err(ActivateError::QueueFull { .. })), "{r:?}");
@@ -308,8 +360,17 @@ async fn idle_instances_stop_and_the_next_request_boots_again() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(sup.live_instances("idle").is_empty());
-    assert_eq!(metric(&sup, r#"hako_instance_stops_total{app="idle",reason="idle"}"#), 1.0);
-    assert!(rt.signals.lock().unwrap().contains(&libc::SIGTERM), "graceful stop starts with SIGTERM");
+    assert_eq!(
+        metric(
+            &sup,
+            r#"hako_instance_stops_total{app="idle",reason="idle"}"#
+        ),
+        1.0
+    );
+    assert!(
+        rt.signals.lock().unwrap().contains(&libc::SIGTERM),
+        "graceful stop starts with SIGTERM"
+    );
     drop(sup.acquire("idle").await.expect("new lease"));
     assert_eq!(rt.spawns.load(Ordering::SeqCst), 2);
     sup.shutdown(Duration::from_secs(5)).await;
@@ -328,11 +389,20 @@ async fn lifetime_drains_in_flight_requests_before_stopping() {
     sup.tick();
     tokio::time::sleep(Duration::from_millis(50)).await;
     // Draining: the old instance is not handed out; a new request goes to a successor.
-    assert_eq!(sup.live_instances("old").iter().find(|i| i.id == first).map(|i| i.state()), Some(State::Draining));
+    assert_eq!(
+        sup.live_instances("old")
+            .iter()
+            .find(|i| i.id == first)
+            .map(|i| i.state()),
+        Some(State::Draining)
+    );
     let next = sup.acquire("old").await.expect("successor lease");
     assert_ne!(next.upstream.id(), first);
     // The old one is still alive while its request is in flight.
-    assert!(rt.signals.lock().unwrap().is_empty(), "no signal before the lease is released");
+    assert!(
+        rt.signals.lock().unwrap().is_empty(),
+        "no signal before the lease is released"
+    );
     drop(lease);
     for _ in 0..100 {
         if !sup.live_instances("old").iter().any(|i| i.id == first) {
@@ -341,7 +411,13 @@ async fn lifetime_drains_in_flight_requests_before_stopping() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(!sup.live_instances("old").iter().any(|i| i.id == first));
-    assert_eq!(metric(&sup, r#"hako_instance_stops_total{app="old",reason="lifetime"}"#), 1.0);
+    assert_eq!(
+        metric(
+            &sup,
+            r#"hako_instance_stops_total{app="old",reason="lifetime"}"#
+        ),
+        1.0
+    );
     drop(next);
     sup.shutdown(Duration::from_secs(5)).await;
 }
@@ -351,7 +427,14 @@ async fn a_crashed_instance_is_replaced_and_counted() {
     let rt = FakeRuntime::new(Behaviour::Serve, Duration::ZERO);
     let sup = supervisor(rt.clone(), &[app("crashy")]);
     let id = sup.acquire("crashy").await.expect("lease").upstream.id();
-    let inst = rt.instances.lock().unwrap().iter().find(|i| i.id == id).cloned().expect("instance");
+    let inst = rt
+        .instances
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|i| i.id == id)
+        .cloned()
+        .expect("instance");
     inst.crash(3);
     for _ in 0..100 {
         if sup.live_instances("crashy").is_empty() {
@@ -359,8 +442,17 @@ async fn a_crashed_instance_is_replaced_and_counted() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(metric(&sup, r#"hako_instance_stops_total{app="crashy",reason="crashed"}"#), 1.0);
-    let next = sup.acquire("crashy").await.expect("served by a new instance");
+    assert_eq!(
+        metric(
+            &sup,
+            r#"hako_instance_stops_total{app="crashy",reason="crashed"}"#
+        ),
+        1.0
+    );
+    let next = sup
+        .acquire("crashy")
+        .await
+        .expect("served by a new instance");
     assert_ne!(next.upstream.id(), id);
     drop(next);
     sup.shutdown(Duration::from_secs(5)).await;
@@ -370,5 +462,8 @@ async fn a_crashed_instance_is_replaced_and_counted() {
 async fn unknown_app_is_refused() {
     let rt = FakeRuntime::new(Behaviour::Serve, Duration::ZERO);
     let sup = supervisor(rt, &[app("a")]);
-    assert!(matches!(sup.acquire("nope").await, Err(ActivateError::UnknownApp(_))));
+    assert!(matches!(
+        sup.acquire("nope").await,
+        Err(ActivateError::UnknownApp(_))
+    ));
 }

@@ -112,9 +112,11 @@ pub async fn fake_hako(boot_ms: u64) -> SocketAddr {
                         if req.uri().path() == "/metrics" {
                             let mut text = String::from("# TYPE hako_boots_total counter\n");
                             let b = booted.lock().unwrap().clone();
-                            for (app, n) in &b {
+                            for (app, requests) in &b {
+                                // One boot per host, however many requests it served.
                                 text.push_str(&format!(
-                                    "hako_boots_total{{app=\"{app}\",result=\"ok\"}} {n}\n"
+                                    "hako_boots_total{{app=\"{app}\",result=\"ok\"}} 1\n\
+                                     hako_requests_total{{app=\"{app}\",code=\"200\"}} {requests}\n"
                                 ));
                                 text.push_str(&format!(
                                     "hako_instances{{app=\"{app}\",state=\"ready\"}} 1\n"
@@ -192,7 +194,9 @@ pub async fn idle_closing_server() -> SocketAddr {
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut s, _)) = l.accept().await else { return };
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 let mut got = Vec::new();

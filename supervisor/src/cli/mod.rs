@@ -83,7 +83,9 @@ pub struct PsArgs {
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -124,12 +126,17 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// A minimal HTTP/1.0 request to the admin endpoint (no runtime needed for a CLI call).
 fn admin_request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))
-        .with_context(|| format!("cannot reach hako's admin endpoint at {addr} (is `hako serve` running?)"))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).with_context(|| {
+        format!("cannot reach hako's admin endpoint at {addr} (is `hako serve` running?)")
+    })?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n")?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    )?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).with_context(|| format!("read reply from {addr}"))?;
+    s.read_to_end(&mut raw)
+        .with_context(|| format!("read reply from {addr}"))?;
     let text = String::from_utf8_lossy(&raw);
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head
@@ -156,18 +163,27 @@ fn fmt_age(secs: f64) -> String {
     } else if secs < 3600.0 {
         format!("{}m{:02}s", (secs / 60.0) as u64, (secs % 60.0) as u64)
     } else {
-        format!("{}h{:02}m", (secs / 3600.0) as u64, ((secs % 3600.0) / 60.0) as u64)
+        format!(
+            "{}h{:02}m",
+            (secs / 3600.0) as u64,
+            ((secs % 3600.0) / 60.0) as u64
+        )
     }
 }
 
 fn ps(args: &PsArgs) -> anyhow::Result<ExitCode> {
     let (status, body) = admin_request(args.admin, "GET", "/v1/instances")?;
-    anyhow::ensure!(status == 200, "admin endpoint answered {status}: {}", body.trim());
+    anyhow::ensure!(
+        status == 200,
+        "admin endpoint answered {status}: {}",
+        body.trim()
+    );
     if args.json {
         println!("{body}");
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&body).context("parse /v1/instances")?;
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&body).context("parse /v1/instances")?;
     println!(
         "{:<16} {:<22} {:>8} {:<9} {:>9} {:>9} {:>6} {:>8} {:>9} {:>6}",
         "APP", "ID", "PID", "STATE", "AGE", "REQUESTS", "CPU", "MEMORY", "MEM.HIGH", "PIDS"
@@ -179,14 +195,23 @@ fn ps(args: &PsArgs) -> anyhow::Result<ExitCode> {
             "{:<16} {:<22} {:>8} {:<9} {:>9} {:>9} {:>6} {:>8} {:>9} {:>6}",
             s("app"),
             s("id"),
-            r["pid"].as_i64().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            r["pid"]
+                .as_i64()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
             s("state"),
             fmt_age(r["age_seconds"].as_f64().unwrap_or(0.0)),
             r["requests"].as_u64().unwrap_or(0),
-            l["cpu"].as_f64().map(|c| format!("{c:.2}")).unwrap_or_else(|| "-".into()),
+            l["cpu"]
+                .as_f64()
+                .map(|c| format!("{c:.2}"))
+                .unwrap_or_else(|| "-".into()),
             fmt_bytes(l["memory_max"].as_u64()),
             fmt_bytes(l["memory_high"].as_u64()),
-            l["pids"].as_u64().map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            l["pids"]
+                .as_u64()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -13,8 +13,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use hako_launcher::{
-    pidfd_signal, spawn_prepared, wait_pidfd, CgroupLimits, CgroupRoot, ContainerSpec, ExitStatusInfo,
-    InstanceCgroup, LaunchError, NetworkMode, Output, PreparedSpec, RootfsSpec,
+    pidfd_signal, spawn_prepared, wait_pidfd, CgroupLimits, CgroupRoot, ContainerSpec,
+    ExitStatusInfo, InstanceCgroup, LaunchError, NetworkMode, Output, PreparedSpec, RootfsSpec,
 };
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
@@ -36,7 +36,13 @@ pub enum NetworkArg {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Configuration file; run the app named APP from it.
-    #[arg(long, short = 'c', value_name = "FILE", requires = "app", conflicts_with = "rootfs")]
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        requires = "app",
+        conflicts_with = "rootfs"
+    )]
     pub config: Option<PathBuf>,
     /// Root filesystem: a directory (bind-mounted read-only), or `host` for a read-only view of
     /// the host's /usr, /bin, /sbin, /lib* and /etc.
@@ -71,7 +77,10 @@ pub struct RunArgs {
 /// Builds the spec and limits from the command line.
 fn build(args: &RunArgs) -> anyhow::Result<(ContainerSpec, CgroupLimits)> {
     let (mut spec, mut limits) = if let Some(config) = &args.config {
-        let app_name = args.app.as_deref().context("APP is required with --config")?;
+        let app_name = args
+            .app
+            .as_deref()
+            .context("APP is required with --config")?;
         let cfg = hako_policies::load_file(config).map_err(|e| anyhow::anyhow!("{e}"))?;
         let app = cfg
             .app(app_name)
@@ -97,13 +106,17 @@ fn build(args: &RunArgs) -> anyhow::Result<(ContainerSpec, CgroupLimits)> {
             }
             RootfsSpec::Dir(p.to_owned())
         };
-        (ContainerSpec::new(rootfs, args.command.clone()), CgroupLimits::default())
+        (
+            ContainerSpec::new(rootfs, args.command.clone()),
+            CgroupLimits::default(),
+        )
     };
     if args.config.is_some() && !args.command.is_empty() {
         spec.command = args.command.clone();
     }
     if let Some(m) = &args.memory {
-        limits.memory_max = Some(hako_policies::parse_size(m).map_err(|e| anyhow::anyhow!("--memory {m}: {e}"))?);
+        limits.memory_max =
+            Some(hako_policies::parse_size(m).map_err(|e| anyhow::anyhow!("--memory {m}: {e}"))?);
     }
     if let Some(c) = args.cpu {
         if !(c > 0.0 && c.is_finite()) {
@@ -164,16 +177,27 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 
     // Signals become readable events; the child resets its mask before exec.
     let mut mask = SigSet::empty();
-    for s in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGQUIT] {
+    for s in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+    ] {
         mask.add(s);
     }
     mask.thread_block().context("sigprocmask")?;
-    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK).context("signalfd")?;
+    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .context("signalfd")?;
 
     let spawned = match spawn_prepared(&prepared, Some(&cg.attach()), &Output::Inherit) {
         Ok(s) => s,
         // Shell convention: 127 command not found, 126 found but not executable.
-        Err(e @ LaunchError::Exec { errno: libc::ENOENT, .. }) => {
+        Err(
+            e @ LaunchError::Exec {
+                errno: libc::ENOENT,
+                ..
+            },
+        ) => {
             eprintln!("hako: {e}");
             return Ok(ExitCode::from(127));
         }
@@ -213,7 +237,11 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let oom = cg.stats().map(|s| s.oom_kills > 0).unwrap_or(false);
     let code = if oom && status.signal() == Some(libc::SIGKILL) {
-        let limit = cg.limits().ok().and_then(|l| l.memory_max).or(limits.memory_max);
+        let limit = cg
+            .limits()
+            .ok()
+            .and_then(|l| l.memory_max)
+            .or(limits.memory_max);
         match limit {
             Some(n) => eprintln!("hako: container killed: out of memory (memory limit {n} bytes)"),
             None => eprintln!("hako: container killed: out of memory"),
@@ -242,8 +270,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_str().unwrap();
         let cli = Cli::try_parse_from([
-            "run", "--rootfs", root, "--memory", "64Mi", "--cpu", "0.5", "--pids", "20", "--network", "host", "-e",
-            "A=b", "--", "/bin/sh", "-c", "exit 3",
+            "run",
+            "--rootfs",
+            root,
+            "--memory",
+            "64Mi",
+            "--cpu",
+            "0.5",
+            "--pids",
+            "20",
+            "--network",
+            "host",
+            "-e",
+            "A=b",
+            "--",
+            "/bin/sh",
+            "-c",
+            "exit 3",
         ])
         .unwrap();
         let (spec, limits) = build(&cli.run).unwrap();
@@ -253,18 +296,38 @@ mod tests {
         assert!(spec.env.contains(&("A".into(), "b".into())));
         assert_eq!(
             limits,
-            CgroupLimits { cpu: Some(0.5), memory_max: Some(64 << 20), memory_high: None, pids: Some(20) }
+            CgroupLimits {
+                cpu: Some(0.5),
+                memory_max: Some(64 << 20),
+                memory_high: None,
+                pids: Some(20)
+            }
         );
     }
 
     #[test]
     fn bad_arguments_are_explained() {
-        let cli = Cli::try_parse_from(["run", "--rootfs", "/nonexistent-dir", "--", "true"]).unwrap();
-        assert!(build(&cli.run).unwrap_err().to_string().contains("not a directory"));
+        let cli =
+            Cli::try_parse_from(["run", "--rootfs", "/nonexistent-dir", "--", "true"]).unwrap();
+        assert!(build(&cli.run)
+            .unwrap_err()
+            .to_string()
+            .contains("not a directory"));
         let cli = Cli::try_parse_from(["run", "--rootfs", "host"]).unwrap();
-        assert!(build(&cli.run).unwrap_err().to_string().contains("no command"));
-        let cli = Cli::try_parse_from(["run", "--rootfs", "host", "--memory", "lots", "--", "true"]).unwrap();
-        assert!(build(&cli.run).unwrap_err().to_string().contains("--memory lots"));
-        assert!(Cli::try_parse_from(["run", "--config", "x.yaml"]).is_err(), "APP is required");
+        assert!(build(&cli.run)
+            .unwrap_err()
+            .to_string()
+            .contains("no command"));
+        let cli =
+            Cli::try_parse_from(["run", "--rootfs", "host", "--memory", "lots", "--", "true"])
+                .unwrap();
+        assert!(build(&cli.run)
+            .unwrap_err()
+            .to_string()
+            .contains("--memory lots"));
+        assert!(
+            Cli::try_parse_from(["run", "--config", "x.yaml"]).is_err(),
+            "APP is required"
+        );
     }
 }
