@@ -5,7 +5,6 @@
 //! from the intended send time, so a stalled server shows up in the latencies instead of
 //! silently lowering the sending rate (no coordinated omission).
 
-use std::future::Future;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -22,6 +21,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::h1::{Fail, RawConn};
 use crate::report::{ErrorKind, Recorder, Report, ReportMeta, Second, SharedTimeline};
 
 /// Errors before any load is generated (bad URL, header, ...).
@@ -151,6 +151,36 @@ pub fn parse_header(h: &str) -> Result<(HeaderName, HeaderValue), EngineError> {
     Ok((name, value))
 }
 
+/// Serializes an HTTP/1.1 request (Host first, then the other headers, then Content-Length when
+/// there is a body or the method usually carries one).
+pub fn serialize_h1(method: &Method, path: &str, headers: &HeaderMap, body: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(128 + body.len());
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut put = |k: &str, v: &[u8]| {
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
+    };
+    if let Some(h) = headers.get(HOST) {
+        put("Host", h.as_bytes());
+    }
+    for (k, v) in headers.iter().filter(|(k, _)| *k != HOST) {
+        put(k.as_str(), v.as_bytes());
+    }
+    let needs_length =
+        !body.is_empty() || matches!(*method, Method::POST | Method::PUT | Method::PATCH);
+    if needs_length && !headers.contains_key(http::header::CONTENT_LENGTH) {
+        put("content-length", body.len().to_string().as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    Bytes::from(out)
+}
+
 /// A prepared request: cheap to clone per send.
 #[derive(Debug, Clone)]
 pub struct Template {
@@ -159,6 +189,8 @@ pub struct Template {
     headers: HeaderMap,
     body: Bytes,
     http2: bool,
+    /// The whole HTTP/1.1 request, serialized once.
+    raw: Bytes,
 }
 
 impl Template {
@@ -190,17 +222,23 @@ impl Template {
             );
         }
         for (k, v) in &spec.headers {
-            if spec.http2 && k == HOST {
+            if k == HOST {
+                // -H 'Host: x' is the same as --host x.
+                if !spec.http2 {
+                    headers.insert(HOST, v.clone());
+                }
                 continue;
             }
             headers.append(k.clone(), v.clone());
         }
+        let raw = serialize_h1(&spec.method, &target.path, &headers, &spec.body);
         Ok(Self {
             method: spec.method.clone(),
             uri,
             headers,
             body: spec.body.clone(),
             http2: spec.http2,
+            raw,
         })
     }
 
@@ -213,20 +251,21 @@ impl Template {
         req
     }
 
+    /// The serialized HTTP/1.1 request.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+
     /// Whether requests are sent over h2c.
     pub fn is_http2(&self) -> bool {
         self.http2
     }
 }
 
-/// The future that drives an HTTP/1.1 connection. It is polled inside the worker's own task
-/// (no extra task, no cross-thread wake-ups per request), like wrk's single event loop.
-type Driver = Pin<Box<dyn Future<Output = ()> + Send>>;
-
 /// An open client connection.
 pub enum Conn {
-    /// HTTP/1.1 keep-alive; the driver is `None` once the connection has ended.
-    H1(http1::SendRequest<Full<Bytes>>, Option<Driver>),
+    /// HTTP/1.1 keep-alive (the lean client of [`crate::h1`]).
+    H1(RawConn),
     /// HTTP/2 (h2c prior knowledge); clones share the connection, driven by its own task.
     H2(http2::SendRequest<Full<Bytes>>),
 }
@@ -235,25 +274,8 @@ impl Conn {
     /// Whether the connection can no longer be used.
     pub fn is_closed(&self) -> bool {
         match self {
-            Conn::H1(s, d) => d.is_none() || s.is_closed(),
+            Conn::H1(c) => c.is_closed(),
             Conn::H2(s) => s.is_closed(),
-        }
-    }
-}
-
-/// Polls `fut` to completion while also driving the connection.
-async fn drive<F: Future>(fut: F, driver: &mut Option<Driver>) -> F::Output {
-    tokio::pin!(fut);
-    loop {
-        match driver {
-            Some(d) => {
-                tokio::select! {
-                    biased;
-                    _ = d.as_mut() => *driver = None,
-                    out = &mut fut => return out,
-                }
-            }
-            None => return fut.await,
         }
     }
 }
@@ -265,9 +287,8 @@ pub async fn connect(addr: SocketAddr, http2: bool, timeout: Duration) -> Result
             .await
             .map_err(|_| ErrorKind::Connect)?;
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(stream);
         if http2 {
-            let (s, c) = http2::handshake(TokioExecutor::new(), io)
+            let (s, c) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
                 .await
                 .map_err(|_| ErrorKind::Connect)?;
             tokio::spawn(async move {
@@ -275,11 +296,7 @@ pub async fn connect(addr: SocketAddr, http2: bool, timeout: Duration) -> Result
             });
             Ok(Conn::H2(s))
         } else {
-            let (s, c) = http1::handshake(io).await.map_err(|_| ErrorKind::Connect)?;
-            let driver: Driver = Box::pin(async move {
-                let _ = c.await;
-            });
-            Ok(Conn::H1(s, Some(driver)))
+            Ok(Conn::H1(RawConn::new(stream)))
         }
     };
     tokio::time::timeout(timeout, fut)
@@ -290,48 +307,31 @@ pub async fn connect(addr: SocketAddr, http2: bool, timeout: Duration) -> Result
 /// Sends one request and reads the whole response body; returns the status.
 pub async fn exchange(
     conn: &mut Conn,
-    req: Request<Full<Bytes>>,
+    tpl: &Template,
     timeout: Duration,
 ) -> Result<u16, ErrorKind> {
-    match try_exchange(conn, req, timeout, None).await {
+    match try_exchange(conn, tpl, timeout, None).await {
         Ok(s) => Ok(s),
         Err(Fail::Kind(k)) => Err(k),
         Err(Fail::Stale) => Err(ErrorKind::Io),
     }
 }
 
-/// Why an exchange failed.
-enum Fail {
-    /// The request failed.
-    Kind(ErrorKind),
-    /// The connection was found closed before the request was sent (e.g. the server closed an
-    /// idle keep-alive connection): not a failed request, reconnect and send it.
-    Stale,
-}
-
 async fn try_exchange(
     conn: &mut Conn,
-    req: Request<Full<Bytes>>,
+    tpl: &Template,
     timeout: Duration,
     timer: Option<&mut Timer>,
 ) -> Result<u16, Fail> {
-    let io = |_| Fail::Kind(ErrorKind::Io);
     let fut = async {
         match conn {
-            Conn::H1(s, driver) => {
-                drive(
-                    async {
-                        s.ready().await.map_err(|_| Fail::Stale)?;
-                        let resp = s.send_request(req).await.map_err(io)?;
-                        read_response(resp).await.map_err(Fail::Kind)
-                    },
-                    driver,
-                )
-                .await
-            }
+            Conn::H1(c) => c.exchange(&tpl.raw, tpl.method == Method::HEAD).await,
             Conn::H2(s) => {
                 s.ready().await.map_err(|_| Fail::Stale)?;
-                let resp = s.send_request(req).await.map_err(io)?;
+                let resp = s
+                    .send_request(tpl.build())
+                    .await
+                    .map_err(|_| Fail::Kind(ErrorKind::Io))?;
                 read_response(resp).await.map_err(Fail::Kind)
             }
         }
@@ -371,7 +371,7 @@ async fn send_with_reconnect(
 ) -> Result<u16, ErrorKind> {
     for _ in 0..2 {
         let c = ensure_conn(slot, spec, tpl).await?;
-        match try_exchange(c, tpl.build(), spec.timeout, Some(timer)).await {
+        match try_exchange(c, tpl, spec.timeout, Some(timer)).await {
             Ok(s) => return Ok(s),
             Err(Fail::Kind(k)) => {
                 *slot = None;
@@ -404,7 +404,7 @@ pub async fn one_shot(
     let res = match connect(addr, tpl.http2, timeout).await {
         Ok(mut c) => {
             let left = timeout.saturating_sub(start.elapsed());
-            exchange(&mut c, tpl.build(), left).await
+            exchange(&mut c, tpl, left).await
         }
         Err(e) => Err(e),
     };
@@ -684,7 +684,10 @@ fn record(
         Ok(_) => rec.pending_done += 1,
         Err(_) => rec.pending_failed += 1,
     }
-    if rec.pending_done + rec.pending_failed >= 64 {
+    if rec.pending_done + rec.pending_failed >= 64
+        || now.saturating_duration_since(rec.progress_flushed) >= Duration::from_millis(200)
+    {
+        rec.progress_flushed = now;
         flush_progress(shared, rec);
     }
     if !measured {
@@ -843,6 +846,35 @@ mod tests {
         assert_eq!(v, "hello world");
         assert!(parse_header("novalue").is_err());
         assert!(parse_header("bad name: x").is_err());
+    }
+
+    #[tokio::test]
+    async fn h1_serialization() {
+        let t = Target::resolve("http://127.0.0.1:8080/p?q=1")
+            .await
+            .unwrap();
+        let spec = RequestSpec {
+            headers: vec![
+                parse_header("X-A: 1").unwrap(),
+                parse_header("Host: other.local").unwrap(),
+            ],
+            ..Default::default()
+        };
+        let tpl = Template::new(&t, &spec).unwrap();
+        assert_eq!(
+            tpl.raw(),
+            b"GET /p?q=1 HTTP/1.1\r\nHost: other.local\r\nx-a: 1\r\n\r\n"
+        );
+        let spec = RequestSpec {
+            method: Method::POST,
+            body: Bytes::from_static(b"{}"),
+            ..Default::default()
+        };
+        let tpl = Template::new(&t, &spec).unwrap();
+        assert_eq!(
+            tpl.raw(),
+            b"POST /p?q=1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\ncontent-length: 2\r\n\r\n{}"
+        );
     }
 
     #[tokio::test]

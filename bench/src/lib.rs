@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod duration;
 pub mod engine;
+pub mod h1;
 pub mod prom;
 pub mod report;
 pub mod scenarios;

@@ -168,6 +168,8 @@ pub struct Recorder {
     pub pending_done: u64,
     /// Progress (errors) not yet published.
     pub pending_failed: u64,
+    /// When progress was last published.
+    pub progress_flushed: tokio::time::Instant,
     cur_sec: u64,
     cur: Second,
     timeline: SharedTimeline,
@@ -186,6 +188,7 @@ impl Recorder {
             unsent: 0,
             pending_done: 0,
             pending_failed: 0,
+            progress_flushed: tokio::time::Instant::now(),
             cur_sec: 0,
             cur: Second {
                 responses: 0,

@@ -10,12 +10,15 @@
 //!   the only new data are plain stack values (`sigset_t`, `Ifreq`, `sock_fprog`, `CapData`);
 //! - no locks, no `std` I/O, no `tracing`, no panics on any path: no indexing that can fail
 //!   (loops are bounded by slice lengths), no `unwrap`, no formatting;
-//! - only raw system calls through `libc` (`write`, `dup2`, `mount`, `mkdir`, `mknod`,
-//!   `symlink`, `chdir`, `syscall(pivot_root|umount2|capset|seccomp|close_range)`, `unshare`,
-//!   `sethostname`, `socket`, `ioctl`, `close`, `setrlimit`, `prctl`, `setgroups`,
-//!   `setresgid`, `setresuid`, `umask`, `sigaction`, `sigprocmask`, `faccessat`, `execve`,
-//!   `_exit`); glibc's wrappers for these are plain syscall stubs that touch only `errno`,
-//!   which is thread-local and ours alone in the child;
+//! - only system calls through `libc` (`write`, `dup2`, `mount`, `mkdir`, `mknod`, `symlink`,
+//!   `chdir`, `unshare`, `setns`, `setsid`, `sethostname`, `socket`, `ioctl`, `close`,
+//!   `setrlimit`, `prctl`, `umask`, `sigaction`, `sigprocmask`, `faccessat`, `execve`, `pause`,
+//!   `_exit`, and `syscall(pivot_root|capset|seccomp|close_range|setgroups|setresgid|
+//!   setresuid)`); glibc's wrappers for the former are plain syscall stubs that touch only
+//!   `errno`, which is thread-local and ours alone in the child. The credential calls go
+//!   through `syscall(2)` on purpose: glibc's `setresuid` & co. synchronize every thread it
+//!   knows of (the parent's), taking locks and waiting on futexes that nobody will release
+//!   in a fork-like child — a deadlock this module once hit;
 //! - errors are reported as a fixed 12-byte record written to a CLOEXEC pipe, then `_exit(127)`
 //!   (not `exit`: no atexit handlers, no stdio flushing).
 use std::ffi::{c_int, c_void};
@@ -40,6 +43,7 @@ pub(crate) mod stage {
     pub const EXEC: u32 = 14;
     pub const INTERPRETER: u32 = 15;
     pub const SIGNALS: u32 = 16;
+    pub const WARM_NS: u32 = 17;
 }
 
 /// The record the child writes on failure: native-endian `stage, index, errno`.
@@ -72,6 +76,9 @@ pub(crate) struct ChildFds {
     pub err_pipe: c_int,
     pub procs: [c_int; MAX_PROCS_FDS],
     pub nprocs: usize,
+    /// Warm namespaces (prepared by a holder, see `run_holder`), or -1 for a cold boot.
+    pub netns: c_int,
+    pub mntns: c_int,
 }
 
 #[repr(C)]
@@ -117,6 +124,98 @@ fn fail(fds: &ChildFds, stage: u32, index: u32, err: i32) -> ! {
     unsafe {
         libc::write(fds.err_pipe, rec.as_ptr().cast(), rec.len());
         libc::_exit(127)
+    }
+}
+
+/// Runs the mount table (without the `/proc` mount when `skip_proc`) and pivots into the new
+/// root with the old one detached.
+///
+/// # Safety
+/// Child only (see the module documentation).
+unsafe fn build_root(p: &PreparedSpec, fds: &ChildFds, skip_proc: bool) {
+    // SAFETY: raw system calls on C strings owned by `p`; see the module documentation.
+    unsafe {
+        libc::umask(0);
+        for (i, op) in p.ops.iter().enumerate() {
+            if skip_proc && i == p.proc_op {
+                continue;
+            }
+            let r = match *op {
+                Op::Mount { src, target, fstype, flags, data } => libc::mount(src, target, fstype, flags, data),
+                Op::Mkdir { path, mode } => {
+                    let r = libc::mkdir(path, mode);
+                    if r != 0 && errno() == libc::EEXIST { 0 } else { r }
+                }
+                Op::Mknod { path, mode, dev } => libc::mknod(path, mode, dev),
+                Op::Symlink { target, link } => libc::symlink(target, link),
+            };
+            if r != 0 {
+                fail(fds, stage::MOUNT, i as u32, errno());
+            }
+        }
+        let dot = c".".as_ptr();
+        if libc::chdir(p.new_root) != 0 {
+            fail(fds, stage::PIVOT, 0, errno());
+        }
+        if libc::syscall(libc::SYS_pivot_root, dot, dot) != 0 {
+            fail(fds, stage::PIVOT, 1, errno());
+        }
+        if libc::umount2(dot, libc::MNT_DETACH) != 0 {
+            fail(fds, stage::PIVOT, 2, errno());
+        }
+        if libc::chdir(c"/".as_ptr()) != 0 {
+            fail(fds, stage::PIVOT, 3, errno());
+        }
+        libc::umask(0o022);
+    }
+}
+
+/// Brings up `lo` in the current network namespace.
+///
+/// # Safety
+/// Child only (see the module documentation).
+unsafe fn loopback_up(fds: &ChildFds) {
+    // SAFETY: socket/ioctl/close on a local socket and a stack `Ifreq`.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            fail(fds, stage::LOOPBACK, 0, errno());
+        }
+        let mut req = Ifreq { name: [0; 16], flags: 0, _pad: [0; 22] };
+        req.name[0] = b'l';
+        req.name[1] = b'o';
+        if libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req as *mut Ifreq as *mut c_void) != 0 {
+            fail(fds, stage::LOOPBACK, 1, errno());
+        }
+        req.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if libc::ioctl(s, libc::SIOCSIFFLAGS, &mut req as *mut Ifreq as *mut c_void) != 0 {
+            fail(fds, stage::LOOPBACK, 2, errno());
+        }
+        libc::close(s);
+    }
+}
+
+/// A namespace holder: cloned with `CLONE_NEWNS` (and `CLONE_NEWNET`), it builds the root
+/// (everything but `/proc`) and `lo`, reports readiness with one byte on the error pipe, then
+/// waits to be killed once the zygote has opened `/proc/PID/ns/{mnt,net}`. Never returns.
+///
+/// # Safety
+/// Child only (see the module documentation).
+pub(crate) unsafe fn run_holder(p: &PreparedSpec, fds: &ChildFds) -> ! {
+    // SAFETY: raw system calls only, as in `run`.
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+        build_root(p, fds, true);
+        if p.loopback {
+            loopback_up(fds);
+        }
+        libc::write(fds.err_pipe, b"R".as_ptr().cast(), 1);
+        loop {
+            libc::pause();
+        }
     }
 }
 
@@ -170,58 +269,31 @@ pub(crate) unsafe fn run(p: &PreparedSpec, fds: &ChildFds) -> ! {
             fail(fds, stage::STDIO, 3, errno());
         }
 
-        // 3. Mount table, then pivot_root with the old root detached.
-        libc::umask(0);
-        for (i, op) in p.ops.iter().enumerate() {
-            let r = match *op {
-                Op::Mount { src, target, fstype, flags, data } => libc::mount(src, target, fstype, flags, data),
-                Op::Mkdir { path, mode } => {
-                    let r = libc::mkdir(path, mode);
-                    if r != 0 && errno() == libc::EEXIST { 0 } else { r }
-                }
-                Op::Mknod { path, mode, dev } => libc::mknod(path, mode, dev),
-                Op::Symlink { target, link } => libc::symlink(target, link),
-            };
-            if r != 0 {
-                fail(fds, stage::MOUNT, i as u32, errno());
+        // 3. Filesystem and network: either join the warm namespaces (already pivoted, lo up)
+        // and mount this pid namespace's /proc, or build them now.
+        if fds.mntns >= 0 {
+            if fds.netns >= 0 && libc::setns(fds.netns, libc::CLONE_NEWNET) != 0 {
+                fail(fds, stage::WARM_NS, 0, errno());
+            }
+            // Also sets our root and working directory to the namespace's root.
+            if libc::setns(fds.mntns, libc::CLONE_NEWNS) != 0 {
+                fail(fds, stage::WARM_NS, 1, errno());
+            }
+            let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+            if libc::mount(c"proc".as_ptr(), p.proc_in_root, c"proc".as_ptr(), flags, std::ptr::null()) != 0 {
+                fail(fds, stage::MOUNT, p.proc_op as u32, errno());
+            }
+        } else {
+            build_root(p, fds, false);
+            if p.loopback {
+                loopback_up(fds);
             }
         }
-        let dot = c".".as_ptr();
-        if libc::chdir(p.new_root) != 0 {
-            fail(fds, stage::PIVOT, 0, errno());
-        }
-        if libc::syscall(libc::SYS_pivot_root, dot, dot) != 0 {
-            fail(fds, stage::PIVOT, 1, errno());
-        }
-        if libc::umount2(dot, libc::MNT_DETACH) != 0 {
-            fail(fds, stage::PIVOT, 2, errno());
-        }
-        if libc::chdir(c"/".as_ptr()) != 0 {
-            fail(fds, stage::PIVOT, 3, errno());
-        }
-        libc::umask(0o022);
 
-        // 4. Hostname and loopback.
+        // 4. Hostname.
         let host = p.hostname.as_bytes();
         if libc::sethostname(host.as_ptr().cast(), host.len()) != 0 {
             fail(fds, stage::HOSTNAME, 0, errno());
-        }
-        if p.loopback {
-            let s = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-            if s < 0 {
-                fail(fds, stage::LOOPBACK, 0, errno());
-            }
-            let mut req = Ifreq { name: [0; 16], flags: 0, _pad: [0; 22] };
-            req.name[0] = b'l';
-            req.name[1] = b'o';
-            if libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req as *mut Ifreq as *mut c_void) != 0 {
-                fail(fds, stage::LOOPBACK, 1, errno());
-            }
-            req.flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            if libc::ioctl(s, libc::SIOCSIFFLAGS, &mut req as *mut Ifreq as *mut c_void) != 0 {
-                fail(fds, stage::LOOPBACK, 2, errno());
-            }
-            libc::close(s);
         }
 
         // 5. rlimits and working directory.
@@ -253,13 +325,16 @@ pub(crate) unsafe fn run(p: &PreparedSpec, fds: &ChildFds) -> ! {
         if p.uid != 0 && libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
             fail(fds, stage::IDS, 0, errno());
         }
-        if libc::setgroups(0, std::ptr::null()) != 0 {
+        // Raw system calls, not glibc's setgroups/setresgid/setresuid: those broadcast the
+        // change to every thread glibc knows of (the parent's, which do not exist here) and
+        // wait on a futex for them forever.
+        if libc::syscall(libc::SYS_setgroups, 0 as libc::size_t, std::ptr::null::<libc::gid_t>()) != 0 {
             fail(fds, stage::IDS, 1, errno());
         }
-        if libc::setresgid(p.gid, p.gid, p.gid) != 0 {
+        if libc::syscall(libc::SYS_setresgid, p.gid, p.gid, p.gid) != 0 {
             fail(fds, stage::IDS, 2, errno());
         }
-        if libc::setresuid(p.uid, p.uid, p.uid) != 0 {
+        if libc::syscall(libc::SYS_setresuid, p.uid, p.uid, p.uid) != 0 {
             fail(fds, stage::IDS, 3, errno());
         }
         let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };

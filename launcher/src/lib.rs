@@ -18,4 +18,4 @@ pub use error::LaunchError;
 pub use prepare::PreparedSpec;
 pub use spawn::{pidfd_signal, spawn_prepared, wait_pidfd, ExitStatusInfo, Output, Spawned};
 pub use spec::{ContainerSpec, NetworkMode, RootfsSpec, DEFAULT_CAPABILITIES};
-pub use zygote::{SpawnRequest, Zygote};
+pub use zygote::{SpawnRequest, Zygote, ZygoteOptions};

@@ -33,6 +33,10 @@ pub struct PreparedSpec {
     /// Human description of each op, for error messages (`mount /proc`).
     pub(crate) op_names: Vec<(String, String)>,
     pub(crate) new_root: *const c_char,
+    /// Index of the `/proc` mount in `ops`: skipped when a warm namespace is prepared.
+    pub(crate) proc_op: usize,
+    /// `/proc`, the proc mount target inside a warm (already pivoted) mount namespace.
+    pub(crate) proc_in_root: *const c_char,
     pub(crate) workdir: *const c_char,
     pub(crate) hostname: CString,
     pub(crate) exec_candidates: Vec<*const c_char>,
@@ -46,12 +50,19 @@ pub struct PreparedSpec {
     pub(crate) gid: u32,
     pub(crate) nofile: u64,
     pub(crate) nproc: Option<u64>,
+    /// Namespaces created by clone3 on a cold boot (pid, mount, uts, ipc, and net if isolated).
     pub(crate) clone_flags: u64,
     pub(crate) loopback: bool,
     pub(crate) command0: String,
     pub(crate) workdir_name: String,
     pub(crate) hostname_name: String,
 }
+
+// SAFETY: a PreparedSpec is immutable after `new`; its raw pointers point into C strings it
+// owns (heap buffers that never move), so sharing or sending it between threads is sound.
+unsafe impl Send for PreparedSpec {}
+// SAFETY: as above: no interior mutability, only reads through the pointers.
+unsafe impl Sync for PreparedSpec {}
 
 fn cstr(s: impl AsRef<[u8]>) -> Result<CString, LaunchError> {
     CString::new(s.as_ref()).map_err(|_| {
@@ -201,7 +212,8 @@ impl PreparedSpec {
                 root
             }
         };
-        // Fresh /proc of the new pid namespace.
+        // Fresh /proc of the new pid namespace (a warm namespace gets it in the child only).
+        let proc_op = b.ops.len();
         b.mount(Some("proc"), &root.join("proc"), Some("proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)?;
         // Minimal /dev.
         let dev = root.join("dev");
@@ -223,6 +235,7 @@ impl PreparedSpec {
         // The root itself read-only (its sub-mounts above stay as they are).
         b.mount(None, &root, None, libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV, None)?;
         let new_root = b.s(root.as_os_str().as_bytes())?;
+        let proc_in_root = b.s("/proc")?;
 
         let workdir = b.s(spec.workdir.as_os_str().as_bytes())?;
         let argv_storage: Vec<*const c_char> =
@@ -265,6 +278,8 @@ impl PreparedSpec {
             ops: b.ops,
             op_names: b.op_names,
             new_root,
+            proc_op,
+            proc_in_root,
             workdir,
             hostname,
             exec_candidates,

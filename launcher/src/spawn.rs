@@ -142,6 +142,7 @@ pub(crate) fn clone_container(
     cgroup: Option<&CgroupAttach>,
     output: &Output,
     clone_parent: bool,
+    warm: Option<&WarmNs>,
 ) -> Result<RawSpawn, LaunchError> {
     let null = Path::new("/dev/null");
     let stdin = open_fd(null, OFlag::O_RDONLY, Mode::empty())?;
@@ -182,14 +183,20 @@ pub(crate) fn clone_container(
         err_pipe: err_w.as_raw_fd(),
         procs: [-1; MAX_PROCS_FDS],
         nprocs: procs.len(),
+        netns: warm.and_then(|w| w.net.as_ref()).map_or(-1, |f| f.as_raw_fd()),
+        mntns: warm.map_or(-1, |w| w.mnt.as_raw_fd()),
     };
+    let mut ns_flags = p.clone_flags;
+    if warm.is_some() {
+        ns_flags &= !((libc::CLONE_NEWNS | libc::CLONE_NEWNET) as u64);
+    }
     for (slot, fd) in fds.procs.iter_mut().zip(&procs) {
         *slot = fd.as_raw_fd();
     }
 
     let mut pidfd: c_int = -1;
     let mut args = CloneArgs {
-        flags: p.clone_flags | libc::CLONE_PIDFD as u64,
+        flags: ns_flags | libc::CLONE_PIDFD as u64,
         pidfd: &mut pidfd as *mut c_int as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..CloneArgs::default()
@@ -267,6 +274,7 @@ fn describe(p: &PreparedSpec, e: ChildError) -> LaunchError {
         stage::NO_NEW_PRIVS => setup("prctl", "PR_SET_NO_NEW_PRIVS"),
         stage::SECCOMP => setup("seccomp", "default profile"),
         stage::SIGNALS => setup("signal mask", ""),
+        stage::WARM_NS => setup("setns", if idx == 0 { "warm network namespace" } else { "warm mount namespace" }),
         other => setup("unknown step", &other.to_string()),
     }
 }
@@ -274,7 +282,7 @@ fn describe(p: &PreparedSpec, e: ChildError) -> LaunchError {
 /// Prepares nothing, spawns directly from the calling process (no zygote): for `hako run`
 /// and single-threaded callers. The container is the caller's child.
 pub fn spawn_prepared(p: &PreparedSpec, cgroup: Option<&CgroupAttach>, output: &Output) -> Result<Spawned, LaunchError> {
-    let raw = clone_container(p, cgroup, output, false)?;
+    let raw = clone_container(p, cgroup, output, false, None)?;
     match raw.error {
         None => Ok(Spawned { pid: raw.pid, pidfd: raw.pidfd }),
         Some(e) => {
@@ -284,3 +292,77 @@ pub fn spawn_prepared(p: &PreparedSpec, cgroup: Option<&CgroupAttach>, output: &
     }
 }
 
+
+/// Namespaces built ahead of a boot by a holder process (mount: the container's root, pivoted,
+/// without `/proc`; net: `lo` up). Each is used by exactly one container.
+#[derive(Debug)]
+pub(crate) struct WarmNs {
+    pub mnt: OwnedFd,
+    pub net: Option<OwnedFd>,
+}
+
+/// Builds a [`WarmNs`] for `p` with a short-lived holder process (off the boot path).
+pub(crate) fn create_warm(p: &PreparedSpec) -> Result<WarmNs, LaunchError> {
+    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| LaunchError::sys("pipe2", "", e))?;
+    let fds = ChildFds {
+        stdin: -1,
+        stdout: -1,
+        stderr: -1,
+        err_pipe: err_w.as_raw_fd(),
+        procs: [-1; MAX_PROCS_FDS],
+        nprocs: 0,
+        netns: -1,
+        mntns: -1,
+    };
+    let mut pidfd: c_int = -1;
+    let args = CloneArgs {
+        flags: (p.clone_flags & (libc::CLONE_NEWNS | libc::CLONE_NEWNET) as u64) | libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: as in `clone_container`: fork semantics, the child runs only async-signal-safe
+    // code (`child::run_holder`) and never returns.
+    let ret = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    if ret == 0 {
+        // SAFETY: we are the freshly cloned holder.
+        unsafe { child::run_holder(p, &fds) }
+    }
+    if ret < 0 {
+        return Err(LaunchError::sys("clone3", "namespace holder", nix::errno::Errno::last()));
+    }
+    let pid = ret as i32;
+    // SAFETY: CLONE_PIDFD stored a fresh pidfd owned by nobody else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    drop(err_w);
+    let mut buf = [0u8; ChildError::SIZE];
+    let mut got = 0;
+    let ready = loop {
+        match nix::unistd::read(err_r.as_raw_fd(), &mut buf[got..]) {
+            Ok(0) => break Err(LaunchError::Zygote(format!("namespace holder {pid} exited early"))),
+            Ok(n) => {
+                got += n;
+                if got == 1 && buf[0] == b'R' {
+                    break Ok(());
+                }
+                if got == ChildError::SIZE {
+                    break Err(describe(p, ChildError::decode(&buf)));
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => break Err(LaunchError::sys("read", "holder pipe", e)),
+        }
+    };
+    let opened = ready.and_then(|()| {
+        let mnt = open_fd(Path::new(&format!("/proc/{pid}/ns/mnt")), OFlag::O_RDONLY, Mode::empty())?;
+        let net = if p.loopback {
+            Some(open_fd(Path::new(&format!("/proc/{pid}/ns/net")), OFlag::O_RDONLY, Mode::empty())?)
+        } else {
+            None
+        };
+        Ok(WarmNs { mnt, net })
+    });
+    let _ = pidfd_signal(pidfd.as_raw_fd(), libc::SIGKILL);
+    let _ = wait_pidfd(pidfd.as_fd(), false);
+    opened
+}

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use nix::sys::socket::{
     recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
@@ -17,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::cgroup::CgroupAttach;
 use crate::error::LaunchError;
 use crate::prepare::PreparedSpec;
-use crate::spawn::{clone_container, wait_pidfd, Output, Spawned};
+use crate::spawn::{clone_container, create_warm, wait_pidfd, Output, Spawned, WarmNs};
 use crate::spec::ContainerSpec;
 
 /// Largest request or reply (one datagram).
@@ -48,6 +50,21 @@ enum Reply {
     Failed { pid: Option<i32>, error: LaunchError },
 }
 
+/// Zygote tuning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZygoteOptions {
+    /// Per app (`spec_key`), how many mount+network namespaces to keep built ahead of boots
+    /// (root assembled and pivoted, `lo` up; each used by one container only). 0 disables:
+    /// every boot then builds its namespaces itself.
+    pub warm_namespaces: usize,
+}
+
+impl Default for ZygoteOptions {
+    fn default() -> Self {
+        ZygoteOptions { warm_namespaces: 2 }
+    }
+}
+
 /// Handle on the zygote. `Send + Sync`; calls are blocking and serialized internally.
 #[derive(Debug)]
 pub struct Zygote {
@@ -60,6 +77,11 @@ impl Zygote {
     /// (from `main()`, before tokio), and from the thread that lives as long as the process
     /// (the zygote dies with that thread through `PR_SET_PDEATHSIG`).
     pub fn start() -> Result<Zygote, LaunchError> {
+        Self::start_with(ZygoteOptions::default())
+    }
+
+    /// [`Zygote::start`] with options.
+    pub fn start_with(options: ZygoteOptions) -> Result<Zygote, LaunchError> {
         let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
             .map_err(|e| LaunchError::sys("socketpair", "", e))?;
         let parent = std::process::id() as i32;
@@ -71,7 +93,7 @@ impl Zygote {
         }
         if pid == 0 {
             drop(ours);
-            zygote_main(theirs, parent);
+            zygote_main(theirs, parent, options);
         }
         drop(theirs);
         tracing::debug!(pid, "zygote started");
@@ -170,8 +192,69 @@ fn recv(sock: RawFd) -> nix::Result<(Option<Vec<u8>>, Option<OwnedFd>)> {
     }
 }
 
+/// Work for the zygote's helper thread, which keeps the boot path free of namespace creation
+/// and teardown.
+enum FillerMsg {
+    /// Top up the warm namespaces of this app.
+    Refill(String, Arc<PreparedSpec>),
+    /// This container runs in these warm namespaces; drop our reference once it has exited, so
+    /// that the mount namespace teardown (an RCU grace period) is not on its exit path.
+    Retire(OwnedFd, WarmNs),
+}
+
+type Pools = Arc<Mutex<HashMap<String, Vec<WarmNs>>>>;
+
+fn filler(rx: Receiver<FillerMsg>, pools: Pools, target: usize) {
+    let mut wanted: HashMap<String, Arc<PreparedSpec>> = HashMap::new();
+    let mut retired: Vec<(OwnedFd, WarmNs)> = Vec::new();
+    loop {
+        let msg = if retired.is_empty() {
+            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
+        } else {
+            rx.recv_timeout(Duration::from_millis(20))
+        };
+        match msg {
+            Ok(FillerMsg::Refill(key, p)) => {
+                wanted.insert(key, p);
+            }
+            Ok(FillerMsg::Retire(pidfd, ns)) => retired.push((pidfd, ns)),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        // Containers that exited release their namespaces (a pidfd polls readable on exit).
+        retired.retain(|(pidfd, _)| {
+            let mut pfd = [nix::poll::PollFd::new(pidfd.as_fd(), nix::poll::PollFlags::POLLIN)];
+            !matches!(nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0)
+        });
+        let mut failed = Vec::new();
+        for (key, p) in &wanted {
+            loop {
+                let have = pools.lock().map(|m| m.get(key).map_or(0, Vec::len)).unwrap_or(target);
+                if have >= target {
+                    break;
+                }
+                match create_warm(p) {
+                    Ok(ns) => {
+                        if let Ok(mut m) = pools.lock() {
+                            m.entry(key.clone()).or_default().push(ns);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(app = %key, %error, "cannot prepare warm namespaces; booting cold");
+                        failed.push(key.clone());
+                        break;
+                    }
+                }
+            }
+        }
+        for k in failed {
+            wanted.remove(&k);
+        }
+    }
+}
+
 /// The zygote's loop. Never returns.
-fn zygote_main(sock: OwnedFd, parent: i32) -> ! {
+fn zygote_main(sock: OwnedFd, parent: i32, options: ZygoteOptions) -> ! {
     // SAFETY: prctl/signal/getppid/_exit are plain syscalls on constants.
     unsafe {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
@@ -181,16 +264,36 @@ fn zygote_main(sock: OwnedFd, parent: i32) -> ! {
         // Ctrl-C on the terminal is for the supervisor, which shuts us down by closing the socket.
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
+        // Descriptors inherited from the parent (other than stdio and our socket) are not ours
+        // to keep open: a held write descriptor would make exec of that file fail (ETXTBSY).
+        let keep = sock.as_raw_fd() as libc::c_uint;
+        if keep > 3 {
+            libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, keep - 1, 0 as libc::c_uint);
+        }
+        libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0 as libc::c_uint);
     }
-    let mut cache: HashMap<String, PreparedSpec> = HashMap::new();
+    let pools: Pools = Arc::new(Mutex::new(HashMap::new()));
+    let (tx, rx) = channel();
+    let helper = if options.warm_namespaces > 0 {
+        let (pools, target) = (pools.clone(), options.warm_namespaces);
+        std::thread::Builder::new().name("hako-zygote-ns".into()).spawn(move || filler(rx, pools, target)).ok()
+    } else {
+        None
+    };
+    let tx = helper.as_ref().map(|_| tx);
+    let mut cache: HashMap<String, Arc<PreparedSpec>> = HashMap::new();
     loop {
         let body = match recv(sock.as_raw_fd()) {
             Ok((Some(b), _)) => b,
             Ok((None, _)) | Err(_) => break,
         };
-        let (reply, fd) = handle(&mut cache, &body);
+        let (reply, fd, retire) = handle(&mut cache, &pools, tx.as_ref(), &body);
         let reply = serde_json::to_vec(&reply).unwrap_or_else(|_| b"{\"Failed\":{\"pid\":null,\"error\":{\"Zygote\":\"encode\"}}}".to_vec());
-        if send(sock.as_raw_fd(), &reply, fd.as_ref().map(|f| f.as_raw_fd())).is_err() {
+        let sent = send(sock.as_raw_fd(), &reply, fd.as_ref().map(|f| f.as_raw_fd()));
+        if let (Some(tx), Some(ns), Some(pidfd)) = (tx.as_ref(), retire, fd) {
+            let _ = tx.send(FillerMsg::Retire(pidfd, ns));
+        }
+        if sent.is_err() {
             break;
         }
     }
@@ -198,27 +301,41 @@ fn zygote_main(sock: OwnedFd, parent: i32) -> ! {
     unsafe { libc::_exit(0) }
 }
 
-fn handle(cache: &mut HashMap<String, PreparedSpec>, body: &[u8]) -> (Reply, Option<OwnedFd>) {
+type Handled = (Reply, Option<OwnedFd>, Option<WarmNs>);
+
+fn handle(
+    cache: &mut HashMap<String, Arc<PreparedSpec>>,
+    pools: &Pools,
+    filler: Option<&Sender<FillerMsg>>,
+    body: &[u8],
+) -> Handled {
     let req: SpawnRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
-        Err(e) => return (Reply::Failed { pid: None, error: LaunchError::Zygote(format!("bad request: {e}")) }, None),
-    };
-    if !cache.contains_key(&req.spec_key) {
-        match PreparedSpec::new(&req.spec) {
-            Ok(p) => {
-                cache.insert(req.spec_key.clone(), p);
-            }
-            Err(error) => return (Reply::Failed { pid: None, error }, None),
+        Err(e) => {
+            return (Reply::Failed { pid: None, error: LaunchError::Zygote(format!("bad request: {e}")) }, None, None)
         }
-    }
-    let Some(prepared) = cache.get(&req.spec_key) else {
-        return (Reply::Failed { pid: None, error: LaunchError::Zygote("cache".into()) }, None);
     };
-    match clone_container(prepared, req.cgroup.as_ref(), &req.output(), true) {
-        Ok(raw) => match raw.error {
-            None => (Reply::Ok { pid: raw.pid }, Some(raw.pidfd)),
-            Some(error) => (Reply::Failed { pid: Some(raw.pid), error }, Some(raw.pidfd)),
+    let prepared = match cache.get(&req.spec_key) {
+        Some(p) => p.clone(),
+        None => match PreparedSpec::new(&req.spec) {
+            Ok(p) => {
+                let p = Arc::new(p);
+                cache.insert(req.spec_key.clone(), p.clone());
+                p
+            }
+            Err(error) => return (Reply::Failed { pid: None, error }, None, None),
         },
-        Err(error) => (Reply::Failed { pid: None, error }, None),
+    };
+    let warm = pools.lock().ok().and_then(|mut m| m.get_mut(&req.spec_key).and_then(Vec::pop));
+    let result = clone_container(&prepared, req.cgroup.as_ref(), &req.output(), true, warm.as_ref());
+    if let Some(tx) = filler {
+        let _ = tx.send(FillerMsg::Refill(req.spec_key.clone(), prepared));
+    }
+    match result {
+        Ok(raw) => match raw.error {
+            None => (Reply::Ok { pid: raw.pid }, Some(raw.pidfd), warm),
+            Some(error) => (Reply::Failed { pid: Some(raw.pid), error }, Some(raw.pidfd), None),
+        },
+        Err(error) => (Reply::Failed { pid: None, error }, None, None),
     }
 }

@@ -150,3 +150,46 @@ fn clone_into_cgroup_places_the_child_on_v2() {
     drop(cg);
     let _ = std::fs::remove_dir(std::path::Path::new(mount).join("hako-test"));
 }
+
+/// Boots from pre-built (warm) namespaces isolate exactly like cold boots, and no two
+/// containers share a namespace.
+#[test]
+fn warm_namespaces_are_fresh_and_fully_isolated() {
+    if !is_root("warm namespaces") {
+        return;
+    }
+    let fs = Rootfs::build();
+    let zygote = Zygote::start_with(hako_launcher::ZygoteOptions { warm_namespaces: 2 }).unwrap();
+    let root = cgroup_root();
+    let logs = tempfile::tempdir().unwrap();
+    let script = "echo self=$$; ls /tmp; touch /tmp/mark; hostname; tail -n +3 /proc/net/dev | cut -d: -f1; \
+                  ip link show lo | grep -c UP; for p in /proc/[0-9]*; do echo pid=${p#/proc/}; done; \
+                  cut -d' ' -f5 /proc/self/mountinfo; touch /etc/x 2>/dev/null || echo ro; \
+                  grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status | tr -d '\\t'";
+    let mut spec = fs.spec(script);
+    spec.hostname = "warm".into();
+    for i in 0..4 {
+        // Let the helper thread build the namespaces after the first (cold) boot.
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let cg = TestCgroup::new(&root, &CgroupLimits::default());
+        let log = logs.path().join(format!("{i}.log"));
+        let req = SpawnRequest {
+            spec: spec.clone(),
+            spec_key: "warm-app".into(),
+            cgroup: Some(cg.get().attach()),
+            log_path: Some(log.clone()),
+        };
+        let s = zygote.spawn(&req).unwrap();
+        assert_eq!(wait_pidfd(s.pidfd.as_fd(), false).unwrap(), Some(ExitStatusInfo::Exited(0)));
+        let out = std::fs::read_to_string(&log).unwrap();
+        let mounts: Vec<&str> = out.lines().filter(|l| l.starts_with('/')).collect();
+        assert_eq!(
+            out.lines().filter(|l| !l.starts_with('/')).map(str::trim).collect::<Vec<_>>(),
+            vec!["self=1", "warm", "lo", "1", "pid=1", "ro", "NoNewPrivs:1", "Seccomp:2"],
+            "boot {i}: {out}"
+        );
+        let mut sorted = mounts.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, vec!["/", "/dev", "/dev/pts", "/dev/shm", "/proc", "/run", "/tmp"], "boot {i}: {out}");
+    }
+}

@@ -63,6 +63,21 @@ pub struct Metrics {
     memory_bytes: IntGaugeVec,
 }
 
+const BOOT_RESULTS: [&str; 3] = ["ok", "failed", "not_ready"];
+const STOP_REASONS: [StopReason; 7] = [
+    StopReason::Idle,
+    StopReason::Lifetime,
+    StopReason::Crashed,
+    StopReason::Oom,
+    StopReason::Shutdown,
+    StopReason::Evicted,
+    StopReason::BootFailed,
+];
+const DIRECTIONS: [&str; 2] = ["tighten", "relax"];
+const CACHED_CODES: [u16; 15] = [
+    200, 201, 204, 206, 301, 302, 304, 400, 401, 403, 404, 500, 502, 503, 504,
+];
+
 /// Instance states as the `state` label of `hako_instances`.
 pub const INSTANCE_STATES: [&str; 3] = ["booting", "ready", "draining"];
 
@@ -78,7 +93,7 @@ impl Metrics {
         let boots = IntCounterVec::new(
             Opts::new(
                 "hako_boots_total",
-                "Container boots started by hako, by app and result (ok, failed, not_ready).",
+                "Container boots finished, by app and result (ok: ready; failed: could not start or died before ready; not_ready: readiness timeout).",
             ),
             &["app", "result"],
         )
@@ -195,6 +210,10 @@ impl Metrics {
             request_duration: self.request_duration.with_label_values(&[app]),
             queue_depth: self.queue_depth.with_label_values(&[app]),
             instances,
+            boots: BOOT_RESULTS.map(|r| self.boots.with_label_values(&[app, r])),
+            stops: STOP_REASONS.map(|r| self.stops.with_label_values(&[app, r.as_str()])),
+            limit_changes: DIRECTIONS.map(|d| self.limit_changes.with_label_values(&[app, d])),
+            requests: Default::default(),
             cpu_seconds: self.cpu_seconds.with_label_values(&[app]),
             memory_bytes: self.memory_bytes.with_label_values(&[app]),
         }
@@ -285,30 +304,40 @@ pub struct AppMetrics {
     request_duration: prometheus::Histogram,
     queue_depth: prometheus::IntGauge,
     instances: [prometheus::IntGauge; 3],
+    boots: [prometheus::IntCounter; 3],
+    stops: [prometheus::IntCounter; 7],
+    limit_changes: [prometheus::IntCounter; 2],
+    /// Per status code in [`CACHED_CODES`], created on first use.
+    requests: [std::sync::OnceLock<prometheus::IntCounter>; CACHED_CODES.len()],
     cpu_seconds: prometheus::Counter,
     memory_bytes: prometheus::IntGauge,
 }
 
 impl AppMetrics {
     pub fn boot(&self, result: &str, elapsed: Option<Duration>) {
-        self.all.boots.with_label_values(&[&self.app, result]).inc();
+        match BOOT_RESULTS.iter().position(|r| *r == result) {
+            Some(i) => self.boots[i].inc(),
+            None => self.all.boots.with_label_values(&[&self.app, result]).inc(),
+        }
         if let Some(d) = elapsed {
             self.boot_duration.observe(d.as_secs_f64());
         }
     }
 
     pub fn request(&self, code: u16, elapsed: Duration) {
-        let label = code_label(code);
-        if label == "other" {
-            self.all
+        match CACHED_CODES.iter().position(|c| *c == code) {
+            Some(i) => self.requests[i]
+                .get_or_init(|| {
+                    self.all
+                        .requests
+                        .with_label_values(&[&self.app, code_label(code)])
+                })
+                .inc(),
+            None => self
+                .all
                 .requests
                 .with_label_values(&[&self.app, &code.to_string()])
-                .inc();
-        } else {
-            self.all
-                .requests
-                .with_label_values(&[&self.app, label])
-                .inc();
+                .inc(),
         }
         self.request_duration.observe(elapsed.as_secs_f64());
     }
@@ -325,17 +354,22 @@ impl AppMetrics {
     }
 
     pub fn stop(&self, reason: StopReason) {
-        self.all
-            .stops
-            .with_label_values(&[&self.app, reason.as_str()])
-            .inc();
+        let i = STOP_REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .expect("every reason is listed");
+        self.stops[i].inc();
     }
 
     pub fn limit_change(&self, direction: &str) {
-        self.all
-            .limit_changes
-            .with_label_values(&[&self.app, direction])
-            .inc();
+        match DIRECTIONS.iter().position(|d| *d == direction) {
+            Some(i) => self.limit_changes[i].inc(),
+            None => self
+                .all
+                .limit_changes
+                .with_label_values(&[&self.app, direction])
+                .inc(),
+        }
     }
 
     pub fn add_cpu_seconds(&self, secs: f64) {

@@ -1,12 +1,12 @@
 //! The sampling loop: every `governor.interval` it reads host PSI and each instance's cgroup
 //! usage, updates the `hako_cgroup_*` metrics, asks the [`Governor`] what to change and applies
 //! its decisions to the cgroups (logging and counting each change).
-use std::collections::HashMap;
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use hako_policies::Config;
+use hako_policies::{App, Config};
 
 use crate::governor::{
     read_host_pressure, Governor, GovernorParams, InstanceSample, Limits, Sample, SpikeRule,
@@ -28,56 +28,86 @@ pub fn params_of(cfg: &Config) -> GovernorParams {
 }
 
 /// Runs until `stop` turns true.
+///
+/// Samples are taken on a fixed period (a slow tick is followed by the next one a full period
+/// later, never by a catch-up burst). An instance whose usage cannot be read at one tick is
+/// kept by the governor (only instances that are gone are forgotten). When a decision cannot be
+/// applied, the limits in force are read back and handed to [`Governor::resync`], so the
+/// governor's view never drifts from the cgroup; if even that fails, the instance is forgotten
+/// and starts afresh at its next sample.
 pub async fn run(
     sup: Arc<Supervisor>,
     config: Arc<Mutex<Config>>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) {
+    run_with_proc(sup, config, stop, PathBuf::from("/proc")).await
+}
+
+/// [`run`], reading host pressure below `proc` (`<proc>/pressure/{cpu,memory}`) instead of
+/// `/proc`.
+pub async fn run_with_proc(
+    sup: Arc<Supervisor>,
+    config: Arc<Mutex<Config>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    proc: PathBuf,
+) {
+    let proc = Arc::new(proc);
     let start = Instant::now();
     let mut params: GovernorParams = params_of(&config.lock().expect("config lock"));
     let mut governor = Governor::new(params.clone());
-    // Last cumulative CPU reading per instance, for the cpu seconds counter.
+    let mut ticker = ticker(params.interval);
+    // Last cumulative CPU reading per live instance, for the cpu seconds counter.
     let mut last_cpu: HashMap<u64, u64> = HashMap::new();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(params.interval) => {}
+            _ = ticker.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let enabled = {
             let c = config.lock().expect("config lock");
             let p = params_of(&c);
             if p != params {
+                if p.interval != params.interval {
+                    ticker = self::ticker(p.interval);
+                }
                 params = p;
-                governor = Governor::new(params.clone());
+                governor.set_params(params.clone());
             }
             c.governor.enabled
         };
         let running = sup.running_instances();
+        let live: HashSet<u64> = running.iter().map(|(inst, _, _)| inst.id).collect();
+        let proc = proc.clone();
         let sampled = tokio::task::spawn_blocking(move || {
-            let host = read_host_pressure(Path::new("/proc"));
+            let host = read_host_pressure(&proc);
             let mut per_app_mem: HashMap<String, u64> = HashMap::new();
             let mut rows = Vec::with_capacity(running.len());
+            let mut unsampled = Vec::new();
             for (inst, r, policy) in &running {
-                let Some(u) = r.usage() else { continue };
+                let Some(u) = r.usage() else {
+                    unsampled.push(inst.id);
+                    continue;
+                };
                 *per_app_mem.entry(inst.app.clone()).or_default() += u.memory_current;
                 rows.push((inst.id, inst.app.clone(), u, policy.clone(), r.clone()));
             }
-            (host, per_app_mem, rows)
+            // The time of the readings, not of the end of this task's scheduling.
+            (start.elapsed(), host, per_app_mem, rows, unsampled)
         })
         .await;
-        let Ok((host, per_app_mem, rows)) = sampled else {
+        let Ok((now, host, per_app_mem, rows, unsampled)) = sampled else {
             continue;
         };
 
         let mut cpu_by_app: HashMap<String, f64> = HashMap::new();
-        let mut seen = std::collections::HashSet::new();
         for (id, app, u, _, _) in &rows {
-            seen.insert(*id);
             let prev = last_cpu.insert(*id, u.cpu_usage_usec).unwrap_or(0);
             let delta = u.cpu_usage_usec.saturating_sub(prev);
             *cpu_by_app.entry(app.clone()).or_default() += delta as f64 / 1e6;
         }
-        last_cpu.retain(|id, _| seen.contains(id));
+        // Keep the last reading of an instance that could not be read this time: forgetting it
+        // would count its whole lifetime's CPU again at its next reading.
+        last_cpu.retain(|id, _| live.contains(id));
         for (app, secs) in &cpu_by_app {
             if let Some(m) = sup.app_metrics(app) {
                 m.add_cpu_seconds(*secs);
@@ -92,7 +122,7 @@ pub async fn run(
             continue;
         }
         let sample = Sample {
-            now: start.elapsed(),
+            now,
             host,
             instances: rows
                 .iter()
@@ -101,10 +131,7 @@ pub async fn run(
                     app: app.clone(),
                     cpu_usage_usec: u.cpu_usage_usec,
                     memory_current: u.memory_current,
-                    policy: Limits {
-                        cpu: policy.limits.cpu,
-                        memory_high: None,
-                    },
+                    policy: policy_limits(policy),
                     spike: policy.spike.as_ref().map(|s| SpikeRule {
                         cpu_above: s.cpu_above,
                         for_: s.for_,
@@ -113,20 +140,24 @@ pub async fn run(
                     }),
                 })
                 .collect(),
+            unsampled,
         };
         let decisions = governor.observe(&sample);
         for d in decisions {
-            let Some((_, _, _, _, r)) = rows.iter().find(|row| row.0 == d.id) else {
+            let Some((_, _, _, policy, r)) = rows.iter().find(|row| row.0 == d.id) else {
                 continue;
             };
             let r = r.clone();
             let after = d.after;
             let applied = tokio::task::spawn_blocking(move || {
-                r.set_soft_limits(after.cpu, after.memory_high)
+                let res = r.set_soft_limits(after.cpu, after.memory_high);
+                // On failure, read back what is in force so the governor can resync.
+                let in_force = res.is_err().then(|| r.limits()).flatten();
+                (res, in_force)
             })
             .await;
             match applied {
-                Ok(Ok(())) => {
+                Ok((Ok(()), _)) => {
                     tracing::info!(
                         app = %d.app, instance = d.id, direction = d.direction.as_str(),
                         cpu_before = d.before.cpu, cpu_after = d.after.cpu,
@@ -137,11 +168,375 @@ pub async fn run(
                         m.limit_change(d.direction.as_str());
                     }
                 }
-                Ok(Err(e)) => {
-                    tracing::warn!(app = %d.app, instance = d.id, error = %e, "cannot change limits")
+                Ok((Err(e), in_force)) => {
+                    tracing::warn!(
+                        app = %d.app, instance = d.id, direction = d.direction.as_str(),
+                        cpu_after = d.after.cpu, error = %e, "cannot change limits"
+                    );
+                    match in_force {
+                        Some(l) => governor.resync(
+                            d.id,
+                            Limits {
+                                cpu: l.cpu.unwrap_or(policy.limits.cpu),
+                                memory_high: l.memory_high,
+                            },
+                        ),
+                        None => governor.forget(d.id),
+                    }
                 }
-                Err(e) => tracing::warn!(error = %e, "limit change task failed"),
+                Err(e) => {
+                    tracing::warn!(app = %d.app, instance = d.id, error = %e, "limit change task failed");
+                    governor.forget(d.id);
+                }
             }
         }
+    }
+}
+
+/// The limits the governor moves, as configured for an app.
+fn policy_limits(app: &App) -> Limits {
+    Limits {
+        cpu: app.limits.cpu,
+        memory_high: None,
+    }
+}
+
+/// A fixed-period ticker whose first tick is one period from now.
+fn ticker(period: Duration) -> tokio::time::Interval {
+    let mut t = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    //! The loop against a fake runtime whose one instance burns CPU on a simple model: usage
+    //! grows with wall time × min(demand, the CPU limit last written). Reads and writes can be
+    //! made to fail.
+    use std::net::SocketAddr;
+    use std::path::PathBuf;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use hako_policies::{Rootfs, Spike};
+    use hako_proxy::Activator;
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::container::HostUpstream;
+    use crate::metrics::Metrics;
+    use crate::pool::{
+        BoxFuture, EffectiveLimits, ExitInfo, Running, Runtime, SupervisorOptions, Usage,
+    };
+
+    /// The one instance's knobs, shared by the test and the fake.
+    #[derive(Default)]
+    struct Knobs {
+        /// Cores the app would use without a limit.
+        demand: Mutex<f64>,
+        /// `usage()` answers `None`.
+        unreadable: AtomicBool,
+        /// `usage()` has been called while unreadable (the sampler did try).
+        unreadable_reads: AtomicUsize,
+        /// The next `n` writes fail (and change nothing).
+        failing_writes: AtomicUsize,
+        /// CPU limit in force (cores) and writes that succeeded.
+        cpu: Mutex<f64>,
+        writes: Mutex<Vec<f64>>,
+        /// (last reading time, cumulative usage in µs).
+        clock: Mutex<Option<(Instant, u64)>>,
+    }
+
+    impl Knobs {
+        fn advance(&self) -> u64 {
+            let mut clock = self.clock.lock().unwrap();
+            let now = Instant::now();
+            let (then, usage) = clock.unwrap_or((now, 0));
+            let cores = self.demand.lock().unwrap().min(*self.cpu.lock().unwrap());
+            let usage = usage + (now.duration_since(then).as_micros() as f64 * cores) as u64;
+            *clock = Some((now, usage));
+            usage
+        }
+    }
+
+    struct Fake {
+        knobs: Arc<Knobs>,
+        addr: SocketAddr,
+        _server: tokio::task::JoinHandle<()>,
+        exit: tokio::sync::watch::Sender<Option<ExitInfo>>,
+    }
+
+    impl Running for Fake {
+        fn pid(&self) -> i32 {
+            4242
+        }
+        fn upstream(&self) -> Arc<dyn hako_proxy::Upstream> {
+            Arc::new(HostUpstream {
+                id: 1,
+                addr: self.addr,
+            })
+        }
+        fn wait(&self) -> BoxFuture<'static, ExitInfo> {
+            let mut rx = self.exit.subscribe();
+            Box::pin(async move {
+                let _ = rx.wait_for(Option::is_some).await;
+                rx.borrow().expect("set")
+            })
+        }
+        fn signal(&self, signal: i32) {
+            self.exit.send_replace(Some(ExitInfo {
+                code: None,
+                signal: Some(signal),
+                oom: false,
+            }));
+        }
+        fn cleanup(&self) -> BoxFuture<'static, ()> {
+            Box::pin(async {})
+        }
+        fn usage(&self) -> Option<Usage> {
+            let usage = self.knobs.advance();
+            if self.knobs.unreadable.load(Ordering::SeqCst) {
+                self.knobs.unreadable_reads.fetch_add(1, Ordering::SeqCst);
+                return None;
+            }
+            Some(Usage {
+                cpu_usage_usec: usage,
+                memory_current: 1 << 20,
+            })
+        }
+        fn limits(&self) -> Option<EffectiveLimits> {
+            Some(EffectiveLimits {
+                cpu: Some(*self.knobs.cpu.lock().unwrap()),
+                memory_max: None,
+                memory_high: None,
+                pids: None,
+            })
+        }
+        fn set_soft_limits(&self, cpu: f64, _memory_high: Option<u64>) -> Result<(), String> {
+            self.knobs.advance();
+            let failing = &self.knobs.failing_writes;
+            if failing
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
+            {
+                return Err("write cpu.max: No such device (ENODEV)".into());
+            }
+            *self.knobs.cpu.lock().unwrap() = cpu;
+            self.knobs.writes.lock().unwrap().push(cpu);
+            Ok(())
+        }
+    }
+
+    struct FakeRuntime(Arc<Knobs>);
+
+    impl Runtime for FakeRuntime {
+        fn spawn(
+            &self,
+            _app: Arc<App>,
+            _id: u64,
+        ) -> BoxFuture<'static, Result<Arc<dyn Running>, String>> {
+            let knobs = self.0.clone();
+            Box::pin(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let addr = listener.local_addr().map_err(|e| e.to_string())?;
+                let server = tokio::spawn(async move {
+                    while let Ok((mut s, _)) = listener.accept().await {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await;
+                    }
+                });
+                let (exit, _) = tokio::sync::watch::channel(None);
+                Ok(Arc::new(Fake {
+                    knobs,
+                    addr,
+                    _server: server,
+                    exit,
+                }) as Arc<dyn Running>)
+            })
+        }
+    }
+
+    const POLICY_CPU: f64 = 1.0;
+    const TIGHT_CPU: f64 = 0.25;
+
+    fn config() -> Config {
+        let mut app = App::with_defaults("burner", Rootfs::Host, vec!["/bin/true".into()]);
+        app.hosts = vec!["burner.test".into()];
+        app.limits.cpu = POLICY_CPU;
+        app.spike = Some(Spike {
+            cpu_above: 0.8,
+            for_: Duration::from_millis(60),
+            tighten_cpu: Some(TIGHT_CPU),
+            tighten_memory_high: None,
+        });
+        Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            admin: "127.0.0.1:0".parse().unwrap(),
+            allow_public_admin: false,
+            state_dir: PathBuf::from("/nonexistent"),
+            cgroup_parent: "hako-sampler-test".into(),
+            apps: vec![app],
+            governor: hako_policies::Governor {
+                interval: Duration::from_millis(20),
+                relax_after: Duration::from_millis(200),
+                relax_step: 1.0,
+                ..Default::default()
+            },
+        }
+    }
+
+    struct Rig {
+        knobs: Arc<Knobs>,
+        sup: Arc<Supervisor>,
+        stop: tokio::sync::watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    async fn rig() -> Rig {
+        let knobs = Arc::new(Knobs::default());
+        *knobs.cpu.lock().unwrap() = POLICY_CPU;
+        let cfg = config();
+        let sup = Supervisor::new(
+            Arc::new(FakeRuntime(knobs.clone())),
+            Metrics::new(),
+            SupervisorOptions::default(),
+        );
+        sup.apply_apps(&cfg.apps, SupervisorOptions::default());
+        drop(sup.acquire("burner").await.expect("boot"));
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        // No pressure files: host PSI plays no part.
+        let proc = PathBuf::from("/nonexistent-proc");
+        let task = tokio::spawn(run_with_proc(
+            sup.clone(),
+            Arc::new(Mutex::new(cfg)),
+            rx,
+            proc,
+        ));
+        Rig {
+            knobs,
+            sup,
+            stop,
+            task,
+        }
+    }
+
+    impl Rig {
+        fn cpu(&self) -> f64 {
+            *self.knobs.cpu.lock().unwrap()
+        }
+
+        async fn wait_cpu(&self, cpu: f64, within: Duration) {
+            let t = Instant::now();
+            while self.cpu() != cpu {
+                assert!(
+                    t.elapsed() < within,
+                    "cpu {} never became {cpu}; writes {:?}",
+                    self.cpu(),
+                    self.knobs.writes.lock().unwrap()
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+
+        fn changes(&self, direction: &str) -> f64 {
+            let needle =
+                format!("hako_limit_changes_total{{app=\"burner\",direction=\"{direction}\"}}");
+            self.sup
+                .metrics()
+                .render()
+                .lines()
+                .find(|l| l.starts_with(&needle))
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                .unwrap_or(0.0)
+        }
+
+        fn cpu_seconds(&self) -> f64 {
+            self.sup
+                .metrics()
+                .render()
+                .lines()
+                .find(|l| l.starts_with("hako_cgroup_cpu_seconds_total{app=\"burner\"}"))
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                .unwrap_or(0.0)
+        }
+
+        async fn finish(self) {
+            self.stop.send_replace(true);
+            self.task.await.unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tightened_instance_missing_from_some_samples_still_relaxes_to_its_policy() {
+        let rig = rig().await;
+        *rig.knobs.demand.lock().unwrap() = 2.0;
+        rig.wait_cpu(TIGHT_CPU, Duration::from_secs(5)).await;
+        // The burst ends while the usage cannot be read for a few samples.
+        rig.knobs.unreadable.store(true, Ordering::SeqCst);
+        *rig.knobs.demand.lock().unwrap() = 0.0;
+        let t = Instant::now();
+        while rig.knobs.unreadable_reads.load(Ordering::SeqCst) < 3 {
+            assert!(t.elapsed() < Duration::from_secs(5));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        rig.knobs.unreadable.store(false, Ordering::SeqCst);
+        // Calm again: back to exactly the policy (a forgotten instance would stay tightened).
+        rig.wait_cpu(POLICY_CPU, Duration::from_secs(5)).await;
+        assert_eq!(
+            *rig.knobs.writes.lock().unwrap(),
+            vec![TIGHT_CPU, POLICY_CPU]
+        );
+        assert_eq!((rig.changes("tighten"), rig.changes("relax")), (1.0, 1.0));
+        rig.finish().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_writes_are_retried_and_only_applied_changes_are_counted() {
+        let rig = rig().await;
+        // The first tighten and the first relax both fail.
+        rig.knobs.failing_writes.store(1, Ordering::SeqCst);
+        *rig.knobs.demand.lock().unwrap() = 2.0;
+        rig.wait_cpu(TIGHT_CPU, Duration::from_secs(5)).await;
+        assert_eq!(rig.knobs.failing_writes.load(Ordering::SeqCst), 0);
+        assert_eq!(rig.changes("tighten"), 1.0);
+        rig.knobs.failing_writes.store(1, Ordering::SeqCst);
+        *rig.knobs.demand.lock().unwrap() = 0.0;
+        rig.wait_cpu(POLICY_CPU, Duration::from_secs(5)).await;
+        assert_eq!(rig.knobs.failing_writes.load(Ordering::SeqCst), 0);
+        assert_eq!(
+            *rig.knobs.writes.lock().unwrap(),
+            vec![TIGHT_CPU, POLICY_CPU]
+        );
+        assert_eq!((rig.changes("tighten"), rig.changes("relax")), (1.0, 1.0));
+        rig.finish().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cpu_seconds_are_not_counted_twice_across_an_unreadable_sample() {
+        let rig = rig().await;
+        *rig.knobs.demand.lock().unwrap() = 0.5; // below the rule's threshold: no tightening
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        rig.knobs.unreadable.store(true, Ordering::SeqCst);
+        let t = Instant::now();
+        while rig.knobs.unreadable_reads.load(Ordering::SeqCst) < 2 {
+            assert!(t.elapsed() < Duration::from_secs(5));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        rig.knobs.unreadable.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        *rig.knobs.demand.lock().unwrap() = 0.0;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let burnt = rig.knobs.advance() as f64 / 1e6;
+        let counted = rig.cpu_seconds();
+        let writes = rig.knobs.writes.lock().unwrap().clone();
+        rig.finish().await;
+        assert!(writes.is_empty(), "{writes:?}");
+        assert!(burnt > 0.2, "burnt {burnt}");
+        assert!(
+            (counted - burnt).abs() < 0.02,
+            "counted {counted} s of CPU, the instance used {burnt} s"
+        );
     }
 }

@@ -391,7 +391,7 @@ pub async fn burst(
             barrier.wait().await;
             let t0 = *release.get_or_init(Instant::now);
             let res = match conn {
-                Ok(mut c) => exchange(&mut c, tpl.build(), timeout).await,
+                Ok(mut c) => exchange(&mut c, &tpl, timeout).await,
                 Err(k) => Err(k),
             };
             shot(&host, t0.elapsed(), res)

@@ -37,7 +37,10 @@ impl Rootfs {
         for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "data"] {
             std::fs::create_dir_all(r.join(d)).unwrap();
         }
-        std::fs::copy("/usr/bin/busybox", r.join("bin/busybox")).unwrap();
+        // Copied by a separate process: a write descriptor held here could be inherited by a
+        // concurrently cloned container of another test and make exec fail with ETXTBSY.
+        let st = std::process::Command::new("cp").arg("/usr/bin/busybox").arg(r.join("bin/busybox")).status().unwrap();
+        assert!(st.success());
         let list = std::process::Command::new("/usr/bin/busybox").arg("--list-full").output().unwrap();
         for applet in String::from_utf8(list.stdout).unwrap().lines() {
             let link = r.join(applet);

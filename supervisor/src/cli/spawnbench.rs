@@ -14,7 +14,7 @@ use anyhow::Context;
 use clap::Args;
 use hako_launcher::{
     spawn_prepared, wait_pidfd, CgroupLimits, CgroupRoot, ContainerSpec, ExitStatusInfo, InstanceCgroup, Output,
-    PreparedSpec, RootfsSpec, SpawnRequest, Zygote,
+    PreparedSpec, RootfsSpec, SpawnRequest, Zygote, ZygoteOptions,
 };
 
 #[derive(Debug, Args)]
@@ -34,6 +34,13 @@ pub struct BenchSpawnArgs {
     /// Spawn without any cgroup (to isolate the cost of the cgroup).
     #[arg(long, conflicts_with = "cgroup_pool")]
     pub no_cgroup: bool,
+    /// Pause between iterations (lets the zygote's helper rebuild warm namespaces, as between
+    /// real cold starts); not part of any sample.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub interval_ms: u64,
+    /// Warm mount+network namespaces kept per app by the zygote (0: build them in each boot).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub warm: usize,
     /// Command to run.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -49,7 +56,11 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 
 pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
     // The zygote first, while this process is still single-threaded.
-    let zygote = if args.no_zygote { None } else { Some(Zygote::start()?) };
+    let zygote = if args.no_zygote {
+        None
+    } else {
+        Some(Zygote::start_with(ZygoteOptions { warm_namespaces: args.warm })?)
+    };
     let command = if args.command.is_empty() { vec!["/bin/true".to_owned()] } else { args.command.clone() };
     let spec = ContainerSpec::new(RootfsSpec::Dir(args.rootfs.clone()), command);
     let prepared = PreparedSpec::new(&spec)?;
@@ -72,6 +83,9 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
     let mut samples = Vec::with_capacity(args.n);
     let mut removal_us = Vec::with_capacity(args.n);
     for i in 0..args.n {
+        if args.interval_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(args.interval_ms));
+        }
         let t0 = Instant::now();
         let cg = if args.no_cgroup {
             None
@@ -104,9 +118,11 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
     sorted.sort_unstable();
     removal_us.sort_unstable();
     eprintln!(
-        "hako-launcher n={} zygote={} cgroup={}: p50 {} us, p90 {} us, p99 {} us, min {} us; cgroup removal p50 {} us",
+        "hako-launcher n={} zygote={} warm={} interval={}ms cgroup={}: p50 {} us, p90 {} us, p99 {} us, min {} us; cgroup removal p50 {} us",
         args.n,
         zygote.is_some(),
+        args.warm,
+        args.interval_ms,
         if args.no_cgroup { "none" } else if args.cgroup_pool { "pool" } else { "per-boot" },
         percentile(&sorted, 0.5),
         percentile(&sorted, 0.9),

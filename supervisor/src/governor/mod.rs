@@ -32,7 +32,9 @@
 //! gate: an instance that is already heavy is tightened at the first sample where the host
 //! pressure crosses the threshold. Counting already-tightened instances among the candidates
 //! keeps the rule from cascading onto the next tenant while PSI is still catching up: as long
-//! as the tightened hog remains the heaviest user, nobody else is touched.
+//! as the tightened hog remains the heaviest user, nobody else is touched. A tightened instance
+//! that has gone *idle* (ratio below `DEFAULT_CPU_ABOVE × HYSTERESIS`, 25 % of the limit in
+//! force) is no longer a candidate.
 //!
 //! **Spike, memory** (every app, rule or not): host PSI `memory some avg10` ≥
 //! `memory_pressure` → the heaviest memory user (`memory_current`, ties → lowest id) gets
@@ -50,7 +52,10 @@
 //! **Relax.** Each tightened instance remembers which causes (rule, host CPU, host memory)
 //! tightened it in this episode. It is *calm* when every cause is calm, with hysteresis
 //! ([`HYSTERESIS`] = 0.5): rule → ratio below `cpu_above × 0.5`; host CPU → cpu PSI below
-//! `cpu_pressure × 0.5` (or unavailable); host memory → memory PSI below
+//! `cpu_pressure × 0.5` (or unavailable), or the instance itself idle (above): PSI is host-wide
+//! and lags, and on a busy host other processes can hold it up indefinitely, so an instance
+//! whose own load is gone relaxes even while the host stays under pressure (should its load
+//! come back, the default rule tightens it again); host memory → memory PSI below
 //! `memory_pressure × 0.5` (or unavailable). Any non-calm sample restarts the calm clock; a
 //! spike condition met again re-tightens (to the target, if lower than the current value).
 //! After `relax_after` of uninterrupted calm, one relax step is made every
@@ -65,8 +70,13 @@
 //! around the threshold therefore tightens at most once and never relaxes while it oscillates.
 //!
 //! **Bookkeeping.** Instances absent from a sample are forgotten, as are ids passed to
-//! [`Governor::forget`]. If an instance's policy changes, an untightened instance follows it and
-//! a tightened one is clamped to be no higher than it. `policy.cpu` must be the app's CPU limit
+//! [`Governor::forget`], except those listed in [`Sample::unsampled`] (alive, but their usage
+//! could not be read at this tick): they keep their state untouched, make no decision, and
+//! their next measurement spans the gap. The governor assumes every decision is applied; when a
+//! write fails the caller reports the limits actually in force with [`Governor::resync`] (or
+//! forgets the instance), and the governor retries from there. [`Governor::set_params`]
+//! changes the parameters without losing what is tightened. If an instance's policy changes,
+//! an untightened instance follows it and a tightened one is clamped to be no higher than it. `policy.cpu` must be the app's CPU limit
 //! in cores; pass the host's core count for an app without a CPU limit.
 #![forbid(unsafe_code)]
 
@@ -195,8 +205,10 @@ pub struct Sample {
     pub now: Duration,
     /// Host pressure.
     pub host: HostPressure,
-    /// Every live instance.
+    /// Every live instance whose usage was read.
     pub instances: Vec<InstanceSample>,
+    /// Live instances whose usage could not be read this time: kept, not forgotten.
+    pub unsampled: Vec<u64>,
 }
 
 /// Which way a decision moves the limits.
@@ -292,6 +304,13 @@ impl State {
         (self.current.cpu > 0.0).then(|| util / self.current.cpu)
     }
 
+    /// Below the default rule's leave threshold: its own usage no longer adds to host CPU
+    /// pressure, whatever the (lagging, possibly foreign) PSI says.
+    fn idle(&self) -> bool {
+        self.ratio()
+            .is_some_and(|r| r < DEFAULT_CPU_ABOVE * HYSTERESIS)
+    }
+
     /// How long the instance has been hot; `None` when it is not hot.
     fn hot_for(&self, now: Duration) -> Option<Duration> {
         self.hot_since.map(|since| now.saturating_sub(since))
@@ -364,13 +383,41 @@ pub struct Governor {
 
 impl Governor {
     /// A governor with these parameters (`relax_step` is clamped into (0, 1]).
-    pub fn new(mut params: GovernorParams) -> Self {
-        if !(params.relax_step > 0.0 && params.relax_step <= 1.0) {
-            params.relax_step = if params.relax_step > 1.0 { 1.0 } else { 0.25 };
-        }
+    pub fn new(params: GovernorParams) -> Self {
         Governor {
-            params,
+            params: clamp_params(params),
             states: BTreeMap::new(),
+        }
+    }
+
+    /// Replaces the parameters (a configuration reload), keeping every instance's state: a
+    /// tightened instance stays known as tightened and relaxes under the new parameters.
+    pub fn set_params(&mut self, params: GovernorParams) {
+        self.params = clamp_params(params);
+    }
+
+    /// Declares the limits actually in force for `id` after a decision could not be applied
+    /// (read back from the kernel). Values within [`SNAP_FRACTION`] of the policy count as the
+    /// policy. A tighten that did not take effect is retried at the next sample where the spike
+    /// condition holds; a relax step that did not take effect is retried later.
+    /// Unknown ids are ignored.
+    pub fn resync(&mut self, id: u64, in_force: Limits) {
+        let Some(state) = self.states.get_mut(&id) else {
+            return;
+        };
+        let policy = state.policy;
+        let mut current = in_force;
+        if (current.cpu - policy.cpu).abs() <= policy.cpu * SNAP_FRACTION {
+            current.cpu = policy.cpu;
+        }
+        if let (Some(cur), Some(pol)) = (current.memory_high, policy.memory_high) {
+            if cur.abs_diff(pol) as f64 <= pol as f64 * SNAP_FRACTION {
+                current.memory_high = Some(pol);
+            }
+        }
+        state.current = current;
+        if !state.tightened() {
+            state.end_episode();
         }
     }
 
@@ -401,7 +448,12 @@ impl Governor {
         let p = self.params.clone();
 
         // Bookkeeping: forget the absent, update policy and utilisation of the present.
-        let present: BTreeSet<u64> = sample.instances.iter().map(|i| i.id).collect();
+        let present: BTreeSet<u64> = sample
+            .instances
+            .iter()
+            .map(|i| i.id)
+            .chain(sample.unsampled.iter().copied())
+            .collect();
         self.states.retain(|id, _| present.contains(id));
         for inst in &sample.instances {
             let state = self
@@ -430,7 +482,7 @@ impl Governor {
                 let state = &self.states[&inst.id];
                 let eligible = inst.spike.is_none()
                     && (state.hot_for(now).is_some_and(|d| d >= DEFAULT_SPIKE_FOR)
-                        || state.causes.host_cpu);
+                        || (state.causes.host_cpu && !state.idle()));
                 eligible.then_some((inst.id, state.util?))
             }))
         } else {
@@ -550,7 +602,7 @@ impl Governor {
                 None => true,
             };
             let calm = (!state.causes.rule || rule_calm)
-                && (!state.causes.host_cpu || cpu_calm_host)
+                && (!state.causes.host_cpu || cpu_calm_host || state.idle())
                 && (!state.causes.host_memory || mem_calm_host);
             if !calm {
                 state.calm_since = None;
@@ -585,6 +637,14 @@ impl Governor {
         }
         decisions
     }
+}
+
+/// `relax_step` clamped into (0, 1].
+fn clamp_params(mut params: GovernorParams) -> GovernorParams {
+    if !(params.relax_step > 0.0 && params.relax_step <= 1.0) {
+        params.relax_step = if params.relax_step > 1.0 { 1.0 } else { 0.25 };
+    }
+    params
 }
 
 /// The id with the largest value (ties → lowest id).

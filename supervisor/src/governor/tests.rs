@@ -2,7 +2,7 @@
 //!
 //! [`Sim`] plays the host: every tick (100 ms) each instance burns `min(demand, cpu limit the
 //! governor set)` cores (the kernel's quota), and the test sets demand, memory and host PSI.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use super::*;
@@ -45,6 +45,8 @@ struct Sim {
     demand: BTreeMap<u64, f64>,
     memory: BTreeMap<u64, u64>,
     host: HostPressure,
+    /// Instances whose usage cannot be read at the next samples.
+    unreadable: BTreeSet<u64>,
     log: Vec<(Duration, Decision)>,
 }
 
@@ -62,6 +64,7 @@ impl Sim {
             demand: BTreeMap::new(),
             memory: BTreeMap::new(),
             host: HostPressure::default(),
+            unreadable: BTreeSet::new(),
             log: Vec::new(),
         };
         sim.observe(); // first sample at t=0: establishes the counters
@@ -75,6 +78,7 @@ impl Sim {
             instances: self
                 .apps
                 .iter()
+                .filter(|a| !self.unreadable.contains(&a.id))
                 .map(|a| InstanceSample {
                     id: a.id,
                     app: format!("app{}", a.id),
@@ -83,6 +87,12 @@ impl Sim {
                     policy: a.policy,
                     spike: a.spike.clone(),
                 })
+                .collect(),
+            unsampled: self
+                .apps
+                .iter()
+                .map(|a| a.id)
+                .filter(|id| self.unreadable.contains(id))
                 .collect(),
         }
     }
@@ -678,4 +688,143 @@ fn a_cpu_counter_reset_is_not_a_spike() {
     sim.run(ms(500));
     // Only the forward jump looks like utilisation, for one window: shorter than `for`.
     assert!(sim.log.is_empty(), "{:?}", sim.log);
+}
+
+#[test]
+fn an_instance_whose_usage_cannot_be_read_for_a_while_is_not_forgotten() {
+    let mut sim = Sim::new(vec![ruled_app(), app(2, limits(1.0, None), None)]);
+    sim.set_demand(1, 1.0);
+    sim.run(ms(600));
+    let tight = limits(0.25, Some(64 * MIB));
+    assert_eq!(sim.gov.current(1), Some(tight));
+    // Three samples without a reading: no decision, state kept.
+    sim.unreadable.insert(1);
+    sim.set_demand(1, 0.0);
+    for _ in 0..3 {
+        assert!(sim.tick().is_empty());
+        assert_eq!(sim.gov.current(1), Some(tight));
+    }
+    // Readable again and calm: it relaxes back to exactly its policy, as usual.
+    sim.unreadable.clear();
+    sim.run(ms(20_000));
+    assert_eq!(sim.gov.current(1), Some(limits(1.0, Some(256 * MIB))));
+    assert!(sim.count(Direction::Relax) >= 1);
+    assert_eq!(sim.count(Direction::Tighten), 1, "{:?}", sim.log);
+}
+
+#[test]
+fn a_failed_tighten_is_resynced_and_retried() {
+    let mut sim = Sim::new(vec![ruled_app()]);
+    sim.set_demand(1, 1.0);
+    let first = loop {
+        let d = sim.tick();
+        if !d.is_empty() {
+            break d;
+        }
+    };
+    assert_eq!(first[0].direction, Direction::Tighten);
+    // The write failed: the cgroup is still at the policy (read back with rounding noise).
+    sim.gov.resync(1, limits(0.999_999, Some(256 * MIB)));
+    assert_eq!(sim.gov.current(1), Some(limits(1.0, Some(256 * MIB))));
+    // Still hot: the next sample decides the same tightening again.
+    let again = sim.tick();
+    assert_eq!(again.len(), 1, "{:?}", sim.log);
+    assert_eq!(again[0].direction, Direction::Tighten);
+    assert_eq!(again[0].after, first[0].after);
+}
+
+#[test]
+fn a_failed_relax_step_is_resynced_and_the_instance_still_reaches_its_policy() {
+    let mut sim = Sim::new(vec![ruled_app()]);
+    sim.set_demand(1, 1.0);
+    sim.run(ms(600));
+    sim.set_demand(1, 0.0);
+    let failed = loop {
+        let d = sim.tick();
+        if let Some(d) = d.into_iter().find(|d| d.direction == Direction::Relax) {
+            break d;
+        }
+    };
+    sim.gov.resync(1, failed.before);
+    assert_eq!(sim.gov.current(1), Some(failed.before));
+    sim.run(ms(20_000));
+    assert_eq!(sim.gov.current(1), Some(limits(1.0, Some(256 * MIB))));
+    let relaxes: Vec<_> = sim
+        .decisions_for(1)
+        .into_iter()
+        .filter(|(_, d)| d.direction == Direction::Relax)
+        .collect();
+    assert_eq!(
+        relaxes[1].1.before, failed.before,
+        "the failed step is redone"
+    );
+}
+
+#[test]
+fn resync_of_an_unknown_id_is_ignored() {
+    let mut sim = Sim::new(vec![ruled_app()]);
+    sim.gov.resync(9, limits(0.1, None));
+    assert_eq!(sim.gov.current(9), None);
+}
+
+#[test]
+fn new_parameters_keep_a_tightened_instance_and_it_relaxes_under_them() {
+    let mut sim = Sim::new(vec![ruled_app()]);
+    sim.set_demand(1, 1.0);
+    sim.run(ms(600));
+    let tight = sim.gov.current(1).expect("known");
+    assert!(tight.cpu < 1.0);
+    sim.gov.set_params(GovernorParams {
+        relax_after: ms(500),
+        relax_step: 1.0,
+        ..GovernorParams::default()
+    });
+    assert_eq!(sim.gov.current(1), Some(tight));
+    sim.set_demand(1, 0.0);
+    sim.run(ms(1_000));
+    // relax_step 1.0: one step straight back to the policy.
+    assert_eq!(sim.gov.current(1), Some(limits(1.0, Some(256 * MIB))));
+    assert_eq!(sim.count(Direction::Relax), 1, "{:?}", sim.log);
+}
+
+#[test]
+fn a_host_cpu_victim_whose_own_load_is_gone_relaxes_while_foreign_pressure_persists() {
+    let mut sim = Sim::new(vec![
+        app(1, limits(2.0, None), None),
+        app(2, limits(1.0, None), None),
+    ]);
+    sim.set_demand(1, 2.0);
+    sim.host = psi(40.0); // others keep the host pressed for the whole test
+    sim.run(ms(1000));
+    assert_eq!(sim.gov.current(1), Some(limits(1.0, None)));
+    // Still using more than a quarter of its tightened limit: held.
+    sim.set_demand(1, 0.3);
+    sim.run(ms(10_000));
+    assert_eq!(sim.count(Direction::Relax), 0, "{:?}", sim.log);
+    // Its own load is gone: it relaxes back to exactly its policy, PSI notwithstanding.
+    sim.set_demand(1, 0.0);
+    sim.run(ms(10_000));
+    assert_eq!(sim.gov.current(1), Some(limits(2.0, None)));
+    assert!(sim.count(Direction::Relax) >= 2, "{:?}", sim.log);
+    assert_eq!(
+        sim.count(Direction::Tighten),
+        1,
+        "no flapping while idle: {:?}",
+        sim.log
+    );
+    assert!(
+        sim.decisions_for(2).is_empty(),
+        "the idle neighbour is never touched"
+    );
+    // The load comes back under the same pressure: tightened again within the debounce.
+    let back = sim.now;
+    sim.set_demand(1, 2.0);
+    sim.run(ms(1000));
+    let last = sim
+        .decisions_for(1)
+        .last()
+        .map(|(t, d)| (*t, d.clone()))
+        .expect("decisions");
+    assert_eq!(last.1.direction, Direction::Tighten);
+    assert!(last.0 <= back + DEFAULT_SPIKE_FOR + TICK, "{:?}", sim.log);
 }
