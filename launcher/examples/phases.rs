@@ -3,7 +3,9 @@
 use std::os::fd::AsFd;
 use std::time::Instant;
 
-use hako_launcher::{spawn_prepared, wait_pidfd, ContainerSpec, NetworkMode, Output, PreparedSpec, RootfsSpec};
+use hako_launcher::{
+    spawn_prepared, wait_pidfd, ContainerSpec, NetworkMode, Output, PreparedSpec, RootfsSpec,
+};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -12,9 +14,28 @@ fn main() {
     let base = ContainerSpec::new(RootfsSpec::Dir(root), vec!["/bin/true".into()]);
     let variants: Vec<(&str, ContainerSpec)> = vec![
         ("all", base.clone()),
-        ("no-net", ContainerSpec { network: NetworkMode::Host, ..base.clone() }),
-        ("no-seccomp", ContainerSpec { seccomp: false, ..base.clone() }),
-        ("no-net-no-seccomp", ContainerSpec { seccomp: false, network: NetworkMode::Host, ..base.clone() }),
+        (
+            "no-net",
+            ContainerSpec {
+                network: NetworkMode::Host,
+                ..base.clone()
+            },
+        ),
+        (
+            "no-seccomp",
+            ContainerSpec {
+                seccomp: false,
+                ..base.clone()
+            },
+        ),
+        (
+            "no-net-no-seccomp",
+            ContainerSpec {
+                seccomp: false,
+                network: NetworkMode::Host,
+                ..base.clone()
+            },
+        ),
     ];
     for (name, spec) in variants {
         let p = PreparedSpec::new(&spec).unwrap();
@@ -29,6 +50,10 @@ fn main() {
         s.sort_unstable();
         let mut e: Vec<u64> = s.iter().map(|x| x.1).collect();
         e.sort_unstable();
-        println!("{name:20} p50 total {:6} us   p50 to-exec {:6} us", s[n / 2].0, e[n / 2]);
+        println!(
+            "{name:20} p50 total {:6} us   p50 to-exec {:6} us",
+            s[n / 2].0,
+            e[n / 2]
+        );
     }
 }

@@ -56,7 +56,11 @@ pub enum CgroupError {
     #[error("no cgroup hierarchy under {0}")]
     NoHierarchy(PathBuf),
     #[error("{op} {path}: {source}")]
-    Io { op: &'static str, path: PathBuf, source: io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error("{path}: cannot parse {value:?}")]
     Parse { path: PathBuf, value: String },
     #[error("invalid cgroup name {0:?}")]
@@ -64,11 +68,18 @@ pub enum CgroupError {
     #[error("{path}: processes still present after kill")]
     Busy { path: PathBuf },
     #[error("limit {what} needs the {controller} controller, which is not available")]
-    NoController { what: &'static str, controller: &'static str },
+    NoController {
+        what: &'static str,
+        controller: &'static str,
+    },
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
-    move |source| CgroupError::Io { op, path: path.to_owned(), source }
+    move |source| CgroupError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    }
 }
 
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -78,6 +89,7 @@ const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
 fn is_cgroupfs(path: &Path) -> bool {
     match nix::sys::statfs::statfs(path) {
         Ok(s) => {
+            #[allow(clippy::unnecessary_cast)] // the field type differs between architectures
             let t = s.filesystem_type().0 as i64;
             t == CGROUP2_SUPER_MAGIC || t == CGROUP_SUPER_MAGIC
         }
@@ -171,10 +183,18 @@ impl CgroupRoot {
             if parents.is_empty() {
                 return Err(CgroupError::NoHierarchy(mount_root.to_owned()));
             }
-            Layout { version: CgroupVersion::V1, parents, real }
+            Layout {
+                version: CgroupVersion::V1,
+                parents,
+                real,
+            }
         };
         tracing::debug!(root = %mount_root.display(), parent, version = ?layout.version, "cgroup root");
-        Ok(Self { layout, mount_root: mount_root.to_owned(), parent: parent.to_owned() })
+        Ok(Self {
+            layout,
+            mount_root: mount_root.to_owned(),
+            parent: parent.to_owned(),
+        })
     }
 
     pub fn version(&self) -> CgroupVersion {
@@ -191,7 +211,10 @@ impl CgroupRoot {
     }
 
     fn instance(&self, name: &str) -> InstanceCgroup {
-        InstanceCgroup { name: name.to_owned(), layout: self.layout.clone() }
+        InstanceCgroup {
+            name: name.to_owned(),
+            layout: self.layout.clone(),
+        }
     }
 
     /// Creates the group `name` in every hierarchy and writes `limits`.
@@ -234,7 +257,11 @@ fn create_dir(d: &Path) -> Result<(), CgroupError> {
     match fs::create_dir(d) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(CgroupError::Io { op: "mkdir", path: d.to_owned(), source: e }),
+        Err(e) => Err(CgroupError::Io {
+            op: "mkdir",
+            path: d.to_owned(),
+            source: e,
+        }),
     }
 }
 
@@ -254,8 +281,10 @@ fn parse_limit(path: &Path, s: &str) -> Result<Option<u64>, CgroupError> {
     if s == "max" || s == "-1" {
         return Ok(None);
     }
-    let v: u64 =
-        s.parse().map_err(|_| CgroupError::Parse { path: path.to_owned(), value: s.to_owned() })?;
+    let v: u64 = s.parse().map_err(|_| CgroupError::Parse {
+        path: path.to_owned(),
+        value: s.to_owned(),
+    })?;
     // v1 reports "unlimited" memory as a huge page-aligned number.
     Ok((v < (1u64 << 62)).then_some(v))
 }
@@ -270,10 +299,10 @@ fn keyed_value(path: &Path, text: &str, key: &str) -> Result<Option<u64>, Cgroup
         let mut it = line.split_whitespace();
         if it.next() == Some(key) {
             let v = it.next().unwrap_or("");
-            return v
-                .parse()
-                .map(Some)
-                .map_err(|_| CgroupError::Parse { path: path.to_owned(), value: line.to_owned() });
+            return v.parse().map(Some).map_err(|_| CgroupError::Parse {
+                path: path.to_owned(),
+                value: line.to_owned(),
+            });
         }
     }
     Ok(None)
@@ -296,9 +325,15 @@ impl InstanceCgroup {
     /// What the launcher needs to place a child into this group.
     pub fn attach(&self) -> CgroupAttach {
         match self.layout.version {
-            CgroupVersion::V2 => CgroupAttach::V2 { dir: self.dirs().remove(0) },
+            CgroupVersion::V2 => CgroupAttach::V2 {
+                dir: self.dirs().remove(0),
+            },
             CgroupVersion::V1 => CgroupAttach::V1 {
-                procs: self.dirs().into_iter().map(|d| d.join("cgroup.procs")).collect(),
+                procs: self
+                    .dirs()
+                    .into_iter()
+                    .map(|d| d.join("cgroup.procs"))
+                    .collect(),
             },
         }
     }
@@ -318,8 +353,14 @@ impl InstanceCgroup {
         }
     }
 
-    fn need(&self, file: &str, what: &'static str, controller: &'static str) -> Result<PathBuf, CgroupError> {
-        self.file(file).ok_or(CgroupError::NoController { what, controller })
+    fn need(
+        &self,
+        file: &str,
+        what: &'static str,
+        controller: &'static str,
+    ) -> Result<PathBuf, CgroupError> {
+        self.file(file)
+            .ok_or(CgroupError::NoController { what, controller })
     }
 
     fn write(&self, path: &Path, value: &str) -> Result<(), CgroupError> {
@@ -337,7 +378,9 @@ impl InstanceCgroup {
             CgroupVersion::V2 => {
                 if l.cpu.is_some() || self.file("cpu.max").is_some_and(|p| p.exists()) {
                     let p = self.need("cpu.max", "cpu", "cpu")?;
-                    let q = l.cpu.map_or_else(|| "max".to_owned(), |c| cpu_quota(c).to_string());
+                    let q = l
+                        .cpu
+                        .map_or_else(|| "max".to_owned(), |c| cpu_quota(c).to_string());
                     self.write(&p, &format!("{q} {CPU_PERIOD_US}"))?;
                 }
                 for (file, v) in [("memory.max", l.memory_max), ("memory.high", l.memory_high)] {
@@ -357,14 +400,25 @@ impl InstanceCgroup {
             }
             CgroupVersion::V1 => {
                 if let Some(p) = self.file("cpu.cfs_quota_us") {
-                    self.write(&p.with_file_name("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
-                    let q = l.cpu.map_or_else(|| "-1".to_owned(), |c| cpu_quota(c).to_string());
+                    self.write(
+                        &p.with_file_name("cpu.cfs_period_us"),
+                        &CPU_PERIOD_US.to_string(),
+                    )?;
+                    let q = l
+                        .cpu
+                        .map_or_else(|| "-1".to_owned(), |c| cpu_quota(c).to_string());
                     self.write(&p, &q)?;
                 } else if l.cpu.is_some() {
-                    return Err(CgroupError::NoController { what: "cpu", controller: "cpu" });
+                    return Err(CgroupError::NoController {
+                        what: "cpu",
+                        controller: "cpu",
+                    });
                 }
                 let v1mem = |v: Option<u64>| v.map_or_else(|| "-1".to_owned(), |v| v.to_string());
-                if l.memory_max.is_some() || l.memory_high.is_some() || self.file("memory.limit_in_bytes").is_some() {
+                if l.memory_max.is_some()
+                    || l.memory_high.is_some()
+                    || self.file("memory.limit_in_bytes").is_some()
+                {
                     let p = self.need("memory.limit_in_bytes", "memory", "memory")?;
                     self.write(&p, &v1mem(l.memory_max))?;
                     let p = self.need("memory.soft_limit_in_bytes", "memory", "memory")?;
@@ -396,9 +450,10 @@ impl InstanceCgroup {
                 if let Some((p, s)) = read_opt("cpu.max")? {
                     let mut it = s.split_whitespace();
                     let (q, per) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
-                    let per: f64 = per
-                        .parse()
-                        .map_err(|_| CgroupError::Parse { path: p.clone(), value: s.clone() })?;
+                    let per: f64 = per.parse().map_err(|_| CgroupError::Parse {
+                        path: p.clone(),
+                        value: s.clone(),
+                    })?;
                     l.cpu = parse_limit(&p, q)?.map(|q| q as f64 / per);
                 }
                 if let Some((p, s)) = read_opt("memory.max")? {
@@ -409,13 +464,14 @@ impl InstanceCgroup {
                 }
             }
             CgroupVersion::V1 => {
-                if let (Some((p, q)), Some((pp, per))) =
-                    (read_opt("cpu.cfs_quota_us")?, read_opt("cpu.cfs_period_us")?)
-                {
-                    let per: f64 = per
-                        .trim()
-                        .parse()
-                        .map_err(|_| CgroupError::Parse { path: pp, value: per.clone() })?;
+                if let (Some((p, q)), Some((pp, per))) = (
+                    read_opt("cpu.cfs_quota_us")?,
+                    read_opt("cpu.cfs_period_us")?,
+                ) {
+                    let per: f64 = per.trim().parse().map_err(|_| CgroupError::Parse {
+                        path: pp,
+                        value: per.clone(),
+                    })?;
                     l.cpu = parse_limit(&p, &q)?.map(|q| q as f64 / per);
                 }
                 if let Some((p, s)) = read_opt("memory.limit_in_bytes")? {
@@ -483,13 +539,19 @@ impl InstanceCgroup {
             let s = match fs::read_to_string(&p) {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(CgroupError::Io { op: "read", path: p, source: e }),
+                Err(e) => {
+                    return Err(CgroupError::Io {
+                        op: "read",
+                        path: p,
+                        source: e,
+                    })
+                }
             };
             for line in s.lines().filter(|l| !l.trim().is_empty()) {
-                let pid = line
-                    .trim()
-                    .parse()
-                    .map_err(|_| CgroupError::Parse { path: p.clone(), value: line.to_owned() })?;
+                let pid = line.trim().parse().map_err(|_| CgroupError::Parse {
+                    path: p.clone(),
+                    value: line.to_owned(),
+                })?;
                 set.insert(pid);
             }
         }
@@ -499,10 +561,15 @@ impl InstanceCgroup {
     /// Kills every process: `cgroup.kill` on v2 when present, else SIGKILL to each pid
     /// (v1: under the freezer, when that hierarchy is available, so nothing forks meanwhile).
     pub fn kill_all(&self) -> Result<(), CgroupError> {
-        if let Some(p) = self.file("cgroup.kill").filter(|p| p.exists() && self.layout.real) {
+        if let Some(p) = self
+            .file("cgroup.kill")
+            .filter(|p| p.exists() && self.layout.real)
+        {
             return self.write(&p, "1");
         }
-        let freezer = self.file("freezer.state").filter(|p| p.exists() && self.layout.real);
+        let freezer = self
+            .file("freezer.state")
+            .filter(|p| p.exists() && self.layout.real);
         let pids = self.pids()?;
         if pids.is_empty() {
             return Ok(());
@@ -511,7 +578,8 @@ impl InstanceCgroup {
             let _ = self.write(f, "FROZEN");
         }
         for pid in self.pids()? {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
         }
         if let Some(f) = &freezer {
             let _ = self.write(f, "THAWED");
@@ -529,7 +597,9 @@ impl InstanceCgroup {
                 break;
             }
             if Instant::now() > deadline {
-                return Err(CgroupError::Busy { path: self.dirs().remove(0) });
+                return Err(CgroupError::Busy {
+                    path: self.dirs().remove(0),
+                });
             }
             if !killed {
                 self.kill_all()?;
@@ -538,11 +608,21 @@ impl InstanceCgroup {
             std::thread::sleep(Duration::from_micros(200));
         }
         for d in self.dirs() {
-            let res = if self.layout.real { rmdir_retry(&d, deadline) } else { fs::remove_dir_all(&d) };
+            let res = if self.layout.real {
+                rmdir_retry(&d, deadline)
+            } else {
+                fs::remove_dir_all(&d)
+            };
             match res {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(CgroupError::Io { op: "rmdir", path: d, source: e }),
+                Err(e) => {
+                    return Err(CgroupError::Io {
+                        op: "rmdir",
+                        path: d,
+                        source: e,
+                    })
+                }
             }
         }
         tracing::debug!(name = %self.name, "cgroup removed");
@@ -568,7 +648,11 @@ mod tests {
 
     fn fake_v2() -> (tempfile::TempDir, CgroupRoot) {
         let t = tempfile::tempdir().unwrap();
-        fs::write(t.path().join("cgroup.controllers"), "cpuset cpu io memory hugetlb pids rdma\n").unwrap();
+        fs::write(
+            t.path().join("cgroup.controllers"),
+            "cpuset cpu io memory hugetlb pids rdma\n",
+        )
+        .unwrap();
         let root = CgroupRoot::detect(t.path(), "hako").unwrap();
         (t, root)
     }
@@ -581,8 +665,14 @@ mod tests {
     fn v2_detect_enables_controllers_in_root_and_parent() {
         let (t, root) = fake_v2();
         assert_eq!(root.version(), CgroupVersion::V2);
-        assert_eq!(read(t.path().join("cgroup.subtree_control")), "+cpu +memory +pids");
-        assert_eq!(read(t.path().join("hako/cgroup.subtree_control")), "+cpu +memory +pids");
+        assert_eq!(
+            read(t.path().join("cgroup.subtree_control")),
+            "+cpu +memory +pids"
+        );
+        assert_eq!(
+            read(t.path().join("hako/cgroup.subtree_control")),
+            "+cpu +memory +pids"
+        );
     }
 
     #[test]
@@ -618,7 +708,15 @@ mod tests {
         let d = t.path().join("hako/s");
         fs::create_dir(&d).unwrap();
         fs::write(d.join("memory.swap.max"), "max").unwrap();
-        let cg = root.create("s", &CgroupLimits { memory_max: Some(1 << 20), ..Default::default() }).unwrap();
+        let cg = root
+            .create(
+                "s",
+                &CgroupLimits {
+                    memory_max: Some(1 << 20),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         assert_eq!(read(d.join("memory.swap.max")), "0");
         cg.remove().unwrap();
     }
@@ -628,14 +726,27 @@ mod tests {
         let (t, root) = fake_v2();
         let cg = root.create("st", &CgroupLimits::default()).unwrap();
         let d = t.path().join("hako/st");
-        fs::write(d.join("cpu.stat"), "usage_usec 12345\nuser_usec 10000\nsystem_usec 2345\n").unwrap();
+        fs::write(
+            d.join("cpu.stat"),
+            "usage_usec 12345\nuser_usec 10000\nsystem_usec 2345\n",
+        )
+        .unwrap();
         fs::write(d.join("memory.current"), "4096000\n").unwrap();
-        fs::write(d.join("memory.events"), "low 0\nhigh 3\nmax 7\noom 2\noom_kill 1\noom_group_kill 0\n").unwrap();
+        fs::write(
+            d.join("memory.events"),
+            "low 0\nhigh 3\nmax 7\noom 2\noom_kill 1\noom_group_kill 0\n",
+        )
+        .unwrap();
         fs::write(d.join("pids.current"), "3\n").unwrap();
         fs::write(d.join("cgroup.procs"), "42\n7\n").unwrap();
         assert_eq!(
             cg.stats().unwrap(),
-            CgroupStats { cpu_usage_usec: 12345, memory_current: 4_096_000, oom_kills: 1, pids_current: 3 }
+            CgroupStats {
+                cpu_usage_usec: 12345,
+                memory_current: 4_096_000,
+                oom_kills: 1,
+                pids_current: 3
+            }
         );
         assert_eq!(cg.pids().unwrap(), vec![7, 42]);
         fs::write(d.join("memory.current"), "garbage").unwrap();
@@ -646,7 +757,14 @@ mod tests {
     fn v2_list_open_remove() {
         let (t, root) = fake_v2();
         root.create("a", &CgroupLimits::default()).unwrap();
-        root.create("b", &CgroupLimits { pids: Some(5), ..Default::default() }).unwrap();
+        root.create(
+            "b",
+            &CgroupLimits {
+                pids: Some(5),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert_eq!(root.list().unwrap(), vec!["a".to_owned(), "b".to_owned()]);
         assert!(root.open("zzz").unwrap().is_none());
         let b = root.open("b").unwrap().unwrap();
@@ -654,7 +772,10 @@ mod tests {
         b.remove().unwrap();
         assert!(!t.path().join("hako/b").exists());
         assert_eq!(root.list().unwrap(), vec!["a".to_owned()]);
-        assert!(matches!(root.create("../x", &CgroupLimits::default()), Err(CgroupError::InvalidName(_))));
+        assert!(matches!(
+            root.create("../x", &CgroupLimits::default()),
+            Err(CgroupError::InvalidName(_))
+        ));
     }
 
     #[test]
@@ -665,12 +786,26 @@ mod tests {
         }
         let root = CgroupRoot::detect(t.path(), "hako").unwrap();
         assert_eq!(root.version(), CgroupVersion::V1);
-        let limits = CgroupLimits { cpu: Some(1.5), memory_max: Some(1 << 30), memory_high: None, pids: Some(9) };
+        let limits = CgroupLimits {
+            cpu: Some(1.5),
+            memory_max: Some(1 << 30),
+            memory_high: None,
+            pids: Some(9),
+        };
         let cg = root.create("i", &limits).unwrap();
         assert_eq!(read(t.path().join("cpu/hako/i/cpu.cfs_quota_us")), "150000");
-        assert_eq!(read(t.path().join("cpu/hako/i/cpu.cfs_period_us")), "100000");
-        assert_eq!(read(t.path().join("memory/hako/i/memory.limit_in_bytes")), "1073741824");
-        assert_eq!(read(t.path().join("memory/hako/i/memory.soft_limit_in_bytes")), "-1");
+        assert_eq!(
+            read(t.path().join("cpu/hako/i/cpu.cfs_period_us")),
+            "100000"
+        );
+        assert_eq!(
+            read(t.path().join("memory/hako/i/memory.limit_in_bytes")),
+            "1073741824"
+        );
+        assert_eq!(
+            read(t.path().join("memory/hako/i/memory.soft_limit_in_bytes")),
+            "-1"
+        );
         assert_eq!(read(t.path().join("pids/hako/i/pids.max")), "9");
         assert_eq!(cg.limits().unwrap(), limits);
         match cg.attach() {
@@ -686,14 +821,37 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         fs::create_dir(t.path().join("memory")).unwrap();
         let root = CgroupRoot::detect(t.path(), "hako").unwrap();
-        let err = root.create("p", &CgroupLimits { pids: Some(3), ..Default::default() }).unwrap_err();
-        assert!(matches!(err, CgroupError::NoController { controller: "pids", .. }), "{err}");
-        assert!(!t.path().join("memory/hako/p").exists(), "failed create must clean up");
+        let err = root
+            .create(
+                "p",
+                &CgroupLimits {
+                    pids: Some(3),
+                    ..Default::default()
+                },
+            )
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                CgroupError::NoController {
+                    controller: "pids",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            !t.path().join("memory/hako/p").exists(),
+            "failed create must clean up"
+        );
     }
 
     #[test]
     fn empty_root_is_an_error() {
         let t = tempfile::tempdir().unwrap();
-        assert!(matches!(CgroupRoot::detect(t.path(), "hako"), Err(CgroupError::NoHierarchy(_))));
+        assert!(matches!(
+            CgroupRoot::detect(t.path(), "hako"),
+            Err(CgroupError::NoHierarchy(_))
+        ));
     }
 }

@@ -141,10 +141,20 @@ unsafe fn build_root(p: &PreparedSpec, fds: &ChildFds, skip_proc: bool) {
                 continue;
             }
             let r = match *op {
-                Op::Mount { src, target, fstype, flags, data } => libc::mount(src, target, fstype, flags, data),
+                Op::Mount {
+                    src,
+                    target,
+                    fstype,
+                    flags,
+                    data,
+                } => libc::mount(src, target, fstype, flags, data),
                 Op::Mkdir { path, mode } => {
                     let r = libc::mkdir(path, mode);
-                    if r != 0 && errno() == libc::EEXIST { 0 } else { r }
+                    if r != 0 && errno() == libc::EEXIST {
+                        0
+                    } else {
+                        r
+                    }
                 }
                 Op::Mknod { path, mode, dev } => libc::mknod(path, mode, dev),
                 Op::Symlink { target, link } => libc::symlink(target, link),
@@ -181,7 +191,11 @@ unsafe fn loopback_up(fds: &ChildFds) {
         if s < 0 {
             fail(fds, stage::LOOPBACK, 0, errno());
         }
-        let mut req = Ifreq { name: [0; 16], flags: 0, _pad: [0; 22] };
+        let mut req = Ifreq {
+            name: [0; 16],
+            flags: 0,
+            _pad: [0; 22],
+        };
         req.name[0] = b'l';
         req.name[1] = b'o';
         if libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req as *mut Ifreq as *mut c_void) != 0 {
@@ -204,7 +218,13 @@ unsafe fn loopback_up(fds: &ChildFds) {
 pub(crate) unsafe fn run_holder(p: &PreparedSpec, fds: &ChildFds) -> ! {
     // SAFETY: raw system calls only, as in `run`.
     unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
@@ -260,12 +280,21 @@ pub(crate) unsafe fn run(p: &PreparedSpec, fds: &ChildFds) -> ! {
         }
 
         // 2. stdio, then mark every other descriptor close-on-exec.
-        for (i, (from, to)) in [(fds.stdin, 0), (fds.stdout, 1), (fds.stderr, 2)].into_iter().enumerate() {
+        for (i, (from, to)) in [(fds.stdin, 0), (fds.stdout, 1), (fds.stderr, 2)]
+            .into_iter()
+            .enumerate()
+        {
             if from != to && libc::dup2(from, to) < 0 {
                 fail(fds, stage::STDIO, i as u32, errno());
             }
         }
-        if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
+        if libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) != 0
+        {
             fail(fds, stage::STDIO, 3, errno());
         }
 
@@ -280,7 +309,14 @@ pub(crate) unsafe fn run(p: &PreparedSpec, fds: &ChildFds) -> ! {
                 fail(fds, stage::WARM_NS, 1, errno());
             }
             let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-            if libc::mount(c"proc".as_ptr(), p.proc_in_root, c"proc".as_ptr(), flags, std::ptr::null()) != 0 {
+            if libc::mount(
+                c"proc".as_ptr(),
+                p.proc_in_root,
+                c"proc".as_ptr(),
+                flags,
+                std::ptr::null(),
+            ) != 0
+            {
                 fail(fds, stage::MOUNT, p.proc_op as u32, errno());
             }
         } else {
@@ -297,12 +333,18 @@ pub(crate) unsafe fn run(p: &PreparedSpec, fds: &ChildFds) -> ! {
         }
 
         // 5. rlimits and working directory.
-        let lim = libc::rlimit { rlim_cur: p.nofile, rlim_max: p.nofile };
+        let lim = libc::rlimit {
+            rlim_cur: p.nofile,
+            rlim_max: p.nofile,
+        };
         if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
             fail(fds, stage::RLIMIT, 0, errno());
         }
         if let Some(n) = p.nproc {
-            let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
             if libc::setrlimit(libc::RLIMIT_NPROC, &lim) != 0 {
                 fail(fds, stage::RLIMIT, 1, errno());
             }
@@ -328,7 +370,12 @@ pub(crate) unsafe fn run(p: &PreparedSpec, fds: &ChildFds) -> ! {
         // Raw system calls, not glibc's setgroups/setresgid/setresuid: those broadcast the
         // change to every thread glibc knows of (the parent's, which do not exist here) and
         // wait on a futex for them forever.
-        if libc::syscall(libc::SYS_setgroups, 0 as libc::size_t, std::ptr::null::<libc::gid_t>()) != 0 {
+        if libc::syscall(
+            libc::SYS_setgroups,
+            0 as libc::size_t,
+            std::ptr::null::<libc::gid_t>(),
+        ) != 0
+        {
             fail(fds, stage::IDS, 1, errno());
         }
         if libc::syscall(libc::SYS_setresgid, p.gid, p.gid, p.gid) != 0 {
@@ -337,22 +384,45 @@ pub(crate) unsafe fn run(p: &PreparedSpec, fds: &ChildFds) -> ! {
         if libc::syscall(libc::SYS_setresuid, p.uid, p.uid, p.uid) != 0 {
             fail(fds, stage::IDS, 3, errno());
         }
-        let mut hdr = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+        let mut hdr = CapHeader {
+            version: LINUX_CAPABILITY_VERSION_3,
+            pid: 0,
+        };
         let lo = p.cap_keep as u32;
         let hi = (p.cap_keep >> 32) as u32;
         let data = [
-            CapData { effective: lo, permitted: lo, inheritable: lo },
-            CapData { effective: hi, permitted: hi, inheritable: hi },
+            CapData {
+                effective: lo,
+                permitted: lo,
+                inheritable: lo,
+            },
+            CapData {
+                effective: hi,
+                permitted: hi,
+                inheritable: hi,
+            },
         ];
         if libc::syscall(libc::SYS_capset, &mut hdr as *mut CapHeader, data.as_ptr()) != 0 {
             fail(fds, stage::CAPS, 1, errno());
         }
-        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        );
         if p.uid != 0 {
             let mut cap = 0u32;
             while cap <= p.cap_last && cap < 64 {
                 if p.cap_keep & (1u64 << cap) != 0
-                    && libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_RAISE, cap as libc::c_ulong, 0, 0) != 0
+                    && libc::prctl(
+                        libc::PR_CAP_AMBIENT,
+                        libc::PR_CAP_AMBIENT_RAISE,
+                        cap as libc::c_ulong,
+                        0,
+                        0,
+                    ) != 0
                 {
                     fail(fds, stage::CAPS, 2, errno());
                 }
@@ -365,8 +435,17 @@ pub(crate) unsafe fn run(p: &PreparedSpec, fds: &ChildFds) -> ! {
             fail(fds, stage::NO_NEW_PRIVS, 0, errno());
         }
         if !p.bpf.is_empty() {
-            let prog = libc::sock_fprog { len: p.bpf.len() as u16, filter: p.bpf.as_ptr() as *mut libc::sock_filter };
-            if libc::syscall(libc::SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0 as libc::c_ulong, &prog as *const libc::sock_fprog) != 0 {
+            let prog = libc::sock_fprog {
+                len: p.bpf.len() as u16,
+                filter: p.bpf.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::syscall(
+                libc::SYS_seccomp,
+                SECCOMP_SET_MODE_FILTER,
+                0 as libc::c_ulong,
+                &prog as *const libc::sock_fprog,
+            ) != 0
+            {
                 fail(fds, stage::SECCOMP, 0, errno());
             }
         }
@@ -379,7 +458,9 @@ pub(crate) unsafe fn run(p: &PreparedSpec, fds: &ChildFds) -> ! {
             match e {
                 libc::ENOENT | libc::ENOTDIR => {
                     // The file exists but execve says ENOENT: its interpreter is missing.
-                    if e == libc::ENOENT && libc::faccessat(libc::AT_FDCWD, *path, libc::F_OK, 0) == 0 {
+                    if e == libc::ENOENT
+                        && libc::faccessat(libc::AT_FDCWD, *path, libc::F_OK, 0) == 0
+                    {
                         fail(fds, stage::INTERPRETER, i as u32, e);
                     }
                 }
@@ -397,4 +478,3 @@ pub(crate) unsafe fn run(p: &PreparedSpec, fds: &ChildFds) -> ! {
         }
     }
 }
-

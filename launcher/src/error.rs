@@ -20,7 +20,11 @@ pub enum LaunchError {
     BadInterpreter { path: String, errno: i32 },
     /// A setup step in the child failed before `execve`.
     #[error("container setup: {step} {path}: {}", errno_text(*.errno))]
-    Setup { step: String, path: String, errno: i32 },
+    Setup {
+        step: String,
+        path: String,
+        errno: i32,
+    },
     /// The spec cannot be turned into a process (empty command, NUL byte, unknown capability...).
     #[error("invalid spec: {0}")]
     InvalidSpec(String),
@@ -29,7 +33,11 @@ pub enum LaunchError {
     Seccomp(String),
     /// A system call in the launcher itself failed.
     #[error("{op} {path}: {}", errno_text(*.errno))]
-    Sys { op: String, path: PathBuf, errno: i32 },
+    Sys {
+        op: String,
+        path: PathBuf,
+        errno: i32,
+    },
     /// The zygote is gone or answered something unexpected.
     #[error("zygote: {0}")]
     Zygote(String),
@@ -37,7 +45,11 @@ pub enum LaunchError {
 
 impl LaunchError {
     pub(crate) fn sys(op: &str, path: impl Into<PathBuf>, err: nix::errno::Errno) -> Self {
-        LaunchError::Sys { op: op.to_owned(), path: path.into(), errno: err as i32 }
+        LaunchError::Sys {
+            op: op.to_owned(),
+            path: path.into(),
+            errno: err as i32,
+        }
     }
     pub(crate) fn io(op: &str, path: impl Into<PathBuf>, err: &std::io::Error) -> Self {
         LaunchError::Sys {
@@ -64,8 +76,14 @@ mod tests {
 
     #[test]
     fn exec_error_names_path_and_errno() {
-        let e = LaunchError::Exec { path: "/bin/nope".into(), errno: libc::ENOENT };
-        assert_eq!(e.to_string(), "exec /bin/nope: No such file or directory (ENOENT)");
+        let e = LaunchError::Exec {
+            path: "/bin/nope".into(),
+            errno: libc::ENOENT,
+        };
+        assert_eq!(
+            e.to_string(),
+            "exec /bin/nope: No such file or directory (ENOENT)"
+        );
         let json = serde_json::to_string(&e).unwrap();
         assert_eq!(serde_json::from_str::<LaunchError>(&json).unwrap(), e);
     }

@@ -13,7 +13,9 @@ pub mod spawn;
 pub mod spec;
 pub mod zygote;
 
-pub use cgroup::{CgroupAttach, CgroupError, CgroupLimits, CgroupRoot, CgroupStats, CgroupVersion, InstanceCgroup};
+pub use cgroup::{
+    CgroupAttach, CgroupError, CgroupLimits, CgroupRoot, CgroupStats, CgroupVersion, InstanceCgroup,
+};
 pub use error::LaunchError;
 pub use prepare::PreparedSpec;
 pub use spawn::{pidfd_signal, spawn_prepared, wait_pidfd, ExitStatusInfo, Output, Spawned};

@@ -13,15 +13,33 @@ use crate::spec::{ContainerSpec, NetworkMode, RootfsSpec, DEFAULT_PATH};
 pub const HOST_ROOT_STAGING: &str = "/run/hako/host-root";
 
 /// Entries of the host's `/` exposed read-only with `rootfs: host`.
-const HOST_ENTRIES: &[&str] = &["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc"];
+const HOST_ENTRIES: &[&str] = &[
+    "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc",
+];
 
 /// One step of the mount table. Pointers point into `PreparedSpec::strings`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Op {
-    Mount { src: *const c_char, target: *const c_char, fstype: *const c_char, flags: c_ulong, data: *const c_void },
-    Mkdir { path: *const c_char, mode: libc::mode_t },
-    Mknod { path: *const c_char, mode: libc::mode_t, dev: libc::dev_t },
-    Symlink { target: *const c_char, link: *const c_char },
+    Mount {
+        src: *const c_char,
+        target: *const c_char,
+        fstype: *const c_char,
+        flags: c_ulong,
+        data: *const c_void,
+    },
+    Mkdir {
+        path: *const c_char,
+        mode: libc::mode_t,
+    },
+    Mknod {
+        path: *const c_char,
+        mode: libc::mode_t,
+        dev: libc::dev_t,
+    },
+    Symlink {
+        target: *const c_char,
+        link: *const c_char,
+    },
 }
 
 /// A spec prepared for fast, allocation-free boots. Not `Send`: it holds raw pointers into its
@@ -66,7 +84,10 @@ unsafe impl Sync for PreparedSpec {}
 
 fn cstr(s: impl AsRef<[u8]>) -> Result<CString, LaunchError> {
     CString::new(s.as_ref()).map_err(|_| {
-        LaunchError::InvalidSpec(format!("NUL byte in {:?}", String::from_utf8_lossy(s.as_ref())))
+        LaunchError::InvalidSpec(format!(
+            "NUL byte in {:?}",
+            String::from_utf8_lossy(s.as_ref())
+        ))
     })
 }
 
@@ -75,7 +96,11 @@ pub fn capability_mask(names: &[String]) -> Result<u64, LaunchError> {
     let mut mask = 0u64;
     for n in names {
         let upper = n.to_ascii_uppercase();
-        let full = if upper.starts_with("CAP_") { upper } else { format!("CAP_{upper}") };
+        let full = if upper.starts_with("CAP_") {
+            upper
+        } else {
+            format!("CAP_{upper}")
+        };
         let cap = caps::Capability::from_str(&full)
             .map_err(|_| LaunchError::InvalidSpec(format!("unknown capability {n:?}")))?;
         mask |= 1u64 << cap.index();
@@ -118,7 +143,14 @@ impl Builder {
             None => Ok(std::ptr::null()),
         }
     }
-    fn mount(&mut self, src: Option<&str>, target: &Path, fstype: Option<&str>, flags: c_ulong, data: Option<&str>) -> Result<(), LaunchError> {
+    fn mount(
+        &mut self,
+        src: Option<&str>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: c_ulong,
+        data: Option<&str>,
+    ) -> Result<(), LaunchError> {
         let op = Op::Mount {
             src: self.opt(src)?,
             target: self.s(target.as_os_str().as_bytes())?,
@@ -127,13 +159,18 @@ impl Builder {
             data: self.opt(data)?.cast(),
         };
         self.ops.push(op);
-        self.op_names.push(("mount".into(), target.display().to_string()));
+        self.op_names
+            .push(("mount".into(), target.display().to_string()));
         Ok(())
     }
     fn mkdir(&mut self, path: &Path, mode: libc::mode_t) -> Result<(), LaunchError> {
-        let op = Op::Mkdir { path: self.s(path.as_os_str().as_bytes())?, mode };
+        let op = Op::Mkdir {
+            path: self.s(path.as_os_str().as_bytes())?,
+            mode,
+        };
         self.ops.push(op);
-        self.op_names.push(("mkdir".into(), path.display().to_string()));
+        self.op_names
+            .push(("mkdir".into(), path.display().to_string()));
         Ok(())
     }
     fn mknod(&mut self, path: &Path, major: u32, minor: u32) -> Result<(), LaunchError> {
@@ -143,7 +180,8 @@ impl Builder {
             dev: libc::makedev(major, minor),
         };
         self.ops.push(op);
-        self.op_names.push(("mknod".into(), path.display().to_string()));
+        self.op_names
+            .push(("mknod".into(), path.display().to_string()));
         Ok(())
     }
     fn symlink(&mut self, target: &Path, link: &Path) -> Result<(), LaunchError> {
@@ -152,14 +190,23 @@ impl Builder {
             link: self.s(link.as_os_str().as_bytes())?,
         };
         self.ops.push(op);
-        self.op_names.push(("symlink".into(), link.display().to_string()));
+        self.op_names
+            .push(("symlink".into(), link.display().to_string()));
         Ok(())
     }
     /// Bind-mounts `src` on `target`, then makes that mount read-only.
     fn bind_ro(&mut self, src: &Path, target: &Path) -> Result<(), LaunchError> {
-        let s = src.to_str().ok_or_else(|| LaunchError::InvalidSpec(format!("non-UTF-8 path {}", src.display())))?;
+        let s = src
+            .to_str()
+            .ok_or_else(|| LaunchError::InvalidSpec(format!("non-UTF-8 path {}", src.display())))?;
         self.mount(Some(s), target, None, libc::MS_BIND | libc::MS_REC, None)?;
-        self.mount(None, target, None, libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV, None)
+        self.mount(
+            None,
+            target,
+            None,
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            None,
+        )
     }
 }
 
@@ -169,16 +216,29 @@ impl PreparedSpec {
         if spec.command.is_empty() || spec.command[0].is_empty() {
             return Err(LaunchError::InvalidSpec("empty command".into()));
         }
-        let mut b = Builder { strings: Vec::new(), ops: Vec::new(), op_names: Vec::new() };
+        let mut b = Builder {
+            strings: Vec::new(),
+            ops: Vec::new(),
+            op_names: Vec::new(),
+        };
         // Nothing we do may propagate to the host.
-        b.mount(None, Path::new("/"), None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+        b.mount(
+            None,
+            Path::new("/"),
+            None,
+            libc::MS_REC | libc::MS_PRIVATE,
+            None,
+        )?;
         let root: PathBuf = match &spec.rootfs {
             RootfsSpec::Dir(dir) => {
                 let root = dir
                     .canonicalize()
                     .map_err(|e| LaunchError::io("rootfs", dir, &e))?;
                 if !root.is_dir() {
-                    return Err(LaunchError::InvalidSpec(format!("rootfs {} is not a directory", root.display())));
+                    return Err(LaunchError::InvalidSpec(format!(
+                        "rootfs {} is not a directory",
+                        root.display()
+                    )));
                 }
                 // Mount points must exist in the (read-only) rootfs: create them now, once.
                 for d in ["proc", "dev", "tmp", "run"] {
@@ -187,19 +247,30 @@ impl PreparedSpec {
                         std::fs::create_dir(&p).map_err(|e| LaunchError::io("mkdir", &p, &e))?;
                     }
                 }
-                let s = root.to_str().ok_or_else(|| LaunchError::InvalidSpec("non-UTF-8 rootfs path".into()))?;
+                let s = root
+                    .to_str()
+                    .ok_or_else(|| LaunchError::InvalidSpec("non-UTF-8 rootfs path".into()))?;
                 b.mount(Some(s), &root, None, libc::MS_BIND | libc::MS_REC, None)?;
                 root
             }
             RootfsSpec::Host => {
                 let root = PathBuf::from(HOST_ROOT_STAGING);
                 std::fs::create_dir_all(&root).map_err(|e| LaunchError::io("mkdir", &root, &e))?;
-                b.mount(Some("tmpfs"), &root, Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("mode=755,size=64k"))?;
+                b.mount(
+                    Some("tmpfs"),
+                    &root,
+                    Some("tmpfs"),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    Some("mode=755,size=64k"),
+                )?;
                 for e in HOST_ENTRIES {
                     let host = Path::new("/").join(e);
-                    let Ok(meta) = std::fs::symlink_metadata(&host) else { continue };
+                    let Ok(meta) = std::fs::symlink_metadata(&host) else {
+                        continue;
+                    };
                     if meta.file_type().is_symlink() {
-                        let t = std::fs::read_link(&host).map_err(|err| LaunchError::io("readlink", &host, &err))?;
+                        let t = std::fs::read_link(&host)
+                            .map_err(|err| LaunchError::io("readlink", &host, &err))?;
                         b.symlink(&t, &root.join(e))?;
                     } else if meta.is_dir() {
                         b.mkdir(&root.join(e), 0o755)?;
@@ -214,64 +285,146 @@ impl PreparedSpec {
         };
         // Fresh /proc of the new pid namespace (a warm namespace gets it in the child only).
         let proc_op = b.ops.len();
-        b.mount(Some("proc"), &root.join("proc"), Some("proc"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, None)?;
+        b.mount(
+            Some("proc"),
+            &root.join("proc"),
+            Some("proc"),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            None,
+        )?;
         // Minimal /dev.
         let dev = root.join("dev");
-        b.mount(Some("tmpfs"), &dev, Some("tmpfs"), libc::MS_NOSUID | libc::MS_STRICTATIME, Some("mode=755,size=64k"))?;
-        for (name, major, minor) in [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)] {
+        b.mount(
+            Some("tmpfs"),
+            &dev,
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_STRICTATIME,
+            Some("mode=755,size=64k"),
+        )?;
+        for (name, major, minor) in [
+            ("null", 1, 3),
+            ("zero", 1, 5),
+            ("full", 1, 7),
+            ("random", 1, 8),
+            ("urandom", 1, 9),
+            ("tty", 5, 0),
+        ] {
             b.mknod(&dev.join(name), major, minor)?;
         }
         b.mkdir(&dev.join("pts"), 0o755)?;
-        b.mount(Some("devpts"), &dev.join("pts"), Some("devpts"), libc::MS_NOSUID | libc::MS_NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620"))?;
+        b.mount(
+            Some("devpts"),
+            &dev.join("pts"),
+            Some("devpts"),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=0620"),
+        )?;
         b.symlink(Path::new("pts/ptmx"), &dev.join("ptmx"))?;
         b.mkdir(&dev.join("shm"), 0o1777)?;
-        b.mount(Some("shm"), &dev.join("shm"), Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, Some("mode=1777,size=65536k"))?;
-        for (link, target) in [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")] {
+        b.mount(
+            Some("shm"),
+            &dev.join("shm"),
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            Some("mode=1777,size=65536k"),
+        )?;
+        for (link, target) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
             b.symlink(Path::new(target), &dev.join(link))?;
         }
         // Writable scratch space.
-        b.mount(Some("tmpfs"), &root.join("tmp"), Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("mode=1777"))?;
-        b.mount(Some("tmpfs"), &root.join("run"), Some("tmpfs"), libc::MS_NOSUID | libc::MS_NODEV, Some("mode=755"))?;
+        b.mount(
+            Some("tmpfs"),
+            &root.join("tmp"),
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some("mode=1777"),
+        )?;
+        b.mount(
+            Some("tmpfs"),
+            &root.join("run"),
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some("mode=755"),
+        )?;
         // The root itself read-only (its sub-mounts above stay as they are).
-        b.mount(None, &root, None, libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV, None)?;
+        b.mount(
+            None,
+            &root,
+            None,
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            None,
+        )?;
         let new_root = b.s(root.as_os_str().as_bytes())?;
         let proc_in_root = b.s("/proc")?;
 
         let workdir = b.s(spec.workdir.as_os_str().as_bytes())?;
-        let argv_storage: Vec<*const c_char> =
-            spec.command.iter().map(|a| b.s(a)).collect::<Result<_, _>>()?;
+        let argv_storage: Vec<*const c_char> = spec
+            .command
+            .iter()
+            .map(|a| b.s(a))
+            .collect::<Result<_, _>>()?;
         let mut argv = argv_storage;
         argv.push(std::ptr::null());
-        let mut envp: Vec<*const c_char> =
-            spec.env.iter().map(|(k, v)| {
+        let mut envp: Vec<*const c_char> = spec
+            .env
+            .iter()
+            .map(|(k, v)| {
                 if k.contains('=') || k.is_empty() {
-                    return Err(LaunchError::InvalidSpec(format!("bad environment variable name {k:?}")));
+                    return Err(LaunchError::InvalidSpec(format!(
+                        "bad environment variable name {k:?}"
+                    )));
                 }
                 b.s(format!("{k}={v}"))
-            }).collect::<Result<_, _>>()?;
+            })
+            .collect::<Result<_, _>>()?;
         envp.push(std::ptr::null());
 
         let cmd = &spec.command[0];
         let exec_names: Vec<String> = if cmd.contains('/') {
             vec![cmd.clone()]
         } else {
-            let path = spec.env.iter().rev().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH, |(_, v)| v.as_str());
-            path.split(':').filter(|d| !d.is_empty()).map(|d| format!("{}/{cmd}", d.trim_end_matches('/'))).collect()
+            let path = spec
+                .env
+                .iter()
+                .rev()
+                .find(|(k, _)| k == "PATH")
+                .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+            path.split(':')
+                .filter(|d| !d.is_empty())
+                .map(|d| format!("{}/{cmd}", d.trim_end_matches('/')))
+                .collect()
         };
         if exec_names.is_empty() {
             return Err(LaunchError::InvalidSpec(format!("{cmd}: empty PATH")));
         }
-        let exec_candidates = exec_names.iter().map(|n| b.s(n)).collect::<Result<_, _>>()?;
+        let exec_candidates = exec_names
+            .iter()
+            .map(|n| b.s(n))
+            .collect::<Result<_, _>>()?;
 
-        let bpf = if spec.seccomp { crate::seccomp::default_profile_bpf()? } else { Vec::new() };
-        let mut clone_flags = (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
+        let bpf = if spec.seccomp {
+            crate::seccomp::default_profile_bpf()?
+        } else {
+            Vec::new()
+        };
+        let mut clone_flags =
+            (libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC)
+                as u64;
         let loopback = spec.network == NetworkMode::Isolated;
         if loopback {
             clone_flags |= libc::CLONE_NEWNET as u64;
         }
         let hostname = cstr(&spec.hostname)?;
         if spec.hostname.len() > 64 {
-            return Err(LaunchError::InvalidSpec(format!("hostname {:?} longer than 64 bytes", spec.hostname)));
+            return Err(LaunchError::InvalidSpec(format!(
+                "hostname {:?} longer than 64 bytes",
+                spec.hostname
+            )));
         }
         Ok(Self {
             strings: b.strings,
@@ -321,11 +474,17 @@ mod tests {
     #[test]
     fn command_is_looked_up_in_path_and_argv_is_null_terminated() {
         let t = tempfile::tempdir().unwrap();
-        let mut spec = ContainerSpec::new(RootfsSpec::Dir(t.path().to_owned()), vec!["sh".into(), "-c".into(), "true".into()]);
+        let mut spec = ContainerSpec::new(
+            RootfsSpec::Dir(t.path().to_owned()),
+            vec!["sh".into(), "-c".into(), "true".into()],
+        );
         spec.env = vec![("PATH".into(), "/bin:/usr/bin/".into())];
         spec.seccomp = false;
         let p = PreparedSpec::new(&spec).unwrap();
-        assert_eq!(p.exec_names, vec!["/bin/sh".to_owned(), "/usr/bin/sh".to_owned()]);
+        assert_eq!(
+            p.exec_names,
+            vec!["/bin/sh".to_owned(), "/usr/bin/sh".to_owned()]
+        );
         assert_eq!(p.argv.len(), 4);
         assert!(p.argv[3].is_null());
         assert!(p.envp.last().unwrap().is_null());
@@ -338,11 +497,21 @@ mod tests {
     fn bad_specs_are_rejected_with_the_value() {
         let t = tempfile::tempdir().unwrap();
         let spec = ContainerSpec::new(RootfsSpec::Dir(t.path().to_owned()), vec![]);
-        assert!(matches!(PreparedSpec::new(&spec), Err(LaunchError::InvalidSpec(_))));
-        let mut spec = ContainerSpec::new(RootfsSpec::Dir(t.path().to_owned()), vec!["a\0b".into()]);
+        assert!(matches!(
+            PreparedSpec::new(&spec),
+            Err(LaunchError::InvalidSpec(_))
+        ));
+        let mut spec =
+            ContainerSpec::new(RootfsSpec::Dir(t.path().to_owned()), vec!["a\0b".into()]);
         spec.seccomp = false;
-        assert!(PreparedSpec::new(&spec).unwrap_err().to_string().contains("NUL"));
+        assert!(PreparedSpec::new(&spec)
+            .unwrap_err()
+            .to_string()
+            .contains("NUL"));
         let spec = ContainerSpec::new(RootfsSpec::Dir(t.path().join("missing")), vec!["x".into()]);
-        assert!(PreparedSpec::new(&spec).unwrap_err().to_string().contains("missing"));
+        assert!(PreparedSpec::new(&spec)
+            .unwrap_err()
+            .to_string()
+            .contains("missing"));
     }
 }

@@ -97,12 +97,21 @@ pub fn default_profile_bpf() -> Result<Vec<libc::sock_filter>, LaunchError> {
     }
     let clone = ScmpSyscall::from_name("clone").map_err(err)?;
     for flag in NS_FLAGS {
-        ctx.add_rule_conditional(eperm, clone, &[ScmpArgCompare::new(0, ScmpCompareOp::MaskedEqual(*flag), *flag)])
-            .map_err(err)?;
+        ctx.add_rule_conditional(
+            eperm,
+            clone,
+            &[ScmpArgCompare::new(
+                0,
+                ScmpCompareOp::MaskedEqual(*flag),
+                *flag,
+            )],
+        )
+        .map_err(err)?;
     }
     // clone3's flags live in memory where BPF cannot look: make libc fall back to clone.
     if let Ok(sc) = ScmpSyscall::from_name("clone3") {
-        ctx.add_rule(ScmpAction::Errno(libc::ENOSYS), sc).map_err(err)?;
+        ctx.add_rule(ScmpAction::Errno(libc::ENOSYS), sc)
+            .map_err(err)?;
     }
     let mut file = memfd()?;
     ctx.export_bpf(&mut file).map_err(err)?;
@@ -125,8 +134,11 @@ pub fn default_profile_bpf() -> Result<Vec<libc::sock_filter>, LaunchError> {
 }
 
 fn memfd() -> Result<std::fs::File, LaunchError> {
-    let fd = nix::sys::memfd::memfd_create(c"hako-seccomp", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
-        .map_err(|e| LaunchError::sys("memfd_create", "hako-seccomp", e))?;
+    let fd = nix::sys::memfd::memfd_create(
+        c"hako-seccomp",
+        nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+    )
+    .map_err(|e| LaunchError::sys("memfd_create", "hako-seccomp", e))?;
     Ok(std::fs::File::from(fd))
 }
 
@@ -137,7 +149,11 @@ mod tests {
     #[test]
     fn profile_exports_nonempty_bpf_ending_in_a_return() {
         let bpf = default_profile_bpf().unwrap();
-        assert!(bpf.len() > DENIED_SYSCALLS.len() / 2, "{} instructions", bpf.len());
+        assert!(
+            bpf.len() > DENIED_SYSCALLS.len() / 2,
+            "{} instructions",
+            bpf.len()
+        );
         // BPF_RET | BPF_K
         assert_eq!(bpf.last().unwrap().code, 0x06);
     }

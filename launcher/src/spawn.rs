@@ -70,10 +70,20 @@ pub fn pidfd_signal(pidfd: impl AsRawFd, signal: i32) -> Result<(), LaunchError>
     let fd = pidfd.as_raw_fd();
     // SAFETY: pidfd_send_signal with a descriptor number, a signal number and a NULL siginfo.
     let r = unsafe {
-        libc::syscall(libc::SYS_pidfd_send_signal, fd, signal, std::ptr::null::<libc::siginfo_t>(), 0u32)
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd,
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
     };
     if r != 0 {
-        return Err(LaunchError::sys("pidfd_send_signal", format!("pidfd {fd} signal {signal}"), nix::errno::Errno::last()));
+        return Err(LaunchError::sys(
+            "pidfd_send_signal",
+            format!("pidfd {fd} signal {signal}"),
+            nix::errno::Errno::last(),
+        ));
     }
     Ok(())
 }
@@ -96,7 +106,10 @@ struct CloneArgs {
 
 /// Reaps (or with `nohang`, polls) the child behind `pidfd`. The caller must be its parent.
 /// `Ok(None)` only with `nohang` when it is still running.
-pub fn wait_pidfd(pidfd: BorrowedFd<'_>, nohang: bool) -> Result<Option<ExitStatusInfo>, LaunchError> {
+pub fn wait_pidfd(
+    pidfd: BorrowedFd<'_>,
+    nohang: bool,
+) -> Result<Option<ExitStatusInfo>, LaunchError> {
     loop {
         // SAFETY: siginfo_t is plain data; all-zero is a valid value.
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
@@ -108,7 +121,11 @@ pub fn wait_pidfd(pidfd: BorrowedFd<'_>, nohang: bool) -> Result<Option<ExitStat
             if e == nix::errno::Errno::EINTR {
                 continue;
             }
-            return Err(LaunchError::sys("waitid", format!("pidfd {}", pidfd.as_raw_fd()), e));
+            return Err(LaunchError::sys(
+                "waitid",
+                format!("pidfd {}", pidfd.as_raw_fd()),
+                e,
+            ));
         }
         // SAFETY: waitid filled `info` for a child state change (or left si_pid 0 with WNOHANG).
         let (pid, status) = unsafe { (info.si_pid(), info.si_status()) };
@@ -123,7 +140,8 @@ pub fn wait_pidfd(pidfd: BorrowedFd<'_>, nohang: bool) -> Result<Option<ExitStat
 }
 
 fn open_fd(path: &Path, flags: OFlag, mode: Mode) -> Result<OwnedFd, LaunchError> {
-    let fd = open(path, flags | OFlag::O_CLOEXEC, mode).map_err(|e| LaunchError::sys("open", path, e))?;
+    let fd = open(path, flags | OFlag::O_CLOEXEC, mode)
+        .map_err(|e| LaunchError::sys("open", path, e))?;
     // SAFETY: `open` returned a fresh descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -163,11 +181,18 @@ pub(crate) fn clone_container(
     let mut procs: Vec<OwnedFd> = Vec::new();
     match cgroup {
         Some(CgroupAttach::V2 { dir }) => {
-            cgroup_dir = Some(open_fd(dir, OFlag::O_PATH | OFlag::O_DIRECTORY, Mode::empty())?);
+            cgroup_dir = Some(open_fd(
+                dir,
+                OFlag::O_PATH | OFlag::O_DIRECTORY,
+                Mode::empty(),
+            )?);
         }
         Some(CgroupAttach::V1 { procs: files }) => {
             if files.len() > MAX_PROCS_FDS {
-                return Err(LaunchError::InvalidSpec(format!("{} cgroup hierarchies (max {MAX_PROCS_FDS})", files.len())));
+                return Err(LaunchError::InvalidSpec(format!(
+                    "{} cgroup hierarchies (max {MAX_PROCS_FDS})",
+                    files.len()
+                )));
             }
             for f in files {
                 procs.push(open_fd(f, OFlag::O_WRONLY, Mode::empty())?);
@@ -175,7 +200,8 @@ pub(crate) fn clone_container(
         }
         None => {}
     }
-    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| LaunchError::sys("pipe2", "", e))?;
+    let (err_r, err_w) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| LaunchError::sys("pipe2", "", e))?;
     let mut fds = ChildFds {
         stdin: stdin.as_raw_fd(),
         stdout,
@@ -183,7 +209,9 @@ pub(crate) fn clone_container(
         err_pipe: err_w.as_raw_fd(),
         procs: [-1; MAX_PROCS_FDS],
         nprocs: procs.len(),
-        netns: warm.and_then(|w| w.net.as_ref()).map_or(-1, |f| f.as_raw_fd()),
+        netns: warm
+            .and_then(|w| w.net.as_ref())
+            .map_or(-1, |f| f.as_raw_fd()),
         mntns: warm.map_or(-1, |w| w.mnt.as_raw_fd()),
     };
     let mut ns_flags = p.clone_flags;
@@ -212,13 +240,23 @@ pub(crate) fn clone_container(
     }
     // SAFETY: clone3 with a valid, fully initialized clone_args and no stack: fork semantics.
     // The child only runs `child::run`, which is async-signal-safe and never returns.
-    let ret = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
     if ret == 0 {
         // SAFETY: we are the freshly cloned child; `p` and `fds` are our copies of the parent's.
         unsafe { child::run(p, &fds) }
     }
     if ret < 0 {
-        return Err(LaunchError::sys("clone3", p.exec_names[0].as_str(), nix::errno::Errno::last()));
+        return Err(LaunchError::sys(
+            "clone3",
+            p.exec_names[0].as_str(),
+            nix::errno::Errno::last(),
+        ));
     }
     let pid = ret as i32;
     // SAFETY: CLONE_PIDFD stored a fresh pidfd owned by nobody else.
@@ -230,7 +268,11 @@ pub(crate) fn clone_container(
     let error = loop {
         match nix::unistd::read(err_r.as_raw_fd(), &mut buf[got..]) {
             Ok(0) if got == 0 => break None,
-            Ok(0) => break Some(LaunchError::Zygote(format!("short error record from child {pid}"))),
+            Ok(0) => {
+                break Some(LaunchError::Zygote(format!(
+                    "short error record from child {pid}"
+                )))
+            }
             Ok(n) => {
                 got += n;
                 if got == ChildError::SIZE {
@@ -247,14 +289,26 @@ pub(crate) fn clone_container(
 /// Turns a child's error record into a message naming the step and the path.
 fn describe(p: &PreparedSpec, e: ChildError) -> LaunchError {
     let idx = e.index as usize;
-    let setup = |step: &str, path: &str| LaunchError::Setup { step: step.to_owned(), path: path.to_owned(), errno: e.errno };
+    let setup = |step: &str, path: &str| LaunchError::Setup {
+        step: step.to_owned(),
+        path: path.to_owned(),
+        errno: e.errno,
+    };
     match e.stage {
         stage::EXEC => LaunchError::Exec {
-            path: p.exec_names.get(idx).cloned().unwrap_or_else(|| p.command0.clone()),
+            path: p
+                .exec_names
+                .get(idx)
+                .cloned()
+                .unwrap_or_else(|| p.command0.clone()),
             errno: e.errno,
         },
         stage::INTERPRETER => LaunchError::BadInterpreter {
-            path: p.exec_names.get(idx).cloned().unwrap_or_else(|| p.command0.clone()),
+            path: p
+                .exec_names
+                .get(idx)
+                .cloned()
+                .unwrap_or_else(|| p.command0.clone()),
             errno: e.errno,
         },
         stage::MOUNT => {
@@ -264,34 +318,66 @@ fn describe(p: &PreparedSpec, e: ChildError) -> LaunchError {
         stage::CGROUP => setup("join cgroup", &format!("hierarchy #{idx}")),
         stage::UNSHARE_CGROUP => setup("unshare", "cgroup namespace"),
         stage::STDIO => setup("stdio", &format!("fd {idx}")),
-        stage::PIVOT => setup(["chdir", "pivot_root", "umount old root", "chdir"].get(idx).copied().unwrap_or("pivot"), "new root"),
+        stage::PIVOT => setup(
+            ["chdir", "pivot_root", "umount old root", "chdir"]
+                .get(idx)
+                .copied()
+                .unwrap_or("pivot"),
+            "new root",
+        ),
         stage::HOSTNAME => setup("sethostname", &p.hostname_name),
         stage::LOOPBACK => setup("bring up", "lo"),
-        stage::RLIMIT => setup("setrlimit", if idx == 0 { "RLIMIT_NOFILE" } else { "RLIMIT_NPROC" }),
+        stage::RLIMIT => setup(
+            "setrlimit",
+            if idx == 0 {
+                "RLIMIT_NOFILE"
+            } else {
+                "RLIMIT_NPROC"
+            },
+        ),
         stage::WORKDIR => setup("chdir", &p.workdir_name),
         stage::IDS => setup("set ids", &format!("uid {} gid {}", p.uid, p.gid)),
-        stage::CAPS => setup("capabilities", ["bounding set", "capset", "ambient set"].get(idx).copied().unwrap_or("")),
+        stage::CAPS => setup(
+            "capabilities",
+            ["bounding set", "capset", "ambient set"]
+                .get(idx)
+                .copied()
+                .unwrap_or(""),
+        ),
         stage::NO_NEW_PRIVS => setup("prctl", "PR_SET_NO_NEW_PRIVS"),
         stage::SECCOMP => setup("seccomp", "default profile"),
         stage::SIGNALS => setup("signal mask", ""),
-        stage::WARM_NS => setup("setns", if idx == 0 { "warm network namespace" } else { "warm mount namespace" }),
+        stage::WARM_NS => setup(
+            "setns",
+            if idx == 0 {
+                "warm network namespace"
+            } else {
+                "warm mount namespace"
+            },
+        ),
         other => setup("unknown step", &other.to_string()),
     }
 }
 
 /// Prepares nothing, spawns directly from the calling process (no zygote): for `hako run`
 /// and single-threaded callers. The container is the caller's child.
-pub fn spawn_prepared(p: &PreparedSpec, cgroup: Option<&CgroupAttach>, output: &Output) -> Result<Spawned, LaunchError> {
+pub fn spawn_prepared(
+    p: &PreparedSpec,
+    cgroup: Option<&CgroupAttach>,
+    output: &Output,
+) -> Result<Spawned, LaunchError> {
     let raw = clone_container(p, cgroup, output, false, None)?;
     match raw.error {
-        None => Ok(Spawned { pid: raw.pid, pidfd: raw.pidfd }),
+        None => Ok(Spawned {
+            pid: raw.pid,
+            pidfd: raw.pidfd,
+        }),
         Some(e) => {
             let _ = wait_pidfd(raw.pidfd.as_fd(), false);
             Err(e)
         }
     }
 }
-
 
 /// Namespaces built ahead of a boot by a holder process (mount: the container's root, pivoted,
 /// without `/proc`; net: `lo` up). Each is used by exactly one container.
@@ -303,7 +389,8 @@ pub(crate) struct WarmNs {
 
 /// Builds a [`WarmNs`] for `p` with a short-lived holder process (off the boot path).
 pub(crate) fn create_warm(p: &PreparedSpec) -> Result<WarmNs, LaunchError> {
-    let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| LaunchError::sys("pipe2", "", e))?;
+    let (err_r, err_w) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| LaunchError::sys("pipe2", "", e))?;
     let fds = ChildFds {
         stdin: -1,
         stdout: -1,
@@ -316,20 +403,31 @@ pub(crate) fn create_warm(p: &PreparedSpec) -> Result<WarmNs, LaunchError> {
     };
     let mut pidfd: c_int = -1;
     let args = CloneArgs {
-        flags: (p.clone_flags & (libc::CLONE_NEWNS | libc::CLONE_NEWNET) as u64) | libc::CLONE_PIDFD as u64,
+        flags: (p.clone_flags & (libc::CLONE_NEWNS | libc::CLONE_NEWNET) as u64)
+            | libc::CLONE_PIDFD as u64,
         pidfd: &mut pidfd as *mut c_int as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..CloneArgs::default()
     };
     // SAFETY: as in `clone_container`: fork semantics, the child runs only async-signal-safe
     // code (`child::run_holder`) and never returns.
-    let ret = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
     if ret == 0 {
         // SAFETY: we are the freshly cloned holder.
         unsafe { child::run_holder(p, &fds) }
     }
     if ret < 0 {
-        return Err(LaunchError::sys("clone3", "namespace holder", nix::errno::Errno::last()));
+        return Err(LaunchError::sys(
+            "clone3",
+            "namespace holder",
+            nix::errno::Errno::last(),
+        ));
     }
     let pid = ret as i32;
     // SAFETY: CLONE_PIDFD stored a fresh pidfd owned by nobody else.
@@ -339,7 +437,11 @@ pub(crate) fn create_warm(p: &PreparedSpec) -> Result<WarmNs, LaunchError> {
     let mut got = 0;
     let ready = loop {
         match nix::unistd::read(err_r.as_raw_fd(), &mut buf[got..]) {
-            Ok(0) => break Err(LaunchError::Zygote(format!("namespace holder {pid} exited early"))),
+            Ok(0) => {
+                break Err(LaunchError::Zygote(format!(
+                    "namespace holder {pid} exited early"
+                )))
+            }
             Ok(n) => {
                 got += n;
                 if got == 1 && buf[0] == b'R' {
@@ -354,9 +456,17 @@ pub(crate) fn create_warm(p: &PreparedSpec) -> Result<WarmNs, LaunchError> {
         }
     };
     let opened = ready.and_then(|()| {
-        let mnt = open_fd(Path::new(&format!("/proc/{pid}/ns/mnt")), OFlag::O_RDONLY, Mode::empty())?;
+        let mnt = open_fd(
+            Path::new(&format!("/proc/{pid}/ns/mnt")),
+            OFlag::O_RDONLY,
+            Mode::empty(),
+        )?;
         let net = if p.loopback {
-            Some(open_fd(Path::new(&format!("/proc/{pid}/ns/net")), OFlag::O_RDONLY, Mode::empty())?)
+            Some(open_fd(
+                Path::new(&format!("/proc/{pid}/ns/net")),
+                OFlag::O_RDONLY,
+                Mode::empty(),
+            )?)
         } else {
             None
         };

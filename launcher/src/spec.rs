@@ -80,7 +80,10 @@ impl ContainerSpec {
             gid: 0,
             nofile: 1024,
             nproc: None,
-            capabilities: DEFAULT_CAPABILITIES.iter().map(|s| (*s).to_owned()).collect(),
+            capabilities: DEFAULT_CAPABILITIES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
             seccomp: true,
         }
     }

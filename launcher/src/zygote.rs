@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::sys::socket::{
-    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
 };
 use serde::{Deserialize, Serialize};
 
@@ -45,9 +46,14 @@ impl SpawnRequest {
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Reply {
-    Ok { pid: i32 },
+    Ok {
+        pid: i32,
+    },
     /// `pid` is set when a child exists (and is attached as a pidfd) and must be reaped.
-    Failed { pid: Option<i32>, error: LaunchError },
+    Failed {
+        pid: Option<i32>,
+        error: LaunchError,
+    },
 }
 
 /// Zygote tuning.
@@ -82,14 +88,23 @@ impl Zygote {
 
     /// [`Zygote::start`] with options.
     pub fn start_with(options: ZygoteOptions) -> Result<Zygote, LaunchError> {
-        let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)
-            .map_err(|e| LaunchError::sys("socketpair", "", e))?;
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| LaunchError::sys("socketpair", "", e))?;
         let parent = std::process::id() as i32;
         // SAFETY: fork in a process the caller guarantees to be single-threaded (and even with
         // other threads, glibc's fork keeps malloc usable in the child).
         let pid = unsafe { libc::fork() };
         if pid < 0 {
-            return Err(LaunchError::sys("fork", "zygote", nix::errno::Errno::last()));
+            return Err(LaunchError::sys(
+                "fork",
+                "zygote",
+                nix::errno::Errno::last(),
+            ));
         }
         if pid == 0 {
             drop(ours);
@@ -97,7 +112,10 @@ impl Zygote {
         }
         drop(theirs);
         tracing::debug!(pid, "zygote started");
-        Ok(Zygote { sock: Mutex::new(ours), pid })
+        Ok(Zygote {
+            sock: Mutex::new(ours),
+            pid,
+        })
     }
 
     /// The zygote's pid.
@@ -108,22 +126,30 @@ impl Zygote {
     /// Spawns one container; blocking. On a setup or exec failure the child has already been
     /// reaped when the error is returned.
     pub fn spawn(&self, req: &SpawnRequest) -> Result<Spawned, LaunchError> {
-        let body = serde_json::to_vec(req).map_err(|e| LaunchError::Zygote(format!("encode request: {e}")))?;
+        let body = serde_json::to_vec(req)
+            .map_err(|e| LaunchError::Zygote(format!("encode request: {e}")))?;
         if body.len() > MAX_MESSAGE {
-            return Err(LaunchError::InvalidSpec(format!("request of {} bytes is too large", body.len())));
+            return Err(LaunchError::InvalidSpec(format!(
+                "request of {} bytes is too large",
+                body.len()
+            )));
         }
         let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
-        send(sock.as_raw_fd(), &body, None).map_err(|e| LaunchError::Zygote(format!("send: {e}")))?;
-        let (reply, fd) = recv(sock.as_raw_fd()).map_err(|e| LaunchError::Zygote(format!("receive: {e}")))?;
+        send(sock.as_raw_fd(), &body, None)
+            .map_err(|e| LaunchError::Zygote(format!("send: {e}")))?;
+        let (reply, fd) =
+            recv(sock.as_raw_fd()).map_err(|e| LaunchError::Zygote(format!("receive: {e}")))?;
         drop(sock);
         let Some(reply) = reply else {
             return Err(LaunchError::Zygote("zygote exited".into()));
         };
-        let reply: Reply =
-            serde_json::from_slice(&reply).map_err(|e| LaunchError::Zygote(format!("decode reply: {e}")))?;
+        let reply: Reply = serde_json::from_slice(&reply)
+            .map_err(|e| LaunchError::Zygote(format!("decode reply: {e}")))?;
         match (reply, fd) {
             (Reply::Ok { pid }, Some(pidfd)) => Ok(Spawned { pid, pidfd }),
-            (Reply::Ok { pid }, None) => Err(LaunchError::Zygote(format!("no pidfd for pid {pid}"))),
+            (Reply::Ok { pid }, None) => {
+                Err(LaunchError::Zygote(format!("no pidfd for pid {pid}")))
+            }
             (Reply::Failed { error, .. }, fd) => {
                 if let Some(fd) = fd {
                     let _ = wait_pidfd(fd.as_fd(), false);
@@ -223,13 +249,19 @@ fn filler(rx: Receiver<FillerMsg>, pools: Pools, target: usize) {
         }
         // Containers that exited release their namespaces (a pidfd polls readable on exit).
         retired.retain(|(pidfd, _)| {
-            let mut pfd = [nix::poll::PollFd::new(pidfd.as_fd(), nix::poll::PollFlags::POLLIN)];
+            let mut pfd = [nix::poll::PollFd::new(
+                pidfd.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
             !matches!(nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0)
         });
         let mut failed = Vec::new();
         for (key, p) in &wanted {
             loop {
-                let have = pools.lock().map(|m| m.get(key).map_or(0, Vec::len)).unwrap_or(target);
+                let have = pools
+                    .lock()
+                    .map(|m| m.get(key).map_or(0, Vec::len))
+                    .unwrap_or(target);
                 if have >= target {
                     break;
                 }
@@ -257,7 +289,13 @@ fn filler(rx: Receiver<FillerMsg>, pools: Pools, target: usize) {
 fn zygote_main(sock: OwnedFd, parent: i32, options: ZygoteOptions) -> ! {
     // SAFETY: prctl/signal/getppid/_exit are plain syscalls on constants.
     unsafe {
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0);
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
         if libc::getppid() != parent {
             libc::_exit(0);
         }
@@ -268,15 +306,28 @@ fn zygote_main(sock: OwnedFd, parent: i32, options: ZygoteOptions) -> ! {
         // to keep open: a held write descriptor would make exec of that file fail (ETXTBSY).
         let keep = sock.as_raw_fd() as libc::c_uint;
         if keep > 3 {
-            libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, keep - 1, 0 as libc::c_uint);
+            libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                keep - 1,
+                0 as libc::c_uint,
+            );
         }
-        libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0 as libc::c_uint);
+        libc::syscall(
+            libc::SYS_close_range,
+            keep + 1,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        );
     }
     let pools: Pools = Arc::new(Mutex::new(HashMap::new()));
     let (tx, rx) = channel();
     let helper = if options.warm_namespaces > 0 {
         let (pools, target) = (pools.clone(), options.warm_namespaces);
-        std::thread::Builder::new().name("hako-zygote-ns".into()).spawn(move || filler(rx, pools, target)).ok()
+        std::thread::Builder::new()
+            .name("hako-zygote-ns".into())
+            .spawn(move || filler(rx, pools, target))
+            .ok()
     } else {
         None
     };
@@ -288,7 +339,9 @@ fn zygote_main(sock: OwnedFd, parent: i32, options: ZygoteOptions) -> ! {
             Ok((None, _)) | Err(_) => break,
         };
         let (reply, fd, retire) = handle(&mut cache, &pools, tx.as_ref(), &body);
-        let reply = serde_json::to_vec(&reply).unwrap_or_else(|_| b"{\"Failed\":{\"pid\":null,\"error\":{\"Zygote\":\"encode\"}}}".to_vec());
+        let reply = serde_json::to_vec(&reply).unwrap_or_else(|_| {
+            b"{\"Failed\":{\"pid\":null,\"error\":{\"Zygote\":\"encode\"}}}".to_vec()
+        });
         let sent = send(sock.as_raw_fd(), &reply, fd.as_ref().map(|f| f.as_raw_fd()));
         if let (Some(tx), Some(ns), Some(pidfd)) = (tx.as_ref(), retire, fd) {
             let _ = tx.send(FillerMsg::Retire(pidfd, ns));
@@ -312,7 +365,14 @@ fn handle(
     let req: SpawnRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
-            return (Reply::Failed { pid: None, error: LaunchError::Zygote(format!("bad request: {e}")) }, None, None)
+            return (
+                Reply::Failed {
+                    pid: None,
+                    error: LaunchError::Zygote(format!("bad request: {e}")),
+                },
+                None,
+                None,
+            )
         }
     };
     let prepared = match cache.get(&req.spec_key) {
@@ -326,15 +386,31 @@ fn handle(
             Err(error) => return (Reply::Failed { pid: None, error }, None, None),
         },
     };
-    let warm = pools.lock().ok().and_then(|mut m| m.get_mut(&req.spec_key).and_then(Vec::pop));
-    let result = clone_container(&prepared, req.cgroup.as_ref(), &req.output(), true, warm.as_ref());
+    let warm = pools
+        .lock()
+        .ok()
+        .and_then(|mut m| m.get_mut(&req.spec_key).and_then(Vec::pop));
+    let result = clone_container(
+        &prepared,
+        req.cgroup.as_ref(),
+        &req.output(),
+        true,
+        warm.as_ref(),
+    );
     if let Some(tx) = filler {
         let _ = tx.send(FillerMsg::Refill(req.spec_key.clone(), prepared));
     }
     match result {
         Ok(raw) => match raw.error {
             None => (Reply::Ok { pid: raw.pid }, Some(raw.pidfd), warm),
-            Some(error) => (Reply::Failed { pid: Some(raw.pid), error }, Some(raw.pidfd), None),
+            Some(error) => (
+                Reply::Failed {
+                    pid: Some(raw.pid),
+                    error,
+                },
+                Some(raw.pidfd),
+                None,
+            ),
         },
         Err(error) => (Reply::Failed { pid: None, error }, None, None),
     }

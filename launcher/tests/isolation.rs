@@ -3,7 +3,9 @@ mod common;
 
 use common::*;
 use hako_launcher::prepare::capability_mask;
-use hako_launcher::{CgroupLimits, ExitStatusInfo, LaunchError, NetworkMode, RootfsSpec, DEFAULT_CAPABILITIES};
+use hako_launcher::{
+    CgroupLimits, ExitStatusInfo, LaunchError, NetworkMode, RootfsSpec, DEFAULT_CAPABILITIES,
+};
 
 macro_rules! root_only {
     ($name:expr) => {
@@ -17,10 +19,17 @@ macro_rules! root_only {
 fn pid_namespace_shows_only_own_processes_with_app_as_pid_1() {
     root_only!("pid namespace");
     let fs = Rootfs::build();
-    let (st, out) = sh(&fs, "echo self=$$; for p in /proc/[0-9]*; do echo pid=${p#/proc/}; done");
+    let (st, out) = sh(
+        &fs,
+        "echo self=$$; for p in /proc/[0-9]*; do echo pid=${p#/proc/}; done",
+    );
     assert_eq!(st, ExitStatusInfo::Exited(0), "{out}");
     assert!(out.contains("self=1\n"), "{out}");
-    let pids: Vec<u32> = out.lines().filter_map(|l| l.strip_prefix("pid=")).map(|p| p.parse().unwrap()).collect();
+    let pids: Vec<u32> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("pid="))
+        .map(|p| p.parse().unwrap())
+        .collect();
     assert_eq!(pids, vec![1], "only the shell itself may be visible: {out}");
 }
 
@@ -46,7 +55,10 @@ fn no_host_mounts_are_visible() {
     for p in &points {
         assert!(allowed.contains(p), "unexpected mount {p} in\n{out}");
     }
-    assert!(points.contains(&"/proc") && points.contains(&"/dev/pts"), "{out}");
+    assert!(
+        points.contains(&"/proc") && points.contains(&"/dev/pts"),
+        "{out}"
+    );
     assert!(!out.contains("cgroup"), "{out}");
 }
 
@@ -57,23 +69,41 @@ fn rootfs_is_read_only_but_tmp_and_run_are_writable() {
     let (st, out) =
         sh(&fs, "touch /etc/x 2>&1; echo etc=$?; touch /tmp/y && echo tmp=$?; touch /run/z && echo run=$?; ls /dev");
     assert_eq!(st, ExitStatusInfo::Exited(0), "{out}");
-    assert!(out.contains("Read-only file system") && out.contains("etc=1"), "{out}");
+    assert!(
+        out.contains("Read-only file system") && out.contains("etc=1"),
+        "{out}"
+    );
     assert!(out.contains("tmp=0") && out.contains("run=0"), "{out}");
-    for dev in ["null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "ptmx"] {
+    for dev in [
+        "null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "ptmx",
+    ] {
         assert!(out.lines().any(|l| l == dev), "/dev/{dev} missing: {out}");
     }
     assert!(!fs.path().join("etc/x").exists());
-    let (_, out) = sh(&fs, "head -c 4 /dev/zero | od -An -tx1; echo x > /dev/null && echo null-ok");
-    assert!(out.contains("00 00 00 00") && out.contains("null-ok"), "{out}");
+    let (_, out) = sh(
+        &fs,
+        "head -c 4 /dev/zero | od -An -tx1; echo x > /dev/null && echo null-ok",
+    );
+    assert!(
+        out.contains("00 00 00 00") && out.contains("null-ok"),
+        "{out}"
+    );
 }
 
 #[test]
 fn isolated_network_has_only_loopback_and_it_is_up() {
     root_only!("network");
     let fs = Rootfs::build();
-    let (st, out) = sh(&fs, "tail -n +3 /proc/net/dev | cut -d: -f1; ip link show lo");
+    let (st, out) = sh(
+        &fs,
+        "tail -n +3 /proc/net/dev | cut -d: -f1; ip link show lo",
+    );
     assert_eq!(st, ExitStatusInfo::Exited(0), "{out}");
-    let ifaces: Vec<&str> = out.lines().take_while(|l| !l.contains("<")).map(str::trim).collect();
+    let ifaces: Vec<&str> = out
+        .lines()
+        .take_while(|l| !l.contains("<"))
+        .map(str::trim)
+        .collect();
     assert_eq!(ifaces, vec!["lo"], "{out}");
     assert!(out.contains("UP"), "lo must be up: {out}");
 }
@@ -86,7 +116,11 @@ fn host_network_mode_sees_the_host_interfaces() {
     spec.network = NetworkMode::Host;
     let f = run(&spec, &CgroupLimits::default()).unwrap();
     let host = std::fs::read_to_string("/proc/net/dev").unwrap();
-    let mut host_ifaces: Vec<String> = host.lines().skip(2).map(|l| l.split(':').next().unwrap().trim().to_owned()).collect();
+    let mut host_ifaces: Vec<String> = host
+        .lines()
+        .skip(2)
+        .map(|l| l.split(':').next().unwrap().trim().to_owned())
+        .collect();
     let mut inside: Vec<String> = f.output.lines().map(|l| l.trim().to_owned()).collect();
     host_ifaces.sort();
     inside.sort();
@@ -94,7 +128,11 @@ fn host_network_mode_sees_the_host_interfaces() {
 }
 
 fn status_field(out: &str, key: &str) -> String {
-    out.lines().find_map(|l| l.strip_prefix(key)).unwrap_or_else(|| panic!("{key} missing in {out}")).trim().to_owned()
+    out.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .unwrap_or_else(|| panic!("{key} missing in {out}"))
+        .trim()
+        .to_owned()
 }
 
 #[test]
@@ -103,7 +141,10 @@ fn capabilities_seccomp_and_no_new_privs_are_as_configured() {
     let fs = Rootfs::build();
     let (st, out) = sh(&fs, "cat /proc/self/status");
     assert_eq!(st, ExitStatusInfo::Exited(0), "{out}");
-    let defaults: Vec<String> = DEFAULT_CAPABILITIES.iter().map(|s| (*s).to_owned()).collect();
+    let defaults: Vec<String> = DEFAULT_CAPABILITIES
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
     let want = format!("{:016x}", capability_mask(&defaults).unwrap());
     assert_eq!(status_field(&out, "CapEff:"), want);
     assert_eq!(status_field(&out, "CapPrm:"), want);
@@ -117,9 +158,20 @@ fn capabilities_seccomp_and_no_new_privs_are_as_configured() {
     spec.gid = 1000;
     let f = run(&spec, &CgroupLimits::default()).unwrap();
     for k in ["CapEff:", "CapPrm:", "CapBnd:", "CapInh:", "CapAmb:"] {
-        assert_eq!(status_field(&f.output, k), "0000000000000400", "{k}\n{}", f.output);
+        assert_eq!(
+            status_field(&f.output, k),
+            "0000000000000400",
+            "{k}\n{}",
+            f.output
+        );
     }
-    assert!(f.output.lines().any(|l| l.starts_with("Uid:") && l.contains("1000")), "{}", f.output);
+    assert!(
+        f.output
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.contains("1000")),
+        "{}",
+        f.output
+    );
 }
 
 #[test]
@@ -131,21 +183,39 @@ fn seccomp_denies_with_eperm_even_with_all_capabilities() {
     let mut spec = fs.spec("unshare -u true 2>&1; echo rc=$?; linux32 true 2>&1; echo rc32=$?");
     spec.capabilities = all.clone();
     let f = run(&spec, &CgroupLimits::default()).unwrap();
-    assert!(f.output.contains("Operation not permitted") && f.output.contains("rc=1"), "{}", f.output);
-    assert!(f.output.contains("rc32=1"), "personality is denied: {}", f.output);
+    assert!(
+        f.output.contains("Operation not permitted") && f.output.contains("rc=1"),
+        "{}",
+        f.output
+    );
+    assert!(
+        f.output.contains("rc32=1"),
+        "personality is denied: {}",
+        f.output
+    );
     // Control: the same without seccomp succeeds, so the EPERM above came from the profile.
     spec.seccomp = false;
     let f = run(&spec, &CgroupLimits::default()).unwrap();
-    assert!(f.output.contains("rc=0") && f.output.contains("rc32=0"), "{}", f.output);
+    assert!(
+        f.output.contains("rc=0") && f.output.contains("rc32=0"),
+        "{}",
+        f.output
+    );
 }
 
 #[test]
 fn mount_fails_inside_the_container() {
     root_only!("mount");
     let fs = Rootfs::build();
-    let (_, out) = sh(&fs, "mount -t tmpfs none /tmp 2>&1; echo rc=$?; umount /proc 2>&1; echo urc=$?");
+    let (_, out) = sh(
+        &fs,
+        "mount -t tmpfs none /tmp 2>&1; echo rc=$?; umount /proc 2>&1; echo urc=$?",
+    );
     assert!(out.contains("rc=1") && out.contains("urc=1"), "{out}");
-    assert!(out.contains("Operation not permitted") || out.contains("Permission denied"), "{out}");
+    assert!(
+        out.contains("Operation not permitted") || out.contains("Permission denied"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -153,8 +223,20 @@ fn memory_hog_is_oom_killed_and_reported() {
     root_only!("oom");
     let fs = Rootfs::build();
     let spec = fs.spec("awk 'BEGIN { s = \"xxxxxxxxxxxxxxxx\"; while (1) s = s s }'");
-    let f = run(&spec, &CgroupLimits { memory_max: Some(32 << 20), ..Default::default() }).unwrap();
-    assert_eq!(f.status, ExitStatusInfo::Signaled(libc::SIGKILL), "{}", f.output);
+    let f = run(
+        &spec,
+        &CgroupLimits {
+            memory_max: Some(32 << 20),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        f.status,
+        ExitStatusInfo::Signaled(libc::SIGKILL),
+        "{}",
+        f.output
+    );
     assert_eq!(f.status.shell_code(), 137);
     assert!(f.oom_kills >= 1, "the cgroup must record the OOM kill");
 }
@@ -166,10 +248,26 @@ fn fork_bomb_stops_at_the_pids_limit() {
     let spec = fs.spec(
         "(for i in $(seq 1 60); do sleep 5 & done) 2>/dev/null; n=0; for p in /proc/[0-9]*; do n=$((n+1)); done; echo procs=$n",
     );
-    let f = run(&spec, &CgroupLimits { pids: Some(12), ..Default::default() }).unwrap();
-    let n: u32 = f.output.lines().find_map(|l| l.strip_prefix("procs=")).expect(&f.output).parse().unwrap();
+    let f = run(
+        &spec,
+        &CgroupLimits {
+            pids: Some(12),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let n: u32 = f
+        .output
+        .lines()
+        .find_map(|l| l.strip_prefix("procs="))
+        .expect(&f.output)
+        .parse()
+        .unwrap();
     assert!(n <= 12, "{n} processes despite pids.max 12");
-    assert!(n >= 5, "the loop should have forked up to the limit, saw {n}");
+    assert!(
+        n >= 5,
+        "the loop should have forked up to the limit, saw {n}"
+    );
     assert_eq!(f.status, ExitStatusInfo::Exited(0));
 }
 
@@ -183,11 +281,18 @@ fn exit_status_propagates() {
     let root = cgroup_root();
     let cg = TestCgroup::new(&root, &CgroupLimits::default());
     let p = hako_launcher::PreparedSpec::new(&fs.spec("sleep 30")).unwrap();
-    let s = hako_launcher::spawn_prepared(&p, Some(&cg.get().attach()), &hako_launcher::Output::Null).unwrap();
+    let s =
+        hako_launcher::spawn_prepared(&p, Some(&cg.get().attach()), &hako_launcher::Output::Null)
+            .unwrap();
     hako_launcher::pidfd_signal(std::os::fd::AsRawFd::as_raw_fd(&s.pidfd), libc::SIGKILL).unwrap();
-    let st = hako_launcher::wait_pidfd(std::os::fd::AsFd::as_fd(&s.pidfd), false).unwrap().unwrap();
+    let st = hako_launcher::wait_pidfd(std::os::fd::AsFd::as_fd(&s.pidfd), false)
+        .unwrap()
+        .unwrap();
     assert_eq!(st, ExitStatusInfo::Signaled(9));
-    assert_eq!((st.code(), st.signal(), st.shell_code()), (None, Some(9), 137));
+    assert_eq!(
+        (st.code(), st.signal(), st.shell_code()),
+        (None, Some(9), 137)
+    );
 }
 
 #[test]
@@ -197,15 +302,44 @@ fn exec_failures_carry_errno_and_path() {
     let run_cmd = |cmd: &str| {
         let mut spec = fs.spec("");
         spec.command = vec![cmd.to_owned()];
-        run(&spec, &CgroupLimits::default()).err().expect("must fail")
+        run(&spec, &CgroupLimits::default())
+            .err()
+            .expect("must fail")
     };
     let e = run_cmd("/bin/nope");
-    assert_eq!(e, LaunchError::Exec { path: "/bin/nope".into(), errno: libc::ENOENT });
-    assert_eq!(e.to_string(), "exec /bin/nope: No such file or directory (ENOENT)");
-    assert_eq!(run_cmd("nope-in-path"), LaunchError::Exec { path: "nope-in-path".into(), errno: libc::ENOENT });
-    assert_eq!(run_cmd("/data/not-executable"), LaunchError::Exec { path: "/data/not-executable".into(), errno: libc::EACCES });
+    assert_eq!(
+        e,
+        LaunchError::Exec {
+            path: "/bin/nope".into(),
+            errno: libc::ENOENT
+        }
+    );
+    assert_eq!(
+        e.to_string(),
+        "exec /bin/nope: No such file or directory (ENOENT)"
+    );
+    assert_eq!(
+        run_cmd("nope-in-path"),
+        LaunchError::Exec {
+            path: "nope-in-path".into(),
+            errno: libc::ENOENT
+        }
+    );
+    assert_eq!(
+        run_cmd("/data/not-executable"),
+        LaunchError::Exec {
+            path: "/data/not-executable".into(),
+            errno: libc::EACCES
+        }
+    );
     let e = run_cmd("/data/bad-interpreter");
-    assert_eq!(e, LaunchError::BadInterpreter { path: "/data/bad-interpreter".into(), errno: libc::ENOENT });
+    assert_eq!(
+        e,
+        LaunchError::BadInterpreter {
+            path: "/data/bad-interpreter".into(),
+            errno: libc::ENOENT
+        }
+    );
     // A bad workdir is reported as such.
     let mut spec = fs.spec("true");
     spec.workdir = "/does/not/exist".into();
@@ -230,13 +364,31 @@ fn host_rootfs_is_a_read_only_view_of_the_host() {
     root_only!("host rootfs");
     let mut spec = hako_launcher::ContainerSpec::new(
         RootfsSpec::Host,
-        vec!["/bin/sh".into(), "-c".into(), "ls / ; touch /usr/hako-x 2>&1; echo rc=$?; echo $$".into()],
+        vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "ls / ; touch /usr/hako-x 2>&1; echo rc=$?; echo $$".into(),
+        ],
     );
     spec.seccomp = true;
     let f = run(&spec, &CgroupLimits::default()).unwrap();
-    assert!(f.output.contains("usr") && f.output.contains("etc"), "{}", f.output);
-    assert!(!f.output.lines().any(|l| l == "home" || l == "root" || l == "var"), "{}", f.output);
-    assert!(f.output.contains("rc=1") && f.output.contains("Read-only"), "{}", f.output);
+    assert!(
+        f.output.contains("usr") && f.output.contains("etc"),
+        "{}",
+        f.output
+    );
+    assert!(
+        !f.output
+            .lines()
+            .any(|l| l == "home" || l == "root" || l == "var"),
+        "{}",
+        f.output
+    );
+    assert!(
+        f.output.contains("rc=1") && f.output.contains("Read-only"),
+        "{}",
+        f.output
+    );
     assert!(f.output.ends_with("\n1\n"), "{}", f.output);
     assert!(!std::path::Path::new("/usr/hako-x").exists());
 }

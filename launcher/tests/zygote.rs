@@ -5,8 +5,8 @@ use std::os::fd::AsFd;
 
 use common::*;
 use hako_launcher::{
-    spawn_prepared, wait_pidfd, CgroupLimits, CgroupRoot, CgroupVersion, ExitStatusInfo, LaunchError, Output,
-    PreparedSpec, SpawnRequest, Zygote,
+    spawn_prepared, wait_pidfd, CgroupLimits, CgroupRoot, CgroupVersion, ExitStatusInfo,
+    LaunchError, Output, PreparedSpec, SpawnRequest, Zygote,
 };
 
 #[test]
@@ -19,7 +19,13 @@ fn zygote_spawns_children_of_the_caller_and_reports_exec_errors() {
     let root = cgroup_root();
     let logs = tempfile::tempdir().unwrap();
     for i in 0..3 {
-        let cg = TestCgroup::new(&root, &CgroupLimits { pids: Some(8), ..Default::default() });
+        let cg = TestCgroup::new(
+            &root,
+            &CgroupLimits {
+                pids: Some(8),
+                ..Default::default()
+            },
+        );
         let log = logs.path().join(format!("{i}.log"));
         let req = SpawnRequest {
             spec: fs.spec("echo hello $$; exit 3"),
@@ -36,21 +42,48 @@ fn zygote_spawns_children_of_the_caller_and_reports_exec_errors() {
     let mut spec = fs.spec("");
     spec.command = vec!["/bin/nope".into()];
     let err = zygote
-        .spawn(&SpawnRequest { spec, spec_key: "nope".into(), cgroup: None, log_path: None })
+        .spawn(&SpawnRequest {
+            spec,
+            spec_key: "nope".into(),
+            cgroup: None,
+            log_path: None,
+        })
         .unwrap_err();
-    assert_eq!(err, LaunchError::Exec { path: "/bin/nope".into(), errno: libc::ENOENT });
+    assert_eq!(
+        err,
+        LaunchError::Exec {
+            path: "/bin/nope".into(),
+            errno: libc::ENOENT
+        }
+    );
     // Invalid specs come back as errors too, and the zygote keeps serving.
     let mut spec = fs.spec("");
     spec.capabilities = vec!["CAP_BOGUS".into()];
-    let err = zygote.spawn(&SpawnRequest { spec, spec_key: "bogus".into(), cgroup: None, log_path: None });
+    let err = zygote.spawn(&SpawnRequest {
+        spec,
+        spec_key: "bogus".into(),
+        cgroup: None,
+        log_path: None,
+    });
     assert!(matches!(err, Err(LaunchError::InvalidSpec(_))), "{err:?}");
     let s = zygote
-        .spawn(&SpawnRequest { spec: fs.spec("true"), spec_key: "t".into(), cgroup: None, log_path: None })
+        .spawn(&SpawnRequest {
+            spec: fs.spec("true"),
+            spec_key: "t".into(),
+            cgroup: None,
+            log_path: None,
+        })
         .unwrap();
-    assert_eq!(wait_pidfd(s.pidfd.as_fd(), false).unwrap(), Some(ExitStatusInfo::Exited(0)));
+    assert_eq!(
+        wait_pidfd(s.pidfd.as_fd(), false).unwrap(),
+        Some(ExitStatusInfo::Exited(0))
+    );
     let zpid = zygote.pid();
     drop(zygote);
-    assert!(!std::path::Path::new(&format!("/proc/{zpid}")).exists(), "zygote must be gone after drop");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{zpid}")).exists(),
+        "zygote must be gone after drop"
+    );
 }
 
 #[test]
@@ -65,14 +98,22 @@ fn zygote_is_usable_from_many_threads() {
             let (z, fs) = (&zygote, &fs);
             s.spawn(move || {
                 for _ in 0..5 {
+                    // A uid change in the child: glibc's setresuid would deadlock here, since the
+                    // zygote has a helper thread (regression test).
+                    let mut spec = fs.spec(&format!("exit {t}"));
+                    spec.uid = 1000 + t as u32;
+                    spec.gid = 1000;
                     let req = SpawnRequest {
-                        spec: fs.spec(&format!("exit {t}")),
+                        spec,
                         spec_key: format!("k{t}"),
                         cgroup: None,
                         log_path: None,
                     };
                     let sp = z.spawn(&req).unwrap();
-                    assert_eq!(wait_pidfd(sp.pidfd.as_fd(), false).unwrap(), Some(ExitStatusInfo::Exited(t)));
+                    assert_eq!(
+                        wait_pidfd(sp.pidfd.as_fd(), false).unwrap(),
+                        Some(ExitStatusInfo::Exited(t))
+                    );
                 }
             });
         }
@@ -81,7 +122,9 @@ fn zygote_is_usable_from_many_threads() {
 
 fn wait_for_output(path: &std::path::Path) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) == 0 && std::time::Instant::now() < deadline {
+    while std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) == 0
+        && std::time::Instant::now() < deadline
+    {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
@@ -95,10 +138,21 @@ fn container_runs_in_its_cgroup_with_its_own_cgroup_namespace() {
     }
     let fs = Rootfs::build();
     let root = cgroup_root();
-    let cg = TestCgroup::new(&root, &CgroupLimits { memory_max: Some(64 << 20), ..Default::default() });
+    let cg = TestCgroup::new(
+        &root,
+        &CgroupLimits {
+            memory_max: Some(64 << 20),
+            ..Default::default()
+        },
+    );
     let log = tempfile::NamedTempFile::new().unwrap();
     let p = PreparedSpec::new(&fs.spec("cat /proc/self/cgroup; sleep 5")).unwrap();
-    let s = spawn_prepared(&p, Some(&cg.get().attach()), &Output::Append(log.path().to_owned())).unwrap();
+    let s = spawn_prepared(
+        &p,
+        Some(&cg.get().attach()),
+        &Output::Append(log.path().to_owned()),
+    )
+    .unwrap();
     let host_view = std::fs::read_to_string(format!("/proc/{}/cgroup", s.pid)).unwrap();
     assert!(cg.get().pids().unwrap().contains(&s.pid));
     wait_for_output(log.path());
@@ -108,14 +162,29 @@ fn container_runs_in_its_cgroup_with_its_own_cgroup_namespace() {
     match root.version() {
         CgroupVersion::V1 => {
             for c in ["memory", "pids", "cpu"] {
-                let line = host_view.lines().find(|l| l.split(':').nth(1) == Some(c)).unwrap();
-                assert!(line.ends_with(&format!("/{}/{}", CGROUP_PARENT, cg.name)), "{host_view}");
-                let inner = inside.lines().find(|l| l.split(':').nth(1) == Some(c)).unwrap();
-                assert!(inner.ends_with(":/"), "cgroup namespace must be rooted at the group: {inside}");
+                let line = host_view
+                    .lines()
+                    .find(|l| l.split(':').nth(1) == Some(c))
+                    .unwrap();
+                assert!(
+                    line.ends_with(&format!("/{}/{}", CGROUP_PARENT, cg.name)),
+                    "{host_view}"
+                );
+                let inner = inside
+                    .lines()
+                    .find(|l| l.split(':').nth(1) == Some(c))
+                    .unwrap();
+                assert!(
+                    inner.ends_with(":/"),
+                    "cgroup namespace must be rooted at the group: {inside}"
+                );
             }
         }
         CgroupVersion::V2 => {
-            assert!(host_view.contains(&format!("0::/{}/{}", CGROUP_PARENT, cg.name)), "{host_view}");
+            assert!(
+                host_view.contains(&format!("0::/{}/{}", CGROUP_PARENT, cg.name)),
+                "{host_view}"
+            );
             assert!(inside.contains("0::/\n"), "{inside}");
         }
     }
@@ -141,12 +210,23 @@ fn clone_into_cgroup_places_the_child_on_v2() {
     let cg = TestCgroup::new(&root, &CgroupLimits::default());
     let log = tempfile::NamedTempFile::new().unwrap();
     let p = PreparedSpec::new(&fs.spec("cat /proc/self/cgroup; sleep 5")).unwrap();
-    let s = spawn_prepared(&p, Some(&cg.get().attach()), &Output::Append(log.path().to_owned())).unwrap();
+    let s = spawn_prepared(
+        &p,
+        Some(&cg.get().attach()),
+        &Output::Append(log.path().to_owned()),
+    )
+    .unwrap();
     let host_view = std::fs::read_to_string(format!("/proc/{}/cgroup", s.pid)).unwrap();
-    assert!(host_view.contains(&format!("0::/hako-test/{}\n", cg.name)), "{host_view}");
+    assert!(
+        host_view.contains(&format!("0::/hako-test/{}\n", cg.name)),
+        "{host_view}"
+    );
     assert!(cg.get().pids().unwrap().contains(&s.pid));
     cg.get().kill_all().unwrap();
-    assert_eq!(wait_pidfd(s.pidfd.as_fd(), false).unwrap(), Some(ExitStatusInfo::Signaled(9)));
+    assert_eq!(
+        wait_pidfd(s.pidfd.as_fd(), false).unwrap(),
+        Some(ExitStatusInfo::Signaled(9))
+    );
     drop(cg);
     let _ = std::fs::remove_dir(std::path::Path::new(mount).join("hako-test"));
 }
@@ -180,16 +260,35 @@ fn warm_namespaces_are_fresh_and_fully_isolated() {
             log_path: Some(log.clone()),
         };
         let s = zygote.spawn(&req).unwrap();
-        assert_eq!(wait_pidfd(s.pidfd.as_fd(), false).unwrap(), Some(ExitStatusInfo::Exited(0)));
+        assert_eq!(
+            wait_pidfd(s.pidfd.as_fd(), false).unwrap(),
+            Some(ExitStatusInfo::Exited(0))
+        );
         let out = std::fs::read_to_string(&log).unwrap();
         let mounts: Vec<&str> = out.lines().filter(|l| l.starts_with('/')).collect();
         assert_eq!(
-            out.lines().filter(|l| !l.starts_with('/')).map(str::trim).collect::<Vec<_>>(),
-            vec!["self=1", "warm", "lo", "1", "pid=1", "ro", "NoNewPrivs:1", "Seccomp:2"],
+            out.lines()
+                .filter(|l| !l.starts_with('/'))
+                .map(str::trim)
+                .collect::<Vec<_>>(),
+            vec![
+                "self=1",
+                "warm",
+                "lo",
+                "1",
+                "pid=1",
+                "ro",
+                "NoNewPrivs:1",
+                "Seccomp:2"
+            ],
             "boot {i}: {out}"
         );
         let mut sorted = mounts.clone();
         sorted.sort_unstable();
-        assert_eq!(sorted, vec!["/", "/dev", "/dev/pts", "/dev/shm", "/proc", "/run", "/tmp"], "boot {i}: {out}");
+        assert_eq!(
+            sorted,
+            vec!["/", "/dev", "/dev/pts", "/dev/shm", "/proc", "/run", "/tmp"],
+            "boot {i}: {out}"
+        );
     }
 }

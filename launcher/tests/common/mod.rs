@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hako_launcher::{
-    spawn_prepared, wait_pidfd, CgroupLimits, CgroupRoot, ContainerSpec, ExitStatusInfo, InstanceCgroup, LaunchError,
-    Output, PreparedSpec, RootfsSpec,
+    spawn_prepared, wait_pidfd, CgroupLimits, CgroupRoot, ContainerSpec, ExitStatusInfo,
+    InstanceCgroup, LaunchError, Output, PreparedSpec, RootfsSpec,
 };
 
 pub const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
@@ -32,16 +32,26 @@ pub struct Rootfs {
 
 impl Rootfs {
     pub fn build() -> Rootfs {
-        let dir = tempfile::Builder::new().prefix("hako-test-rootfs-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("hako-test-rootfs-")
+            .tempdir()
+            .unwrap();
         let r = dir.path();
         for d in ["bin", "sbin", "usr/bin", "usr/sbin", "etc", "data"] {
             std::fs::create_dir_all(r.join(d)).unwrap();
         }
         // Copied by a separate process: a write descriptor held here could be inherited by a
         // concurrently cloned container of another test and make exec fail with ETXTBSY.
-        let st = std::process::Command::new("cp").arg("/usr/bin/busybox").arg(r.join("bin/busybox")).status().unwrap();
+        let st = std::process::Command::new("cp")
+            .arg("/usr/bin/busybox")
+            .arg(r.join("bin/busybox"))
+            .status()
+            .unwrap();
         assert!(st.success());
-        let list = std::process::Command::new("/usr/bin/busybox").arg("--list-full").output().unwrap();
+        let list = std::process::Command::new("/usr/bin/busybox")
+            .arg("--list-full")
+            .output()
+            .unwrap();
         for applet in String::from_utf8(list.stdout).unwrap().lines() {
             let link = r.join(applet);
             if !link.exists() {
@@ -50,8 +60,16 @@ impl Rootfs {
         }
         std::fs::write(r.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n").unwrap();
         std::fs::write(r.join("data/not-executable"), "#!/bin/sh\necho hi\n").unwrap();
-        std::fs::write(r.join("data/bad-interpreter"), "#!/bin/missing-shell\necho hi\n").unwrap();
-        std::fs::set_permissions(r.join("data/bad-interpreter"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(
+            r.join("data/bad-interpreter"),
+            "#!/bin/missing-shell\necho hi\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            r.join("data/bad-interpreter"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
         Rootfs { dir }
     }
 
@@ -60,7 +78,10 @@ impl Rootfs {
     }
 
     pub fn spec(&self, script: &str) -> ContainerSpec {
-        ContainerSpec::new(RootfsSpec::Dir(self.path().to_owned()), vec!["/bin/sh".into(), "-c".into(), script.into()])
+        ContainerSpec::new(
+            RootfsSpec::Dir(self.path().to_owned()),
+            vec!["/bin/sh".into(), "-c".into(), script.into()],
+        )
     }
 }
 
@@ -74,7 +95,11 @@ pub struct TestCgroup {
 
 impl TestCgroup {
     pub fn new(root: &CgroupRoot, limits: &CgroupLimits) -> TestCgroup {
-        let name = format!("hako-test-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
+        let name = format!(
+            "hako-test-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
         let cg = root.create(&name, limits).unwrap();
         TestCgroup { cg: Some(cg), name }
     }
@@ -117,12 +142,20 @@ pub fn run(spec: &ContainerSpec, limits: &CgroupLimits) -> Result<Finished, Laun
     let log_dir = tempfile::tempdir().unwrap();
     let log = log_dir.path().join("out.log");
     let prepared = PreparedSpec::new(spec)?;
-    let spawned = spawn_prepared(&prepared, Some(&cg.get().attach()), &Output::Append(log.clone()))?;
+    let spawned = spawn_prepared(
+        &prepared,
+        Some(&cg.get().attach()),
+        &Output::Append(log.clone()),
+    )?;
     let status = wait_pidfd(spawned.pidfd.as_fd(), false).unwrap().unwrap();
     let oom_kills = cg.get().stats().unwrap().oom_kills;
     drop(cg);
     let output = std::fs::read_to_string(&log).unwrap_or_default();
-    Ok(Finished { status, output, oom_kills })
+    Ok(Finished {
+        status,
+        output,
+        oom_kills,
+    })
 }
 
 /// Runs a shell script with default isolation and returns `(status, output)`.

@@ -13,8 +13,8 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Args;
 use hako_launcher::{
-    spawn_prepared, wait_pidfd, CgroupLimits, CgroupRoot, ContainerSpec, ExitStatusInfo, InstanceCgroup, Output,
-    PreparedSpec, RootfsSpec, SpawnRequest, Zygote, ZygoteOptions,
+    spawn_prepared, wait_pidfd, CgroupLimits, CgroupRoot, ContainerSpec, ExitStatusInfo,
+    InstanceCgroup, Output, PreparedSpec, RootfsSpec, SpawnRequest, Zygote, ZygoteOptions,
 };
 
 #[derive(Debug, Args)]
@@ -59,13 +59,24 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
     let zygote = if args.no_zygote {
         None
     } else {
-        Some(Zygote::start_with(ZygoteOptions { warm_namespaces: args.warm })?)
+        Some(Zygote::start_with(ZygoteOptions {
+            warm_namespaces: args.warm,
+        })?)
     };
-    let command = if args.command.is_empty() { vec!["/bin/true".to_owned()] } else { args.command.clone() };
+    let command = if args.command.is_empty() {
+        vec!["/bin/true".to_owned()]
+    } else {
+        args.command.clone()
+    };
     let spec = ContainerSpec::new(RootfsSpec::Dir(args.rootfs.clone()), command);
     let prepared = PreparedSpec::new(&spec)?;
     let root = CgroupRoot::detect(Path::new("/sys/fs/cgroup"), "hako").context("cgroups")?;
-    let limits = CgroupLimits { cpu: Some(1.0), memory_max: Some(64 << 20), memory_high: None, pids: Some(64) };
+    let limits = CgroupLimits {
+        cpu: Some(1.0),
+        memory_max: Some(64 << 20),
+        memory_high: None,
+        pids: Some(64),
+    };
     let base = format!("bench-{}", std::process::id());
     let mut pool: Vec<InstanceCgroup> = Vec::new();
     if args.cgroup_pool {
@@ -74,7 +85,12 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
         }
         pool.reverse();
     }
-    let req_base = SpawnRequest { spec: spec.clone(), spec_key: "bench".into(), cgroup: None, log_path: None };
+    let req_base = SpawnRequest {
+        spec: spec.clone(),
+        spec_key: "bench".into(),
+        cgroup: None,
+        log_path: None,
+    };
     // Warm-up: prepares the zygote's cache and faults in the code paths.
     if let Some(z) = &zygote {
         let s = z.spawn(&req_base)?;
@@ -96,7 +112,10 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
         };
         let attach = cg.as_ref().map(InstanceCgroup::attach);
         let spawned = match &zygote {
-            Some(z) => z.spawn(&SpawnRequest { cgroup: attach, ..req_base.clone() })?,
+            Some(z) => z.spawn(&SpawnRequest {
+                cgroup: attach,
+                ..req_base.clone()
+            })?,
             None => spawn_prepared(&prepared, attach.as_ref(), &Output::Null)?,
         };
         let status = wait_pidfd(spawned.pidfd.as_fd(), false)?;
@@ -113,7 +132,10 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
     for cg in pool {
         cg.remove()?;
     }
-    println!("{}", serde_json::json!({"runtime": "hako-launcher", "samples_us": samples}));
+    println!(
+        "{}",
+        serde_json::json!({"runtime": "hako-launcher", "samples_us": samples})
+    );
     let mut sorted = samples.clone();
     sorted.sort_unstable();
     removal_us.sort_unstable();
