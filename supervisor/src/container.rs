@@ -406,6 +406,26 @@ impl Running for Container {
     }
 }
 
+/// Connects with short per-attempt timeouts. Small apps listen with tiny backlogs (busybox
+/// httpd: 9); when a burst overflows the accept queue the kernel drops the SYN and a plain
+/// connect waits for the retransmission a full second later. A fresh SYN after 20, 40, 80 ms
+/// ... gets in as soon as the app has accepted, so a burst costs milliseconds, not seconds.
+async fn connect_retrying<F, Fut>(mut attempt: F) -> io::Result<tokio::net::TcpStream>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = io::Result<tokio::net::TcpStream>>,
+{
+    let mut timeout = std::time::Duration::from_millis(20);
+    for _ in 0..8 {
+        match tokio::time::timeout(timeout, attempt()).await {
+            Ok(result) => return result,
+            Err(_) => timeout = (timeout * 2).min(std::time::Duration::from_millis(500)),
+        }
+    }
+    // Last try without a short timeout: the kernel's own retransmissions apply.
+    attempt().await
+}
+
 /// An app inside its own network namespace.
 struct NetnsUpstream {
     id: u64,
@@ -427,7 +447,11 @@ impl Upstream for NetnsUpstream {
         let sockets = self.sockets.clone();
         let netns = self.netns.clone();
         let addr = self.addr;
-        Box::pin(async move { sockets.connect(netns, addr).await })
+        Box::pin(connect_retrying(move || {
+            let sockets = sockets.clone();
+            let netns = netns.clone();
+            async move { sockets.connect(netns, addr).await }
+        }))
     }
 }
 
@@ -448,10 +472,10 @@ impl Upstream for HostUpstream {
         Box<dyn std::future::Future<Output = io::Result<tokio::net::TcpStream>> + Send + 'static>,
     > {
         let addr = self.addr;
-        Box::pin(async move {
+        Box::pin(connect_retrying(move || async move {
             let s = tokio::net::TcpStream::connect(addr).await?;
             s.set_nodelay(true)?;
             Ok(s)
-        })
+        }))
     }
 }

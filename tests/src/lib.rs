@@ -85,6 +85,9 @@ pub struct Rootfs {
     dir: tempfile::TempDir,
 }
 
+/// The host's static busybox, copied (linked) into every [`Rootfs`].
+pub const HOST_BUSYBOX: &str = "/usr/bin/busybox";
+
 /// Body of `/www/index.html` in every [`Rootfs`].
 pub const INDEX_BODY: &str = "hello from the e2e rootfs\n";
 
@@ -111,13 +114,19 @@ impl Rootfs {
         }
         fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777))
             .expect("chmod tmp");
+        // A hard link where possible: a copy is a file open for writing, and a thread forking
+        // at that moment keeps the descriptor until its exec, which makes executing the copy
+        // fail with ETXTBSY ("Text file busy") in parallel tests.
         let busybox = root.join("bin/busybox");
-        fs::copy("/usr/bin/busybox", &busybox)
-            .expect("copy /usr/bin/busybox (install busybox-static)");
-        let out = Command::new(&busybox)
+        if fs::hard_link(HOST_BUSYBOX, &busybox).is_err() {
+            let tmp = root.join("bin/.busybox.tmp");
+            fs::copy(HOST_BUSYBOX, &tmp).expect("copy /usr/bin/busybox (install busybox-static)");
+            fs::rename(&tmp, &busybox).expect("rename busybox");
+        }
+        let out = Command::new(HOST_BUSYBOX)
             .arg("--list")
             .output()
-            .expect("busybox --list");
+            .expect("busybox --list (install busybox-static)");
         assert!(out.status.success(), "busybox --list failed");
         for applet in String::from_utf8_lossy(&out.stdout).lines() {
             let applet = applet.trim();
