@@ -276,7 +276,7 @@ pub(crate) fn clone_container(
             Ok(n) => {
                 got += n;
                 if got == ChildError::SIZE {
-                    break Some(describe(p, ChildError::decode(&buf)));
+                    break Some(describe(p, cgroup, ChildError::decode(&buf)));
                 }
             }
             Err(nix::errno::Errno::EINTR) => continue,
@@ -287,7 +287,7 @@ pub(crate) fn clone_container(
 }
 
 /// Turns a child's error record into a message naming the step and the path.
-fn describe(p: &PreparedSpec, e: ChildError) -> LaunchError {
+fn describe(p: &PreparedSpec, cgroup: Option<&CgroupAttach>, e: ChildError) -> LaunchError {
     let idx = e.index as usize;
     let setup = |step: &str, path: &str| LaunchError::Setup {
         step: step.to_owned(),
@@ -315,7 +315,16 @@ fn describe(p: &PreparedSpec, e: ChildError) -> LaunchError {
             let (op, path) = p.op_names.get(idx).cloned().unwrap_or_default();
             setup(&op, &path)
         }
-        stage::CGROUP => setup("join cgroup", &format!("hierarchy #{idx}")),
+        stage::CGROUP => {
+            let path = match cgroup {
+                Some(CgroupAttach::V1 { procs }) => procs.get(idx).map(|p| p.display().to_string()),
+                _ => None,
+            };
+            setup(
+                "join cgroup",
+                &path.unwrap_or_else(|| format!("hierarchy #{idx}")),
+            )
+        }
         stage::UNSHARE_CGROUP => setup("unshare", "cgroup namespace"),
         stage::STDIO => setup("stdio", &format!("fd {idx}")),
         stage::PIVOT => setup(
@@ -448,7 +457,7 @@ pub(crate) fn create_warm(p: &PreparedSpec) -> Result<WarmNs, LaunchError> {
                     break Ok(());
                 }
                 if got == ChildError::SIZE {
-                    break Err(describe(p, ChildError::decode(&buf)));
+                    break Err(describe(p, None, ChildError::decode(&buf)));
                 }
             }
             Err(nix::errno::Errno::EINTR) => continue,

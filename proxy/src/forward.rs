@@ -185,7 +185,37 @@ async fn forward(
     };
     guard.app = Some(app.clone());
 
-    let lease = shared.activator.acquire(&app).await?;
+    // Lease an instance and make sure it takes connections before the request body is
+    // touched. A refused connect means the instance died a moment ago (before the supervisor
+    // noticed): report it and retry once with a fresh lease, which is safe since no byte of
+    // the request reached the app.
+    let mut retried = false;
+    let (lease, first) = loop {
+        let lease = shared.activator.acquire(&app).await?;
+        let upstream = Arc::clone(&lease.upstream);
+        let id = upstream.id();
+        if let Some(sender) = shared.pool.checkout(id) {
+            break (lease, sender);
+        }
+        let timeout = shared.opts.upstream_timeout;
+        match tokio::time::timeout(timeout, Pool::connect(&*upstream)).await {
+            Ok(Ok(sender)) => break (lease, sender),
+            Ok(Err(source)) => {
+                shared.pool.purge(id);
+                if let ConnectError::Io { source: io, .. } = &source {
+                    shared.activator.upstream_failed(id, io);
+                    if !retried && io.kind() == std::io::ErrorKind::ConnectionRefused {
+                        tracing::debug!(app = %app, upstream = id, "upstream refused; retrying with a new lease");
+                        retried = true;
+                        drop(lease);
+                        continue;
+                    }
+                }
+                return Err(ProxyError::Connect { app, source });
+            }
+            Err(_) => return Err(ProxyError::UpstreamTimeout { app, timeout }),
+        }
+    };
     let upstream = Arc::clone(&lease.upstream);
     guard.lease = Some(lease);
 
@@ -224,7 +254,7 @@ async fn forward(
     let timeout = shared.opts.upstream_timeout;
     let id = upstream.id();
     let (mut resp, sender) =
-        match tokio::time::timeout(timeout, send(shared, &*upstream, upstream_req)).await {
+        match tokio::time::timeout(timeout, send(shared, &*upstream, upstream_req, first)).await {
             Err(_) => return Err(ProxyError::UpstreamTimeout { app, timeout }),
             Ok(Err(SendError::Connect(source))) => {
                 shared.pool.purge(id);
@@ -289,15 +319,17 @@ enum SendError {
     Request(hyper::Error),
 }
 
-/// Sends on an idle pooled connection when one is ready (retrying on another connection if a
-/// stale one refused the request before writing it), otherwise on a fresh one.
+/// Sends on `first` (a pooled or fresh connection); if that turns out stale before the request
+/// was written, on another idle pooled connection, otherwise on a fresh one.
 async fn send(
     shared: &Shared,
     upstream: &dyn Upstream,
     mut req: Request<Incoming>,
+    first: Sender,
 ) -> Result<(Response<Incoming>, Sender), SendError> {
     let id = upstream.id();
-    while let Some(mut sender) = shared.pool.checkout(id) {
+    let mut next = Some(first);
+    while let Some(mut sender) = next.take().or_else(|| shared.pool.checkout(id)) {
         match sender.try_send_request(req).await {
             Ok(resp) => return Ok((resp, sender)),
             Err(mut e) => match e.take_message() {

@@ -604,9 +604,22 @@ impl Supervisor {
                 let exit =
                     stop_process(running.as_ref(), &mut exit_rx, policy.lifetime.stop_timeout)
                         .await;
+                // An instance stopped as suspect (refused connections) may really have been
+                // OOM-killed.
+                let reason = if reason == StopReason::Crashed && exit.oom {
+                    StopReason::Oom
+                } else {
+                    reason
+                };
                 (reason, exit)
             }
             None => {
+                // Dead: never hand it out again, even while its cgroup is being removed.
+                {
+                    let st = pool.state.lock().expect("pool lock");
+                    *inst.state.lock().expect("instance state lock") = State::Draining;
+                    pool.publish_gauges(&st);
+                }
                 let exit = (*exit_rx.borrow()).unwrap_or(ExitInfo {
                     code: None,
                     signal: None,

@@ -909,7 +909,9 @@ impl Hako {
         Self::start_with(apps_yaml, rootfs, "")
     }
 
-    /// Like [`Hako::start`], with extra top-level YAML (e.g. a `governor:` section).
+    /// Like [`Hako::start`], with extra top-level YAML (e.g. a `governor:` section). With
+    /// `extra_top_level` empty, the governor is disabled (`governor: {enabled: false}`) so that
+    /// host pressure never changes the limits under test.
     pub fn start_with(apps_yaml: &str, rootfs: &[&Rootfs], extra_top_level: &str) -> Hako {
         let serial = serial();
         hako_bin();

@@ -268,7 +268,6 @@ fn crashed_instance_is_counted_and_replaced() {
 /// still served, by a new instance: a refused connection to a dead upstream carries no request
 /// bytes, so it is safe to retry. Five crash cycles, the request racing each death.
 #[test]
-#[ignore = "bug: a request racing an instance's death gets 502 `connect to upstream N failed: Connection refused` (proxy forward.rs does not retry a refused connect; pool keeps the dead instance acquirable until cleanup)"]
 fn request_racing_a_crash_is_served_by_a_new_instance() {
     if skip_unless_root() {
         return;

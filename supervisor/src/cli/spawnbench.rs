@@ -46,6 +46,28 @@ pub struct BenchSpawnArgs {
     pub command: Vec<String>,
 }
 
+/// Instance groups removed on drop (error paths) or explicitly.
+struct Groups(Vec<InstanceCgroup>);
+
+impl Groups {
+    /// Removes every group; `true` if there was any.
+    fn remove_all(mut self) -> anyhow::Result<bool> {
+        let any = !self.0.is_empty();
+        for cg in self.0.drain(..) {
+            cg.remove()?;
+        }
+        Ok(any)
+    }
+}
+
+impl Drop for Groups {
+    fn drop(&mut self) {
+        for cg in self.0.drain(..) {
+            let _ = cg.remove();
+        }
+    }
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -78,12 +100,13 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
         pids: Some(64),
     };
     let base = format!("bench-{}", std::process::id());
-    let mut pool: Vec<InstanceCgroup> = Vec::new();
+    // Every group created is removed, also when an iteration fails.
+    let mut pool = Groups(Vec::new());
     if args.cgroup_pool {
         for i in 0..args.n {
-            pool.push(root.create(&format!("{base}-{i}"), &limits)?);
+            pool.0.push(root.create(&format!("{base}-{i}"), &limits)?);
         }
-        pool.reverse();
+        pool.0.reverse();
     }
     let req_base = SpawnRequest {
         spec: spec.clone(),
@@ -98,6 +121,7 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
     }
     let mut samples = Vec::with_capacity(args.n);
     let mut removal_us = Vec::with_capacity(args.n);
+    let mut create_us = Vec::with_capacity(args.n);
     for i in 0..args.n {
         if args.interval_ms > 0 {
             std::thread::sleep(std::time::Duration::from_millis(args.interval_ms));
@@ -106,11 +130,15 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
         let cg = if args.no_cgroup {
             None
         } else if args.cgroup_pool {
-            pool.pop()
+            pool.0.pop()
         } else {
-            Some(root.create(&format!("{base}-{i}"), &limits)?)
+            let t = Instant::now();
+            let cg = root.create(&format!("{base}-{i}"), &limits)?;
+            create_us.push(t.elapsed().as_micros() as u64);
+            Some(cg)
         };
-        let attach = cg.as_ref().map(InstanceCgroup::attach);
+        let cg = Groups(cg.into_iter().collect());
+        let attach = cg.0.first().map(InstanceCgroup::attach);
         let spawned = match &zygote {
             Some(z) => z.spawn(&SpawnRequest {
                 cgroup: attach,
@@ -123,15 +151,12 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
         if status != Some(ExitStatusInfo::Exited(0)) {
             anyhow::bail!("iteration {i}: container ended with {status:?}");
         }
-        if let Some(cg) = cg {
-            let t1 = Instant::now();
-            cg.remove()?;
+        let t1 = Instant::now();
+        if cg.remove_all()? {
             removal_us.push(t1.elapsed().as_micros() as u64);
         }
     }
-    for cg in pool {
-        cg.remove()?;
-    }
+    pool.remove_all()?;
     println!(
         "{}",
         serde_json::json!({"runtime": "hako-launcher", "samples_us": samples})
@@ -139,8 +164,9 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
     let mut sorted = samples.clone();
     sorted.sort_unstable();
     removal_us.sort_unstable();
+    create_us.sort_unstable();
     eprintln!(
-        "hako-launcher n={} zygote={} warm={} interval={}ms cgroup={}: p50 {} us, p90 {} us, p99 {} us, min {} us; cgroup removal p50 {} us",
+        "hako-launcher n={} zygote={} warm={} interval={}ms cgroup={}: p50 {} us, p90 {} us, p99 {} us, min {} us; cgroup creation p50 {} us (in the samples), removal p50 {} us (not)",
         args.n,
         zygote.is_some(),
         args.warm,
@@ -150,6 +176,7 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
         percentile(&sorted, 0.9),
         percentile(&sorted, 0.99),
         sorted.first().copied().unwrap_or(0),
+        percentile(&create_us, 0.5),
         percentile(&removal_us, 0.5),
     );
     Ok(ExitCode::SUCCESS)
