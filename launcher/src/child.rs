@@ -12,7 +12,7 @@
 //!   (loops are bounded by slice lengths), no `unwrap`, no formatting;
 //! - only system calls through `libc` (`write`, `dup2`, `mount`, `mkdir`, `mknod`, `symlink`,
 //!   `chdir`, `unshare`, `setns`, `setsid`, `sethostname`, `socket`, `ioctl`, `close`,
-//!   `setrlimit`, `prctl`, `umask`, `sigaction`, `sigprocmask`, `faccessat`, `execve`, `pause`,
+//!   `setrlimit`, `prctl`, `getppid`, `umask`, `sigaction`, `sigprocmask`, `faccessat`, `execve`, `pause`,
 //!   `_exit`, and `syscall(pivot_root|capset|seccomp|close_range|setgroups|setresgid|
 //!   setresuid)`); glibc's wrappers for the former are plain syscall stubs that touch only
 //!   `errno`, which is thread-local and ours alone in the child. The credential calls go
@@ -79,6 +79,8 @@ pub(crate) struct ChildFds {
     /// Warm namespaces (prepared by a holder, see `run_holder`), or -1 for a cold boot.
     pub netns: c_int,
     pub mntns: c_int,
+    /// Pid of the process cloning us (holders check it after setting their death signal).
+    pub parent: libc::pid_t,
 }
 
 #[repr(C)]
@@ -224,6 +226,26 @@ pub(crate) unsafe fn run_holder(p: &PreparedSpec, fds: &ChildFds) -> ! {
             0,
             0,
             0,
+        );
+        // The zygote may have died before the line above ran: then nobody would kill us.
+        if libc::getppid() != fds.parent {
+            libc::_exit(0);
+        }
+        // Keep nothing of the zygote's open (its socket, other warm namespaces) but the pipe.
+        let keep = fds.err_pipe as libc::c_uint;
+        if keep > 0 {
+            libc::syscall(
+                libc::SYS_close_range,
+                0 as libc::c_uint,
+                keep - 1,
+                0 as libc::c_uint,
+            );
+        }
+        libc::syscall(
+            libc::SYS_close_range,
+            keep + 1,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
         );
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);

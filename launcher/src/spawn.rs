@@ -213,6 +213,7 @@ pub(crate) fn clone_container(
             .and_then(|w| w.net.as_ref())
             .map_or(-1, |f| f.as_raw_fd()),
         mntns: warm.map_or(-1, |w| w.mnt.as_raw_fd()),
+        parent: std::process::id() as libc::pid_t,
     };
     let mut ns_flags = p.clone_flags;
     if warm.is_some() {
@@ -409,6 +410,7 @@ pub(crate) fn create_warm(p: &PreparedSpec) -> Result<WarmNs, LaunchError> {
         nprocs: 0,
         netns: -1,
         mntns: -1,
+        parent: std::process::id() as libc::pid_t,
     };
     let mut pidfd: c_int = -1;
     let args = CloneArgs {

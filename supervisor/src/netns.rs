@@ -124,6 +124,7 @@ mod tests {
             let (mut s, _) = l.accept().expect("accept");
             use std::io::Write;
             s.write_all(b"inside").expect("write");
+            drop(s);
             let _ = done_rx.recv();
         });
         let (ns, addr) = rx.recv().expect("netns ready");

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod check;
 mod run;
+mod spawnbench;
 
 /// hako: a FastContainer supervisor. Boots a container per app on the first request, holds the
 /// request until the app is ready, forwards it, stops the container when it is idle or too old,
@@ -50,6 +51,9 @@ pub enum Command {
     Ps(PsArgs),
     /// Ask a running hako to reload its configuration (same as SIGHUP).
     Reload(PsArgs),
+    /// Launcher boot latency benchmark (used by `hako-bench launcher`).
+    #[command(hide = true)]
+    BenchSpawn(spawnbench::BenchSpawnArgs),
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +115,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ps(args) => ps(&args),
+        Command::BenchSpawn(args) => spawnbench::run(args),
         Command::Reload(args) => {
             let (status, body) = admin_request(args.admin, "POST", "/v1/reload")?;
             if status == 200 {

@@ -76,8 +76,9 @@
 //! write fails the caller reports the limits actually in force with [`Governor::resync`] (or
 //! forgets the instance), and the governor retries from there. [`Governor::set_params`]
 //! changes the parameters without losing what is tightened. If an instance's policy changes,
-//! an untightened instance follows it and a tightened one is clamped to be no higher than it. `policy.cpu` must be the app's CPU limit
-//! in cores; pass the host's core count for an app without a CPU limit.
+//! an untightened instance follows it and a tightened one is clamped to be no higher than it.
+//! `policy.cpu` must be the app's CPU limit in cores; pass the host's core count for an app
+//! without a CPU limit.
 #![forbid(unsafe_code)]
 
 mod psi;
