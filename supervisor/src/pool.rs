@@ -140,6 +140,9 @@ pub struct Instance {
     stop: Notify,
     idle: Notify,
     successor_started: AtomicBool,
+    /// Host-wide budget this instance is charged to while it is booting or ready.
+    budget: Arc<Budget>,
+    charged: AtomicBool,
 }
 
 impl std::fmt::Debug for Instance {
@@ -161,6 +164,17 @@ impl Instance {
         self.running.lock().expect("instance lock").clone()
     }
 
+    /// Releases this instance's share of the host-wide budget (once). An instance stops
+    /// counting when it starts draining: it takes no new work and is on its way out.
+    fn uncharge(&self) {
+        if self.charged.swap(false, Ordering::AcqRel) {
+            self.budget.instances.fetch_sub(1, Ordering::AcqRel);
+            self.budget
+                .memory
+                .fetch_sub(self.policy.limits.memory, Ordering::AcqRel);
+        }
+    }
+
     /// Asks the instance to drain and stop for `reason`. Returns false if it already stops.
     fn request_stop(&self, reason: StopReason) -> bool {
         let mut r = self.stop_reason.lock().expect("stop lock");
@@ -175,6 +189,7 @@ impl Instance {
                 *s = State::Draining;
             }
         }
+        self.uncharge();
         self.stop.notify_one();
         true
     }
@@ -265,11 +280,22 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_millis(1000u64 << exp).min(Duration::from_secs(30))
 }
 
+/// What the booting and ready instances of every app use of the host-wide budget.
+#[derive(Debug, Default)]
+struct Budget {
+    instances: AtomicU64,
+    /// Sum of the memory limits.
+    memory: AtomicU64,
+}
+
 /// Knobs that are not per app.
 #[derive(Debug, Clone)]
 pub struct SupervisorOptions {
-    /// Host-wide maximum of live instances (booting + ready + draining); None = unlimited.
+    /// Host-wide maximum of booting + ready instances; None = unlimited. When reached, the
+    /// least recently used idle instance is evicted to make room, else 503.
     pub max_live_instances: Option<usize>,
+    /// Host-wide maximum of the sum of memory limits of booting + ready instances.
+    pub max_memory: Option<u64>,
     /// How often lifetimes are checked.
     pub tick: Duration,
 }
@@ -278,6 +304,7 @@ impl Default for SupervisorOptions {
     fn default() -> Self {
         SupervisorOptions {
             max_live_instances: None,
+            max_memory: None,
             tick: Duration::from_millis(100),
         }
     }
@@ -291,7 +318,7 @@ pub struct Supervisor {
     next_id: AtomicU64,
     shutting_down: AtomicBool,
     options: Mutex<SupervisorOptions>,
-    live_total: AtomicU64,
+    budget: Arc<Budget>,
     tasks: tokio_util_tasks::TaskCounter,
     me: Weak<Supervisor>,
 }
@@ -357,7 +384,7 @@ impl Supervisor {
             next_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             options: Mutex::new(options),
-            live_total: AtomicU64::new(0),
+            budget: Arc::new(Budget::default()),
             tasks: Default::default(),
         })
     }
@@ -449,13 +476,25 @@ impl Supervisor {
         out
     }
 
+    /// Names of the configured apps.
+    pub fn app_names(&self) -> Vec<String> {
+        self.pools.iter().map(|e| e.key().clone()).collect()
+    }
+
     /// Per-app metrics handles, if the app exists.
     pub fn app_metrics(&self, app: &str) -> Option<AppMetrics> {
         self.pools.get(app).map(|p| p.metrics.clone())
     }
 
-    fn total_live(&self) -> usize {
-        self.live_total.load(Ordering::Acquire) as usize
+    /// Whether booting one more instance of `policy` would exceed the host-wide budget.
+    fn over_budget(&self, policy: &App) -> bool {
+        let opts = self.options.lock().expect("options lock");
+        let count = self.budget.instances.load(Ordering::Acquire) as usize;
+        let memory = self.budget.memory.load(Ordering::Acquire);
+        opts.max_live_instances.is_some_and(|max| count >= max)
+            || opts
+                .max_memory
+                .is_some_and(|max| memory + policy.limits.memory > max)
     }
 
     /// Starts a boot of a new instance; the caller holds the pool lock and has checked limits.
@@ -476,9 +515,14 @@ impl Supervisor {
             stop: Notify::new(),
             idle: Notify::new(),
             successor_started: AtomicBool::new(false),
+            budget: self.budget.clone(),
+            charged: AtomicBool::new(true),
         });
+        self.budget.instances.fetch_add(1, Ordering::AcqRel);
+        self.budget
+            .memory
+            .fetch_add(policy.limits.memory, Ordering::AcqRel);
         st.instances.push(inst.clone());
-        self.live_total.fetch_add(1, Ordering::AcqRel);
         pool.publish_gauges(st);
         let this = self.clone();
         let pool = pool.clone();
@@ -579,6 +623,7 @@ impl Supervisor {
                 {
                     let st = pool.state.lock().expect("pool lock");
                     *inst.state.lock().expect("instance state lock") = State::Draining;
+                    inst.uncharge();
                     pool.publish_gauges(&st);
                 }
                 pool.changed.notify_waiters();
@@ -618,6 +663,7 @@ impl Supervisor {
                 {
                     let st = pool.state.lock().expect("pool lock");
                     *inst.state.lock().expect("instance state lock") = State::Draining;
+                    inst.uncharge();
                     pool.publish_gauges(&st);
                 }
                 let exit = (*exit_rx.borrow()).unwrap_or(ExitInfo {
@@ -650,11 +696,8 @@ impl Supervisor {
     /// Removes an instance from its pool and wakes waiters.
     fn forget(&self, pool: &Arc<AppPool>, inst: &Arc<Instance>, failure: Option<BootFailure>) {
         let mut st = pool.state.lock().expect("pool lock");
-        let before = st.instances.len();
         st.instances.retain(|i| i.id != inst.id);
-        if st.instances.len() != before {
-            self.live_total.fetch_sub(1, Ordering::AcqRel);
-        }
+        inst.uncharge();
         if let Some(f) = failure {
             st.consecutive_failures += 1;
             st.backoff_until = Some(Instant::now() + backoff(st.consecutive_failures));
@@ -784,7 +827,8 @@ impl Supervisor {
         let policy = pool.policy();
         let deadline = Instant::now() + policy.scaling.queue_timeout.max(policy.readiness.timeout);
         let mut queued = false;
-        let mut evicted = false;
+        let mut blocked_by_budget;
+        let mut nothing_coming;
         loop {
             let notified = pool.changed.notified();
             tokio::pin!(notified);
@@ -872,28 +916,14 @@ impl Supervisor {
                 let demand = st.waiters + usize::from(!queued);
                 let capacity = booting * concurrency as usize;
                 if live < policy.scaling.max_instances as usize && demand > capacity {
-                    let budget = self
-                        .options
-                        .lock()
-                        .expect("options lock")
-                        .max_live_instances;
-                    if budget.is_some_and(|b| self.total_live() >= b) {
-                        if !evicted {
-                            evicted = self.evict_lru();
-                        }
-                        if !evicted && booting == 0 && live == 0 {
-                            if queued {
-                                st.waiters -= 1;
-                                pool.publish_gauges(&st);
-                            }
-                            return Err(ActivateError::QueueFull {
-                                app,
-                                retry_after: Duration::from_secs(1),
-                            });
-                        }
+                    if self.over_budget(&policy) {
+                        blocked_by_budget = true;
                     } else {
+                        blocked_by_budget = false;
                         self.start_boot(&pool, &mut st);
                     }
+                } else {
+                    blocked_by_budget = false;
                 }
                 if !queued {
                     if st.waiters >= policy.scaling.queue as usize {
@@ -906,9 +936,34 @@ impl Supervisor {
                     queued = true;
                     pool.publish_gauges(&st);
                 }
+                nothing_coming = booting == 0 && live == 0;
             }
-            let remaining = deadline.saturating_duration_since(Instant::now());
+            if blocked_by_budget {
+                // Make room outside our pool's lock (eviction locks the other pools).
+                let evicted = self.evict_lru();
+                if !evicted && nothing_coming {
+                    let mut st = pool.state.lock().expect("pool lock");
+                    st.waiters -= 1;
+                    pool.publish_gauges(&st);
+                    tracing::warn!(app = %app, "host-wide instance budget exhausted and nothing idle to evict");
+                    return Err(ActivateError::QueueFull {
+                        app,
+                        retry_after: Duration::from_secs(1),
+                    });
+                }
+                if evicted {
+                    continue;
+                }
+            }
+            let mut remaining = deadline.saturating_duration_since(Instant::now());
+            if blocked_by_budget {
+                // Room elsewhere does not wake this pool: look again soon.
+                remaining = remaining.min(Duration::from_millis(25));
+            }
             if tokio::time::timeout(remaining, notified).await.is_err() {
+                if blocked_by_budget && Instant::now() < deadline {
+                    continue;
+                }
                 let mut st = pool.state.lock().expect("pool lock");
                 st.waiters -= 1;
                 pool.publish_gauges(&st);

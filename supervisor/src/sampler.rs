@@ -113,9 +113,10 @@ pub async fn run_with_proc(
                 m.add_cpu_seconds(*secs);
             }
         }
-        for (app, bytes) in &per_app_mem {
-            if let Some(m) = sup.app_metrics(app) {
-                m.set_memory_bytes(*bytes);
+        // Apps without a live instance use no memory: their gauge drops to zero.
+        for app in sup.app_names() {
+            if let Some(m) = sup.app_metrics(&app) {
+                m.set_memory_bytes(per_app_mem.get(&app).copied().unwrap_or(0));
             }
         }
         if !enabled {

@@ -72,6 +72,7 @@ fn routes_of(cfg: &Config) -> Routes {
 fn supervisor_options(cfg: &Config) -> SupervisorOptions {
     SupervisorOptions {
         max_live_instances: cfg.governor.max_live_instances.map(|n| n as usize),
+        max_memory: cfg.governor.max_memory,
         ..SupervisorOptions::default()
     }
 }

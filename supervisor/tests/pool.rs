@@ -467,3 +467,82 @@ async fn unknown_app_is_refused() {
         Err(ActivateError::UnknownApp(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_budget_evicts_the_least_recently_used_idle_instance() {
+    let rt = FakeRuntime::new(Behaviour::Serve, Duration::ZERO);
+    let apps: Vec<App> = ["a", "b", "c"]
+        .iter()
+        .map(|n| {
+            let mut a = app(n);
+            a.lifetime.stop_timeout = Duration::from_millis(100);
+            a
+        })
+        .collect();
+    let opts = SupervisorOptions {
+        max_live_instances: Some(2),
+        ..SupervisorOptions::default()
+    };
+    let sup = Supervisor::new(rt.clone(), Metrics::new(), opts.clone());
+    sup.apply_apps(&apps, opts);
+    drop(sup.acquire("a").await.expect("a"));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    drop(sup.acquire("b").await.expect("b"));
+    // The budget is full; "a" is the least recently used idle instance.
+    let c = sup
+        .acquire("c")
+        .await
+        .expect("c is served after an eviction");
+    // The stop is counted once the instance is gone.
+    for _ in 0..100 {
+        if sup.live_instances("a").is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        metric(
+            &sup,
+            r#"hako_instance_stops_total{app="a",reason="evicted"}"#
+        ),
+        1.0
+    );
+    assert!(sup.live_instances("a").is_empty(), "a was evicted");
+    assert_eq!(
+        sup.live_instances("b").len(),
+        1,
+        "b was used more recently and stays"
+    );
+    // Everything busy: b and c hold leases, so a new app cannot be booted → 503.
+    let b = sup.acquire("b").await.expect("b");
+    let r = sup.acquire("a").await;
+    assert!(matches!(r, Err(ActivateError::QueueFull { .. })), "{r:?}");
+    drop((b, c));
+    sup.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_memory_budget_counts_memory_limits() {
+    let rt = FakeRuntime::new(Behaviour::Serve, Duration::ZERO);
+    let mut big = app("big");
+    big.limits.memory = 600 << 20;
+    let mut small = app("small");
+    small.limits.memory = 300 << 20;
+    let opts = SupervisorOptions {
+        max_memory: Some(800 << 20),
+        ..SupervisorOptions::default()
+    };
+    let sup = Supervisor::new(rt.clone(), Metrics::new(), opts.clone());
+    sup.apply_apps(&[big, small], opts);
+    let held = sup.acquire("big").await.expect("big fits");
+    // 600Mi + 300Mi > 800Mi and the only instance is busy: refused, not booted.
+    let r = sup.acquire("small").await;
+    assert!(matches!(r, Err(ActivateError::QueueFull { .. })), "{r:?}");
+    assert_eq!(rt.spawns.load(Ordering::SeqCst), 1);
+    drop(held);
+    // Now big is idle and can be evicted to make room.
+    sup.acquire("small")
+        .await
+        .expect("small after evicting big");
+    sup.shutdown(Duration::from_secs(5)).await;
+}
