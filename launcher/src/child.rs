@@ -12,6 +12,7 @@
 //!   (loops are bounded by slice lengths), no `unwrap`, no formatting;
 //! - only system calls through `libc` (`write`, `dup2`, `mount`, `mkdir`, `mknod`, `symlink`,
 //!   `chdir`, `unshare`, `setns`, `setsid`, `sethostname`, `socket`, `ioctl`, `close`,
+//!   `setsockopt`, `bind`, `listen`, `fcntl`,
 //!   `setrlimit`, `prctl`, `getppid`, `umask`, `sigaction`, `sigprocmask`, `faccessat`, `execve`, `pause`,
 //!   `_exit`, and `syscall(pivot_root|capset|seccomp|close_range|setgroups|setresgid|
 //!   setresuid)`); glibc's wrappers for the former are plain syscall stubs that touch only
@@ -19,6 +20,14 @@
 //!   through `syscall(2)` on purpose: glibc's `setresuid` & co. synchronize every thread it
 //!   knows of (the parent's), taking locks and waiting on futexes that nobody will release
 //!   in a fork-like child — a deadlock this module once hit;
+//! - the inherited listening socket (`ContainerSpec::listen`, systemd's `LISTEN_FDS`) is, on a
+//!   cold isolated boot, created here right after `lo` is up with `socket`, `setsockopt`,
+//!   `bind` and `listen` on a stack `sockaddr_in` ([`listen_socket`], also used by the holder
+//!   and, for host networking, by the parent); then, on every path, moved onto fd 3 with
+//!   `dup2` (which leaves the new descriptor without `FD_CLOEXEC`) and the original closed
+//!   ([`install_listen_fd`]). If the error pipe itself sits on fd 3 it is first moved away with
+//!   `fcntl(F_DUPFD_CLOEXEC)`; the environment (`LISTEN_FDS=1`, `LISTEN_PID=1`: the app is PID 1
+//!   of its pid namespace) was prepared beforehand;
 //! - errors are reported as a fixed 12-byte record written to a CLOEXEC pipe, then `_exit(127)`
 //!   (not `exit`: no atexit handlers, no stdio flushing).
 use std::ffi::{c_int, c_void};
@@ -44,7 +53,38 @@ pub(crate) mod stage {
     pub const INTERPRETER: u32 = 15;
     pub const SIGNALS: u32 = 16;
     pub const WARM_NS: u32 = 17;
+    /// `index` is a [`super::listen_step`] value.
+    pub const LISTEN: u32 = 18;
 }
+
+/// Steps of creating and installing the listening socket (the `index` of a
+/// [`stage::LISTEN`] error).
+pub(crate) mod listen_step {
+    pub const SOCKET: u32 = 0;
+    pub const REUSEADDR: u32 = 1;
+    pub const BIND: u32 = 2;
+    pub const LISTEN: u32 = 3;
+    pub const DUP2: u32 = 4;
+    pub const MOVE_PIPE: u32 = 5;
+    pub const CLEAR_CLOEXEC: u32 = 6;
+
+    /// Human name of a step, for [`crate::LaunchError::Listen`].
+    pub fn name(step: u32) -> &'static str {
+        match step {
+            SOCKET => "socket",
+            REUSEADDR => "setsockopt SO_REUSEADDR",
+            BIND => "bind",
+            LISTEN => "listen",
+            DUP2 => "dup2 to fd 3",
+            MOVE_PIPE => "move error pipe off fd 3",
+            CLEAR_CLOEXEC => "clear FD_CLOEXEC on fd 3",
+            _ => "listening socket",
+        }
+    }
+}
+
+/// The descriptor number the app finds its listening socket on (`SD_LISTEN_FDS_START`).
+pub(crate) const LISTEN_FD: c_int = 3;
 
 /// The record the child writes on failure: native-endian `stage, index, errno`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +109,7 @@ impl ChildError {
 pub(crate) const MAX_PROCS_FDS: usize = 8;
 
 /// Per-boot file descriptors, opened by the parent before `clone3`.
+#[derive(Clone, Copy)]
 pub(crate) struct ChildFds {
     pub stdin: c_int,
     pub stdout: c_int,
@@ -79,6 +120,9 @@ pub(crate) struct ChildFds {
     /// Warm namespaces (prepared by a holder, see `run_holder`), or -1 for a cold boot.
     pub netns: c_int,
     pub mntns: c_int,
+    /// The listening socket to install as fd 3 (from a warm namespace or, for host networking,
+    /// created by the parent), or -1: then the child creates it if the spec asks for one.
+    pub listen: c_int,
     /// Pid of the process cloning us (holders check it after setting their death signal).
     pub parent: libc::pid_t,
 }
@@ -211,8 +255,93 @@ unsafe fn loopback_up(fds: &ChildFds) {
     }
 }
 
+/// Creates a TCP socket listening on `0.0.0.0:port` in the caller's network namespace
+/// (`SO_REUSEADDR`, `SOCK_CLOEXEC`). On failure returns the [`listen_step`] and the errno,
+/// with nothing left open. Async-signal-safe: raw system calls on stack values only, so the
+/// child, the holder and the parent all use it.
+///
+/// # Safety
+/// None beyond the system calls themselves; `unsafe` because it is called in the child.
+pub(crate) unsafe fn listen_socket(port: u16, backlog: u32) -> Result<c_int, (u32, i32)> {
+    // SAFETY: socket/setsockopt/bind/listen/close on a descriptor we own and on stack values
+    // whose sizes are passed along.
+    unsafe {
+        let s = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return Err((listen_step::SOCKET, errno()));
+        }
+        let one: c_int = 1;
+        if libc::setsockopt(
+            s,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const c_int).cast(),
+            std::mem::size_of::<c_int>() as libc::socklen_t,
+        ) != 0
+        {
+            let e = errno();
+            libc::close(s);
+            return Err((listen_step::REUSEADDR, e));
+        }
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_port = port.to_be();
+        addr.sin_addr.s_addr = libc::INADDR_ANY.to_be();
+        if libc::bind(
+            s,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        ) != 0
+        {
+            let e = errno();
+            libc::close(s);
+            return Err((listen_step::BIND, e));
+        }
+        let backlog = backlog.min(c_int::MAX as u32) as c_int;
+        if libc::listen(s, backlog) != 0 {
+            let e = errno();
+            libc::close(s);
+            return Err((listen_step::LISTEN, e));
+        }
+        Ok(s)
+    }
+}
+
+/// Moves the listening socket `sock` onto fd 3 without `FD_CLOEXEC` and closes the original.
+/// The error pipe is moved first if it occupies fd 3 (hence `fds` is mutable).
+///
+/// # Safety
+/// Child only (see the module documentation), after stdio is in place.
+unsafe fn install_listen_fd(fds: &mut ChildFds, sock: c_int) {
+    // SAFETY: fcntl/dup2/close on descriptors of our own table.
+    unsafe {
+        if fds.err_pipe == LISTEN_FD {
+            let moved = libc::fcntl(fds.err_pipe, libc::F_DUPFD_CLOEXEC, LISTEN_FD + 1);
+            if moved < 0 {
+                fail(fds, stage::LISTEN, listen_step::MOVE_PIPE, errno());
+            }
+            fds.err_pipe = moved;
+        }
+        if sock == LISTEN_FD {
+            // dup2(3, 3) would keep FD_CLOEXEC: clear it explicitly.
+            if libc::fcntl(LISTEN_FD, libc::F_SETFD, 0) != 0 {
+                fail(fds, stage::LISTEN, listen_step::CLEAR_CLOEXEC, errno());
+            }
+        } else {
+            if libc::dup2(sock, LISTEN_FD) < 0 {
+                fail(fds, stage::LISTEN, listen_step::DUP2, errno());
+            }
+            libc::close(sock);
+        }
+    }
+}
+
+/// Size of a holder's readiness record: `R` and a native-endian `c_int` (the listening socket).
+pub(crate) const HOLDER_READY_SIZE: usize = 5;
+
 /// A namespace holder: cloned with `CLONE_NEWNS` (and `CLONE_NEWNET`), it builds the root
-/// (everything but `/proc`) and `lo`, reports readiness with one byte on the error pipe, then
+/// (everything but `/proc`), `lo` and the listening socket if any, reports readiness with a
+/// [`HOLDER_READY_SIZE`] record on the error pipe, then
 /// waits to be killed once the zygote has opened `/proc/PID/ns/{mnt,net}`. Never returns.
 ///
 /// # Safety
@@ -254,7 +383,20 @@ pub(crate) unsafe fn run_holder(p: &PreparedSpec, fds: &ChildFds) -> ! {
         if p.loopback {
             loopback_up(fds);
         }
-        libc::write(fds.err_pipe, b"R".as_ptr().cast(), 1);
+        // Ready: `R` and the number of the listening socket made in this network namespace
+        // (-1 if none), which the zygote copies with pidfd_getfd before killing us.
+        let mut ready = [0u8; HOLDER_READY_SIZE];
+        let (tag, num) = ready.split_at_mut(1);
+        tag[0] = b'R';
+        let mut sock: c_int = -1;
+        if let (Some(l), true) = (p.listen, p.loopback) {
+            match listen_socket(l.port, l.backlog) {
+                Ok(s) => sock = s,
+                Err((step, e)) => fail(fds, stage::LISTEN, step, e),
+            }
+        }
+        num.copy_from_slice(&sock.to_ne_bytes());
+        libc::write(fds.err_pipe, ready.as_ptr().cast(), ready.len());
         loop {
             libc::pause();
         }
@@ -267,6 +409,9 @@ pub(crate) unsafe fn run_holder(p: &PreparedSpec, fds: &ChildFds) -> ! {
 /// Must only be called in the child of a fork-like `clone3`, with `p` and `fds` valid (they
 /// are the parent's memory, copied on write into the child).
 pub(crate) unsafe fn run(p: &PreparedSpec, fds: &ChildFds) -> ! {
+    // A stack copy: the error pipe may have to move (see `install_listen_fd`).
+    let mut fds = *fds;
+    let fds = &mut fds;
     // SAFETY: every call below is a raw system call on pointers into `p` (NUL-terminated C
     // strings and NULL-terminated arrays built by PreparedSpec::new and alive for the whole
     // call) or on local stack values; see the module documentation for the review.
@@ -346,6 +491,20 @@ pub(crate) unsafe fn run(p: &PreparedSpec, fds: &ChildFds) -> ! {
             if p.loopback {
                 loopback_up(fds);
             }
+        }
+
+        // 3b. The inherited listening socket (LISTEN_FDS): handed over by the parent (warm
+        // network namespace, or host networking), or created now in our fresh namespace.
+        if let Some(l) = p.listen {
+            let sock = if fds.listen >= 0 {
+                fds.listen
+            } else {
+                match listen_socket(l.port, l.backlog) {
+                    Ok(s) => s,
+                    Err((step, e)) => fail(fds, stage::LISTEN, step, e),
+                }
+            };
+            install_listen_fd(fds, sock);
         }
 
         // 4. Hostname.

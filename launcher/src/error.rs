@@ -25,6 +25,9 @@ pub enum LaunchError {
         path: String,
         errno: i32,
     },
+    /// The listening socket of `ContainerSpec::listen` could not be created (port in use...).
+    #[error("listening socket 0.0.0.0:{port}: {step}: {}", errno_text(*.errno))]
+    Listen { port: u16, step: String, errno: i32 },
     /// The spec cannot be turned into a process (empty command, NUL byte, unknown capability...).
     #[error("invalid spec: {0}")]
     InvalidSpec(String),
@@ -64,6 +67,7 @@ impl LaunchError {
             LaunchError::Exec { errno, .. }
             | LaunchError::BadInterpreter { errno, .. }
             | LaunchError::Setup { errno, .. }
+            | LaunchError::Listen { errno, .. }
             | LaunchError::Sys { errno, .. } => Some(*errno),
             _ => None,
         }

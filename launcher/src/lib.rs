@@ -19,5 +19,8 @@ pub use cgroup::{
 pub use error::LaunchError;
 pub use prepare::PreparedSpec;
 pub use spawn::{pidfd_signal, spawn_prepared, wait_pidfd, ExitStatusInfo, Output, Spawned};
-pub use spec::{ContainerSpec, NetworkMode, RootfsSpec, DEFAULT_CAPABILITIES};
+pub use spec::{
+    ContainerSpec, ListenSpec, NetworkMode, RootfsSpec, DEFAULT_CAPABILITIES,
+    DEFAULT_LISTEN_BACKLOG,
+};
 pub use zygote::{SpawnRequest, Zygote, ZygoteOptions};

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use crate::error::LaunchError;
-use crate::spec::{ContainerSpec, NetworkMode, RootfsSpec, DEFAULT_PATH};
+use crate::spec::{
+    ContainerSpec, ListenSpec, NetworkMode, RootfsSpec, DEFAULT_PATH, LISTEN_FD_NAME,
+};
 
 /// Directory over which a `host` rootfs is assembled (in the child's own mount namespace).
 pub const HOST_ROOT_STAGING: &str = "/run/hako/host-root";
@@ -71,6 +73,9 @@ pub struct PreparedSpec {
     /// Namespaces created by clone3 on a cold boot (pid, mount, uts, ipc, and net if isolated).
     pub(crate) clone_flags: u64,
     pub(crate) loopback: bool,
+    /// The socket to hand over as fd 3 (created by a warm-namespace holder, by the caller for
+    /// host networking, or by the child itself on a cold isolated boot).
+    pub(crate) listen: Option<ListenSpec>,
     pub(crate) command0: String,
     pub(crate) workdir_name: String,
     pub(crate) hostname_name: String,
@@ -215,6 +220,11 @@ impl PreparedSpec {
     pub fn new(spec: &ContainerSpec) -> Result<Self, LaunchError> {
         if spec.command.is_empty() || spec.command[0].is_empty() {
             return Err(LaunchError::InvalidSpec("empty command".into()));
+        }
+        if spec.listen.is_some_and(|l| l.port == 0) {
+            return Err(LaunchError::InvalidSpec(
+                "listen port 0: the app's port must be known to the supervisor".into(),
+            ));
         }
         let mut b = Builder {
             strings: Vec::new(),
@@ -370,9 +380,21 @@ impl PreparedSpec {
             .collect::<Result<_, _>>()?;
         let mut argv = argv_storage;
         argv.push(std::ptr::null());
+        // Socket activation (systemd protocol): the app is PID 1 of its own pid namespace, so
+        // LISTEN_PID is known before the clone. The spec's own LISTEN_* entries are replaced.
+        let activation: Vec<(String, String)> = match spec.listen {
+            Some(_) => vec![
+                ("LISTEN_FDS".into(), "1".into()),
+                ("LISTEN_PID".into(), "1".into()),
+                ("LISTEN_FDNAMES".into(), LISTEN_FD_NAME.into()),
+            ],
+            None => Vec::new(),
+        };
         let mut envp: Vec<*const c_char> = spec
             .env
             .iter()
+            .filter(|(k, _)| !activation.iter().any(|(a, _)| a == k))
+            .chain(activation.iter())
             .map(|(k, v)| {
                 if k.contains('=') || k.is_empty() {
                     return Err(LaunchError::InvalidSpec(format!(
@@ -448,6 +470,7 @@ impl PreparedSpec {
             nproc: spec.nproc,
             clone_flags,
             loopback,
+            listen: spec.listen,
             command0: cmd.clone(),
             workdir_name: spec.workdir.display().to_string(),
             hostname_name: spec.hostname.clone(),
@@ -491,6 +514,50 @@ mod tests {
         // The mount points were created in the rootfs.
         assert!(t.path().join("proc").is_dir() && t.path().join("tmp").is_dir());
         assert_ne!(p.clone_flags & libc::CLONE_NEWNET as u64, 0);
+    }
+
+    #[test]
+    fn listen_adds_the_socket_activation_environment() {
+        let t = tempfile::tempdir().unwrap();
+        let mut spec = ContainerSpec::new(RootfsSpec::Dir(t.path().to_owned()), vec!["x".into()]);
+        spec.seccomp = false;
+        spec.env.push(("LISTEN_FDS".into(), "7".into()));
+        let env = |p: &PreparedSpec| -> Vec<String> {
+            p.envp
+                .iter()
+                .take_while(|e| !e.is_null())
+                .map(|e| {
+                    // SAFETY: envp entries point into the spec's C strings, alive with `p`.
+                    unsafe { std::ffi::CStr::from_ptr(*e) }
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect()
+        };
+        let without = PreparedSpec::new(&spec).unwrap();
+        assert!(env(&without).contains(&"LISTEN_FDS=7".to_owned()));
+        assert!(!env(&without).iter().any(|e| e.starts_with("LISTEN_PID=")));
+        spec.listen = Some(ListenSpec::new(8080));
+        let with = PreparedSpec::new(&spec).unwrap();
+        let e = env(&with);
+        for want in [
+            "LISTEN_FDS=1",
+            "LISTEN_PID=1",
+            "LISTEN_FDNAMES=http",
+            "HOME=/",
+        ] {
+            assert_eq!(
+                e.iter().filter(|x| *x == want).count(),
+                1,
+                "{want} in {e:?}"
+            );
+        }
+        assert!(!e.contains(&"LISTEN_FDS=7".to_owned()), "{e:?}");
+        spec.listen = Some(ListenSpec::new(0));
+        assert!(matches!(
+            PreparedSpec::new(&spec),
+            Err(LaunchError::InvalidSpec(m)) if m.contains("port 0")
+        ));
     }
 
     #[test]

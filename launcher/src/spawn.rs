@@ -7,9 +7,12 @@ use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
 
 use crate::cgroup::CgroupAttach;
-use crate::child::{self, stage, ChildError, ChildFds, MAX_PROCS_FDS};
+use crate::child::{
+    self, listen_step, stage, ChildError, ChildFds, HOLDER_READY_SIZE, MAX_PROCS_FDS,
+};
 use crate::error::LaunchError;
 use crate::prepare::PreparedSpec;
+use crate::spec::ListenSpec;
 
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 const P_PIDFD: libc::idtype_t = 3;
@@ -146,6 +149,20 @@ fn open_fd(path: &Path, flags: OFlag, mode: Mode) -> Result<OwnedFd, LaunchError
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Creates the listening socket of `l` in the calling thread's network namespace.
+pub(crate) fn listen_socket(l: ListenSpec) -> Result<OwnedFd, LaunchError> {
+    // SAFETY: `child::listen_socket` makes only raw system calls on stack values.
+    match unsafe { child::listen_socket(l.port, l.backlog) } {
+        // SAFETY: a fresh descriptor that nothing else owns.
+        Ok(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+        Err((step, errno)) => Err(LaunchError::Listen {
+            port: l.port,
+            step: listen_step::name(step).to_owned(),
+            errno,
+        }),
+    }
+}
+
 /// Result of a clone: the child exists (pid/pidfd) even when setup failed, and must be reaped.
 pub(crate) struct RawSpawn {
     pub pid: i32,
@@ -200,6 +217,15 @@ pub(crate) fn clone_container(
         }
         None => {}
     }
+    // The inherited listening socket: from the warm network namespace, or made here in the
+    // host's for host networking; on a cold isolated boot the child makes it (-1).
+    let mut own_listen: Option<OwnedFd> = None;
+    let listen = match (p.listen, warm.and_then(|w| w.listen.as_ref())) {
+        (None, _) => -1,
+        (Some(_), Some(fd)) => fd.as_raw_fd(),
+        (Some(l), None) if !p.loopback => own_listen.insert(listen_socket(l)?).as_raw_fd(),
+        (Some(_), None) => -1,
+    };
     let (err_r, err_w) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| LaunchError::sys("pipe2", "", e))?;
     let mut fds = ChildFds {
@@ -213,6 +239,7 @@ pub(crate) fn clone_container(
             .and_then(|w| w.net.as_ref())
             .map_or(-1, |f| f.as_raw_fd()),
         mntns: warm.map_or(-1, |w| w.mnt.as_raw_fd()),
+        listen,
         parent: std::process::id() as libc::pid_t,
     };
     let mut ns_flags = p.clone_flags;
@@ -263,7 +290,7 @@ pub(crate) fn clone_container(
     // SAFETY: CLONE_PIDFD stored a fresh pidfd owned by nobody else.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     drop(err_w);
-    drop((stdin, out_owned, cgroup_dir, procs));
+    drop((stdin, out_owned, cgroup_dir, procs, own_listen));
     let mut buf = [0u8; ChildError::SIZE];
     let mut got = 0;
     let error = loop {
@@ -357,6 +384,11 @@ fn describe(p: &PreparedSpec, cgroup: Option<&CgroupAttach>, e: ChildError) -> L
         stage::NO_NEW_PRIVS => setup("prctl", "PR_SET_NO_NEW_PRIVS"),
         stage::SECCOMP => setup("seccomp", "default profile"),
         stage::SIGNALS => setup("signal mask", ""),
+        stage::LISTEN => LaunchError::Listen {
+            port: p.listen.map_or(0, |l| l.port),
+            step: listen_step::name(e.index).to_owned(),
+            errno: e.errno,
+        },
         stage::WARM_NS => setup(
             "setns",
             if idx == 0 {
@@ -395,6 +427,8 @@ pub fn spawn_prepared(
 pub(crate) struct WarmNs {
     pub mnt: OwnedFd,
     pub net: Option<OwnedFd>,
+    /// The listening socket, made in `net` (isolated network with `ContainerSpec::listen`).
+    pub listen: Option<OwnedFd>,
 }
 
 /// Builds a [`WarmNs`] for `p` with a short-lived holder process (off the boot path).
@@ -410,6 +444,7 @@ pub(crate) fn create_warm(p: &PreparedSpec) -> Result<WarmNs, LaunchError> {
         nprocs: 0,
         netns: -1,
         mntns: -1,
+        listen: -1,
         parent: std::process::id() as libc::pid_t,
     };
     let mut pidfd: c_int = -1;
@@ -455,8 +490,9 @@ pub(crate) fn create_warm(p: &PreparedSpec) -> Result<WarmNs, LaunchError> {
             }
             Ok(n) => {
                 got += n;
-                if got == 1 && buf[0] == b'R' {
-                    break Ok(());
+                // An error record starts with a small stage number, never with `R`.
+                if got == HOLDER_READY_SIZE && buf[0] == b'R' {
+                    break Ok(c_int::from_ne_bytes([buf[1], buf[2], buf[3], buf[4]]));
                 }
                 if got == ChildError::SIZE {
                     break Err(describe(p, None, ChildError::decode(&buf)));
@@ -466,7 +502,7 @@ pub(crate) fn create_warm(p: &PreparedSpec) -> Result<WarmNs, LaunchError> {
             Err(e) => break Err(LaunchError::sys("read", "holder pipe", e)),
         }
     };
-    let opened = ready.and_then(|()| {
+    let opened = ready.and_then(|sock| {
         let mnt = open_fd(
             Path::new(&format!("/proc/{pid}/ns/mnt")),
             OFlag::O_RDONLY,
@@ -481,9 +517,121 @@ pub(crate) fn create_warm(p: &PreparedSpec) -> Result<WarmNs, LaunchError> {
         } else {
             None
         };
-        Ok(WarmNs { mnt, net })
+        let listen = if sock >= 0 {
+            // SAFETY: pidfd_getfd copies descriptor `sock` of our (stopped-in-pause) child into
+            // our table, with FD_CLOEXEC set; the result is a fresh descriptor we own.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), sock, 0u32) };
+            if fd < 0 {
+                return Err(LaunchError::sys(
+                    "pidfd_getfd",
+                    format!("listening socket of namespace holder {pid}"),
+                    nix::errno::Errno::last(),
+                ));
+            }
+            // SAFETY: as above, a fresh descriptor nothing else owns.
+            Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+        } else {
+            None
+        };
+        Ok(WarmNs { mnt, net, listen })
     });
     let _ = pidfd_signal(pidfd.as_raw_fd(), libc::SIGKILL);
     let _ = wait_pidfd(pidfd.as_fd(), false);
     opened
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{ContainerSpec, NetworkMode, RootfsSpec};
+
+    fn inode(fd: RawFd) -> u64 {
+        // SAFETY: fstat on a descriptor we own, into a zeroed stack struct.
+        unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            assert_eq!(libc::fstat(fd, &mut st), 0);
+            st.st_ino
+        }
+    }
+
+    #[test]
+    fn child_listen_failures_name_the_port_step_and_errno() {
+        let mut spec = ContainerSpec::new(RootfsSpec::Host, vec!["/bin/true".into()]);
+        spec.seccomp = false;
+        spec.listen = Some(ListenSpec::new(8080));
+        let p = PreparedSpec::new(&spec).unwrap();
+        let e = describe(
+            &p,
+            None,
+            ChildError {
+                stage: stage::LISTEN,
+                index: listen_step::BIND,
+                errno: libc::EADDRINUSE,
+            },
+        );
+        assert_eq!(
+            e.to_string(),
+            "listening socket 0.0.0.0:8080: bind: Address already in use (EADDRINUSE)"
+        );
+        assert_eq!(e.errno(), Some(libc::EADDRINUSE));
+    }
+
+    /// The warm path: the holder makes the socket inside the warm network namespace and the
+    /// zygote keeps a copy that already listens on the port.
+    #[test]
+    fn warm_namespace_carries_a_listening_socket_of_its_own_netns() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("SKIPPED warm listen socket: needs root");
+            return;
+        }
+        let mut spec = ContainerSpec::new(RootfsSpec::Host, vec!["/bin/true".into()]);
+        spec.listen = Some(ListenSpec {
+            port: 8123,
+            backlog: 77,
+        });
+        let p = PreparedSpec::new(&spec).unwrap();
+        let warm = create_warm(&p).unwrap();
+        let sock = warm
+            .listen
+            .as_ref()
+            .expect("a listening socket")
+            .as_raw_fd();
+        let net = warm.net.as_ref().expect("a network namespace").as_raw_fd();
+        let accepting: bool = nix::sys::socket::getsockopt(
+            warm.listen.as_ref().unwrap(),
+            nix::sys::socket::sockopt::AcceptConn,
+        )
+        .unwrap();
+        assert!(accepting);
+        let addr: nix::sys::socket::SockaddrIn = nix::sys::socket::getsockname(sock).unwrap();
+        assert_eq!(
+            (addr.ip(), addr.port()),
+            (std::net::Ipv4Addr::UNSPECIFIED, 8123)
+        );
+        // SAFETY: SIOCGSKNS returns a new descriptor for the socket's network namespace.
+        let sk_ns = unsafe {
+            libc::ioctl(sock, 0x894C /* SIOCGSKNS */)
+        };
+        assert!(sk_ns >= 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: a fresh descriptor we own.
+        let sk_ns = unsafe { OwnedFd::from_raw_fd(sk_ns) };
+        assert_eq!(inode(sk_ns.as_raw_fd()), inode(net));
+        assert_ne!(
+            inode(net),
+            inode(
+                open_fd(
+                    Path::new("/proc/self/ns/net"),
+                    OFlag::O_RDONLY,
+                    Mode::empty()
+                )
+                .unwrap()
+                .as_raw_fd()
+            )
+        );
+        // Host networking: no netns of its own, so no socket either (the caller makes it).
+        spec.network = NetworkMode::Host;
+        let warm = create_warm(&PreparedSpec::new(&spec).unwrap()).unwrap();
+        assert!(warm.net.is_none() && warm.listen.is_none());
+    }
 }

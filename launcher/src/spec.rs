@@ -40,6 +40,40 @@ pub enum NetworkMode {
     Host,
 }
 
+/// The backlog of a listening socket the launcher creates, unless the spec says otherwise.
+pub const DEFAULT_LISTEN_BACKLOG: u32 = 1024;
+
+/// The name given to the inherited socket in `LISTEN_FDNAMES`.
+pub const LISTEN_FD_NAME: &str = "http";
+
+/// A listening TCP socket created by the launcher and inherited by the app as descriptor 3
+/// (the systemd socket-activation protocol: `LISTEN_FDS=1`, `LISTEN_PID`, `LISTEN_FDNAMES`).
+///
+/// The socket is bound to `0.0.0.0:port` in the container's network namespace and listens
+/// before the app runs, so a connection made as soon as the spawn returns is queued by the
+/// kernel until the app accepts it: there is nothing to poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenSpec {
+    pub port: u16,
+    /// `listen(2)` backlog (the kernel caps it at `net.core.somaxconn`).
+    #[serde(default = "default_backlog")]
+    pub backlog: u32,
+}
+
+fn default_backlog() -> u32 {
+    DEFAULT_LISTEN_BACKLOG
+}
+
+impl ListenSpec {
+    /// A socket on `port` with the default backlog ([`DEFAULT_LISTEN_BACKLOG`]).
+    pub fn new(port: u16) -> Self {
+        ListenSpec {
+            port,
+            backlog: DEFAULT_LISTEN_BACKLOG,
+        }
+    }
+}
+
 /// Everything needed to start one container process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerSpec {
@@ -60,6 +94,9 @@ pub struct ContainerSpec {
     pub capabilities: Vec<String>,
     /// `true`: the default seccomp profile is loaded.
     pub seccomp: bool,
+    /// A listening socket handed to the app as fd 3 (`LISTEN_FDS`), if any.
+    #[serde(default)]
+    pub listen: Option<ListenSpec>,
 }
 
 impl ContainerSpec {
@@ -85,6 +122,25 @@ impl ContainerSpec {
                 .map(|s| (*s).to_owned())
                 .collect(),
             seccomp: true,
+            listen: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_without_listen_still_parse_and_backlog_defaults() {
+        let spec = ContainerSpec::new(RootfsSpec::Host, vec!["x".into()]);
+        let mut json: serde_json::Value = serde_json::to_value(&spec).unwrap();
+        json.as_object_mut().unwrap().remove("listen");
+        let back: ContainerSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(back, spec);
+        assert_eq!(back.listen, None);
+        let l: ListenSpec = serde_json::from_str(r#"{"port": 8080}"#).unwrap();
+        assert_eq!(l, ListenSpec::new(8080));
+        assert_eq!(l.backlog, DEFAULT_LISTEN_BACKLOG);
     }
 }

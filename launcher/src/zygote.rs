@@ -386,7 +386,7 @@ fn handle(
             Err(error) => return (Reply::Failed { pid: None, error }, None, None),
         },
     };
-    let warm = pools
+    let mut warm = pools
         .lock()
         .ok()
         .and_then(|mut m| m.get_mut(&req.spec_key).and_then(Vec::pop));
@@ -397,6 +397,11 @@ fn handle(
         true,
         warm.as_ref(),
     );
+    // The container holds the listening socket now (fd 3): once it exits, connections must be
+    // refused rather than queued on a copy we keep.
+    if let Some(w) = warm.as_mut() {
+        w.listen = None;
+    }
     if let Some(tx) = filler {
         let _ = tx.send(FillerMsg::Refill(req.spec_key.clone(), prepared));
     }

@@ -66,6 +66,11 @@ pub fn container_spec(app: &App, port: u16) -> ContainerSpec {
             .collect(),
     };
     spec.seccomp = matches!(app.seccomp, hako_policies::SeccompMode::Default);
+    if matches!(app.readiness.probe, hako_policies::Probe::ListenFds) {
+        // Socket activation: the listening socket exists before the app runs, so the
+        // instance is ready the moment it is spawned (the kernel queues connections).
+        spec.listen = Some(hako_launcher::ListenSpec::new(port));
+    }
     spec
 }
 

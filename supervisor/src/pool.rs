@@ -1047,10 +1047,16 @@ async fn stop_process(
     exit
 }
 
-/// Waits until the upstream accepts a connection (and answers HTTP for `Probe::Http`). Connect
+/// Waits until the upstream accepts a connection (and answers HTTP for `Probe::Http`); ready at
+/// once for `Probe::ListenFds` (socket activation). Connect
 /// attempts back off from 100 µs to 5 ms, so a fast app is seen ready within a fraction of a
 /// millisecond of listening.
-async fn wait_ready(upstream: &dyn Upstream, probe: &Probe) -> () {
+async fn wait_ready(upstream: &dyn Upstream, probe: &Probe) {
+    if matches!(probe, Probe::ListenFds) {
+        // The socket was created and is listening before the app started: nothing to wait
+        // for, a connection made now is queued by the kernel until the app accepts it.
+        return;
+    }
     let mut delay = Duration::from_micros(100);
     loop {
         if let Ok(mut stream) = upstream.connect().await {

@@ -620,3 +620,55 @@ fn upgrade_is_tunnelled_both_ways() {
     }
     drop(s);
 }
+
+/// `readiness: {probe: listen_fds}`: hako hands the app a listening socket as fd 3 (the systemd
+/// protocol: LISTEN_FDS=1, LISTEN_PID=1), so the instance is ready the moment it is spawned and
+/// the first request is queued by the kernel until the app accepts it. The app here checks the
+/// protocol and serves only on the inherited socket (it never binds a port itself).
+#[test]
+fn socket_activated_app_is_served_through_the_inherited_socket() {
+    if skip_unless_root() {
+        return;
+    }
+    if !std::path::Path::new("/usr/bin/python3").exists() {
+        println!("skipped: needs /usr/bin/python3 for the socket-activated test app");
+        return;
+    }
+    let app = r#"import os, socket, http.server
+assert os.environ['LISTEN_FDS'] == '1' and os.environ['LISTEN_PID'] == str(os.getpid()), dict(os.environ)
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b'activated'
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+s = http.server.HTTPServer(('0.0.0.0', 8080), H, bind_and_activate=False)
+s.socket.close()
+s.socket = socket.socket(fileno=3)
+s.serve_forever()
+"#;
+    let yaml = format!(
+        "apps:\n  - name: act\n    hosts: [act.test]\n    rootfs: host\n    command: [/usr/bin/python3, -I, -S, -c, {}]\n    port: 8080\n    readiness: {{probe: listen_fds, timeout: 10s}}\n    {STOP_FAST}\n",
+        serde_json::to_string(app).expect("quote")
+    );
+    let h = Hako::start(&yaml, &[]);
+    let t = Instant::now();
+    let r = h.get("act.test", "/");
+    let cold = t.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "activated");
+    let r = h.get("act.test", "/again");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let m = h.metrics();
+    assert_eq!(
+        m.value("hako_boots_total", &[("app", "act"), ("result", "ok")]),
+        Some(1.0),
+        "{}",
+        m.text
+    );
+    println!(
+        "figure: socket-activated cold request (python app) {:.1} ms",
+        ms(cold)
+    );
+}
