@@ -23,4 +23,4 @@ pub use spec::{
     ContainerSpec, ListenSpec, NetworkMode, RootfsSpec, DEFAULT_CAPABILITIES,
     DEFAULT_LISTEN_BACKLOG,
 };
-pub use zygote::{SpawnRequest, Zygote, ZygoteOptions};
+pub use zygote::{SpawnRequest, Zygote, ZygoteOptions, ZygoteStats, DEFAULT_MAX_PREPARED_APPS};

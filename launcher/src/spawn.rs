@@ -22,6 +22,9 @@ const P_PIDFD: libc::idtype_t = 3;
 pub struct Spawned {
     pub pid: i32,
     pub pidfd: OwnedFd,
+    /// The container joined namespaces built ahead of time (the zygote's warm pool) instead of
+    /// creating its own.
+    pub warm: bool,
 }
 
 /// Where the container's stdout and stderr go (stdin is always `/dev/null`).
@@ -413,6 +416,7 @@ pub fn spawn_prepared(
         None => Ok(Spawned {
             pid: raw.pid,
             pidfd: raw.pidfd,
+            warm: false,
         }),
         Some(e) => {
             let _ = wait_pidfd(raw.pidfd.as_fd(), false);

@@ -151,6 +151,7 @@ fn isolated_boots_through_the_zygote_warm_and_cold() {
     for warm in [2, 0] {
         let zygote = Zygote::start_with(ZygoteOptions {
             warm_namespaces: warm,
+            ..ZygoteOptions::default()
         })
         .unwrap();
         for i in 0..3 {

@@ -239,7 +239,11 @@ fn warm_namespaces_are_fresh_and_fully_isolated() {
         return;
     }
     let fs = Rootfs::build();
-    let zygote = Zygote::start_with(hako_launcher::ZygoteOptions { warm_namespaces: 2 }).unwrap();
+    let zygote = Zygote::start_with(hako_launcher::ZygoteOptions {
+        warm_namespaces: 2,
+        ..Default::default()
+    })
+    .unwrap();
     let root = cgroup_root();
     let logs = tempfile::tempdir().unwrap();
     let script = "echo self=$$; ls /tmp; touch /tmp/mark; hostname; tail -n +3 /proc/net/dev | cut -d: -f1; \

@@ -1,10 +1,11 @@
 //! The production [`Runtime`]: real containers from the launcher's zygote, one cgroup each,
 //! reached inside their own network namespace (or on a per-instance host port).
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -18,7 +19,7 @@ use hako_proxy::Upstream;
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 
-use crate::netns::NetnsSockets;
+use crate::netns::{NetnsSockets, NetnsTarget};
 use crate::pool::{BoxFuture, EffectiveLimits, ExitInfo, Running, Runtime, Usage};
 
 /// What `state_dir/instances/<name>.json` records about a live instance, so that a restart
@@ -74,6 +75,16 @@ pub fn container_spec(app: &App, port: u16) -> ContainerSpec {
     spec
 }
 
+/// The launcher's cache key for an app's spec: the app name plus a hash of the whole spec, so a
+/// changed app (or, for `network: host`, another port) never reuses a stale prepared spec.
+pub fn spec_key(app_name: &str, spec: &ContainerSpec) -> String {
+    format!(
+        "{}:{:016x}",
+        app_name,
+        fxhash(&serde_json::to_vec(spec).unwrap_or_default())
+    )
+}
+
 /// Cgroup limits of an app's policy.
 pub fn cgroup_limits(app: &App) -> CgroupLimits {
     CgroupLimits {
@@ -90,6 +101,18 @@ pub struct ContainerRuntime {
     cgroups: Option<Arc<CgroupRoot>>,
     sockets: NetnsSockets,
     state_dir: PathBuf,
+    /// Spec keys the zygote holds for us (prepared or booted), to forget on reload.
+    held: Arc<Mutex<HeldKeys>>,
+    /// Generation of the latest [`ContainerRuntime::prepare_apps`] call.
+    prepare_gen: Arc<AtomicU64>,
+}
+
+/// What [`ContainerRuntime::prepare_apps`] left in the zygote.
+#[derive(Debug, Default)]
+struct HeldKeys {
+    keys: HashSet<String>,
+    /// Generation applied last: an older call that runs late changes nothing.
+    applied: u64,
 }
 
 impl std::fmt::Debug for ContainerRuntime {
@@ -113,7 +136,81 @@ impl ContainerRuntime {
             cgroups,
             sockets: NetnsSockets::start()?,
             state_dir,
+            held: Arc::default(),
+            prepare_gen: Arc::default(),
         })
+    }
+
+    /// Readies the launcher for the first boot of every isolated app in `apps` (prepared spec
+    /// and warm namespaces, see [`Zygote::prepare`]; the zygote warms at most
+    /// `ZygoteOptions::max_prepared_apps` apps, the first ones in `apps` order), and releases
+    /// what it holds for apps no longer in `apps` or changed. `network: host` apps are skipped:
+    /// their spec (port) differs for every instance. Runs on a blocking thread and returns at
+    /// once; failures are logged with the app name and otherwise ignored (the app then boots
+    /// cold).
+    pub fn prepare_apps(&self, apps: &[App]) {
+        let wanted: Vec<(String, String, ContainerSpec)> = apps
+            .iter()
+            .filter(|a| matches!(a.network, Network::Isolated))
+            .map(|a| {
+                let spec = container_spec(a, a.port);
+                (a.name.clone(), spec_key(&a.name, &spec), spec)
+            })
+            .collect();
+        let generation = self.prepare_gen.fetch_add(1, Ordering::SeqCst) + 1;
+        let zygote = self.zygote.clone();
+        let held = self.held.clone();
+        let work = move || {
+            let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
+            if held.applied > generation {
+                return;
+            }
+            held.applied = generation;
+            let keep: HashSet<&str> = wanted.iter().map(|(_, k, _)| k.as_str()).collect();
+            let stale: Vec<String> = held
+                .keys
+                .iter()
+                .filter(|k| !keep.contains(k.as_str()))
+                .cloned()
+                .collect();
+            for key in stale {
+                match zygote.forget(&key) {
+                    Ok(()) => {
+                        tracing::debug!(spec_key = %key, "released the launcher state of a removed or changed app")
+                    }
+                    Err(e) => {
+                        tracing::warn!(spec_key = %key, error = %e, "cannot release the launcher state of an app")
+                    }
+                }
+                held.keys.remove(&key);
+            }
+            let mut prepared = 0usize;
+            for (app, key, spec) in &wanted {
+                if held.keys.contains(key) {
+                    continue;
+                }
+                match zygote.prepare(spec, key) {
+                    Ok(()) => {
+                        held.keys.insert(key.clone());
+                        prepared += 1;
+                    }
+                    Err(e) => {
+                        tracing::warn!(app = %app, error = %e, "cannot pre-warm the app; its first boot will be cold")
+                    }
+                }
+            }
+            tracing::debug!(
+                prepared,
+                apps = wanted.len(),
+                "apps prepared for their first boot"
+            );
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn_blocking(work);
+            }
+            Err(_) => work(),
+        }
     }
 }
 
@@ -144,6 +241,7 @@ impl Runtime for ContainerRuntime {
         let cgroups = self.cgroups.clone();
         let sockets = self.sockets.clone();
         let state_dir = self.state_dir.clone();
+        let held = self.held.clone();
         Box::pin(async move {
             let name = format!("{}-{}", app.name, id);
             let port = match app.network {
@@ -151,11 +249,8 @@ impl Runtime for ContainerRuntime {
                 Network::Host => free_host_port().map_err(|e| format!("no free host port: {e}"))?,
             };
             let spec = container_spec(&app, port);
-            let spec_key = format!(
-                "{}:{:016x}",
-                app.name,
-                fxhash(&serde_json::to_vec(&spec).unwrap_or_default())
-            );
+            let spec_key = spec_key(&app.name, &spec);
+            let per_instance_key = matches!(app.network, Network::Host);
             let log_path = state_dir.join("logs").join(format!("{name}.log"));
             let limits = cgroup_limits(&app);
             let req_name = name.clone();
@@ -173,8 +268,25 @@ impl Runtime for ContainerRuntime {
                     cgroup: cgroup.as_ref().map(|c| c.attach()),
                     log_path: Some(log_path.clone()),
                 };
-                match zygote.spawn(&req) {
-                    Ok(s) => Ok((s, cgroup, log_path)),
+                let spawned = zygote.spawn(&req);
+                if per_instance_key {
+                    // A key used once (its port is this instance's): nothing to keep warm.
+                    if let Err(e) = zygote.forget(&req.spec_key) {
+                        tracing::debug!(spec_key = %req.spec_key, error = %e, "cannot release a one-off spec");
+                    }
+                } else {
+                    // Booted apps keep their warm namespaces; a reload that removes or changes
+                    // the app releases them.
+                    held.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .keys
+                        .insert(req.spec_key.clone());
+                }
+                match spawned {
+                    Ok(s) => {
+                        tracing::debug!(instance = %req_name, pid = s.pid, warm = s.warm, "container spawned");
+                        Ok((s, cgroup, log_path))
+                    }
                     Err(e) => {
                         if let Some(c) = cgroup {
                             let _ = c.remove();
@@ -212,7 +324,7 @@ impl Runtime for ContainerRuntime {
                     match ns {
                         Ok(f) => Arc::new(NetnsUpstream {
                             id,
-                            netns: Arc::new(OwnedFd::from(f)),
+                            target: NetnsTarget::new(OwnedFd::from(f)),
                             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
                             sockets,
                         }),
@@ -434,7 +546,7 @@ where
 /// An app inside its own network namespace.
 struct NetnsUpstream {
     id: u64,
-    netns: Arc<OwnedFd>,
+    target: Arc<NetnsTarget>,
     addr: SocketAddr,
     sockets: NetnsSockets,
 }
@@ -450,12 +562,12 @@ impl Upstream for NetnsUpstream {
         Box<dyn std::future::Future<Output = io::Result<tokio::net::TcpStream>> + Send + 'static>,
     > {
         let sockets = self.sockets.clone();
-        let netns = self.netns.clone();
+        let target = self.target.clone();
         let addr = self.addr;
         Box::pin(connect_retrying(move || {
             let sockets = sockets.clone();
-            let netns = netns.clone();
-            async move { sockets.connect(netns, addr).await }
+            let target = target.clone();
+            async move { sockets.connect(&target, addr).await }
         }))
     }
 }

@@ -550,6 +550,7 @@ impl Supervisor {
                 return;
             }
         };
+        let spawned_after = boot_start.elapsed();
         *inst.running.lock().expect("instance lock") = Some(running.clone());
         let (exit_tx, mut exit_rx) = watch::channel(None::<ExitInfo>);
         {
@@ -580,7 +581,8 @@ impl Supervisor {
                 let took = boot_start.elapsed();
                 pool.metrics.boot("ok", Some(took));
                 tracing::info!(app = %inst.app, instance = inst.id, pid = running.pid(),
-                    boot_ms = took.as_secs_f64() * 1e3, "instance ready");
+                    boot_ms = took.as_secs_f64() * 1e3,
+                    spawn_ms = spawned_after.as_secs_f64() * 1e3, "instance ready");
                 let mut st = pool.state.lock().expect("pool lock");
                 {
                     let mut s = inst.state.lock().expect("instance state lock");

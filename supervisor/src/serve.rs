@@ -160,11 +160,25 @@ pub fn recover_orphans(state_dir: &Path, cgroups: Option<&CgroupRoot>) -> usize 
     removed
 }
 
+/// Every proxied request holds two descriptors and every instance a few (pidfd, namespace,
+/// spare sockets): lift the soft limit to the hard one, as servers do.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit");
+            }
+        }
+    }
+}
+
 /// Runs `hako serve` to completion. Must be called from `main` while the process is still
 /// single-threaded (it forks the launcher's zygote before the tokio runtime starts).
 pub fn run(source: ConfigSource) -> anyhow::Result<()> {
     use anyhow::Context;
     let cfg = source.load().map_err(|e| anyhow::anyhow!("{e}"))?;
+    raise_nofile_limit();
     let zygote = Arc::new(Zygote::start().context("start the launcher zygote")?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -191,11 +205,15 @@ async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow
     if orphans > 0 {
         tracing::warn!(orphans, "cleaned up after a previous hako");
     }
-    let runtime = ContainerRuntime::new(zygote, cgroups.clone(), cfg.state_dir.clone())
-        .with_context(|| format!("prepare state_dir {}", cfg.state_dir.display()))?;
+    let runtime = Arc::new(
+        ContainerRuntime::new(zygote, cgroups.clone(), cfg.state_dir.clone())
+            .with_context(|| format!("prepare state_dir {}", cfg.state_dir.display()))?,
+    );
     let metrics = Metrics::new();
-    let sup = Supervisor::new(Arc::new(runtime), metrics, supervisor_options(&cfg));
+    let sup = Supervisor::new(runtime.clone(), metrics, supervisor_options(&cfg));
     sup.apply_apps(&cfg.apps, supervisor_options(&cfg));
+    // First boots from warm namespaces: prepared in the background, never blocking startup.
+    runtime.prepare_apps(&cfg.apps);
     let routes = Arc::new(RoutesHandle::new(routes_of(&cfg)));
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -213,7 +231,8 @@ async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow
         let routes = routes.clone();
         let current = current.clone();
         let source = source.clone();
-        Arc::new(move || reload(&source, &sup, &routes, &current))
+        let runtime = runtime.clone();
+        Arc::new(move || reload(&source, &sup, &runtime, &routes, &current))
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -331,6 +350,7 @@ async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow
 fn reload(
     source: &ConfigSource,
     sup: &Arc<Supervisor>,
+    runtime: &ContainerRuntime,
     routes: &RoutesHandle,
     current: &Mutex<Config>,
 ) -> Result<String, String> {
@@ -347,6 +367,7 @@ fn reload(
         notes.push("state_dir change needs a restart".to_string());
     }
     sup.apply_apps(&new.apps, supervisor_options(&new));
+    runtime.prepare_apps(&new.apps);
     routes.store(routes_of(&new));
     let summary = format!(
         "{} apps{}{}",

@@ -83,6 +83,7 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
     } else {
         Some(Zygote::start_with(ZygoteOptions {
             warm_namespaces: args.warm,
+            ..ZygoteOptions::default()
         })?)
     };
     let command = if args.command.is_empty() {
