@@ -156,6 +156,16 @@ impl std::fmt::Debug for Instance {
 }
 
 impl Instance {
+    /// Requests leased to this instance so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Requests in flight right now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
     pub fn state(&self) -> State {
         *self.state.lock().expect("instance state lock")
     }

@@ -27,6 +27,33 @@ pub fn params_of(cfg: &Config) -> GovernorParams {
     }
 }
 
+/// An instance that used less than this (in cores) since its last reading, with no request in
+/// flight and none since, is idle and read only every [`COLD_INTERVAL`].
+const HOT_CORES: f64 = 0.01;
+/// Reading interval of idle instances. A tenant that starts burning CPU without requests is
+/// seen within this time (then read every interval again).
+const COLD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// The last reading of one instance.
+#[derive(Debug)]
+struct Activity {
+    app: String,
+    at: std::time::Duration,
+    cpu_usec: u64,
+    memory: u64,
+    requests: u64,
+    hot: bool,
+}
+
+impl Activity {
+    fn due(&self, now: std::time::Duration, requests: u64, in_flight: u32) -> bool {
+        self.hot
+            || in_flight > 0
+            || requests != self.requests
+            || now.saturating_sub(self.at) >= COLD_INTERVAL
+    }
+}
+
 /// Runs until `stop` turns true.
 ///
 /// Samples are taken on a fixed period (a slow tick is followed by the next one a full period
@@ -58,6 +85,8 @@ pub async fn run_with_proc(
     let mut ticker = ticker(params.interval);
     // Last cumulative CPU reading per live instance, for the cpu seconds counter.
     let mut last_cpu: HashMap<u64, u64> = HashMap::new();
+    // What each instance did at its last reading, to decide when it is due again.
+    let mut activity: HashMap<u64, Activity> = HashMap::new();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -77,27 +106,64 @@ pub async fn run_with_proc(
         };
         let running = sup.running_instances();
         let live: HashSet<u64> = running.iter().map(|(inst, _, _)| inst.id).collect();
+        activity.retain(|id, _| live.contains(id));
+        // Idle instances are read every COLD_INTERVAL only: with a thousand of them, reading
+        // every cgroup every tick would cost more CPU than the tenants use.
+        let tick_at = start.elapsed();
+        let (due, skipped): (Vec<_>, Vec<_>) =
+            running.into_iter().partition(|(inst, _, policy)| {
+                // A tightened instance is followed every tick so that it relaxes on time.
+                let tightened = governor
+                    .current(inst.id)
+                    .is_some_and(|l| l.cpu < policy.limits.cpu || l.memory_high.is_some());
+                tightened
+                    || activity
+                        .get(&inst.id)
+                        .is_none_or(|a| a.due(tick_at, inst.requests(), inst.in_flight()))
+            });
         let proc = proc.clone();
         let sampled = tokio::task::spawn_blocking(move || {
             let host = read_host_pressure(&proc);
-            let mut per_app_mem: HashMap<String, u64> = HashMap::new();
-            let mut rows = Vec::with_capacity(running.len());
-            let mut unsampled = Vec::new();
-            for (inst, r, policy) in &running {
+            let mut rows = Vec::with_capacity(due.len());
+            let mut unsampled: Vec<u64> = skipped.iter().map(|(inst, _, _)| inst.id).collect();
+            for (inst, r, policy) in &due {
                 let Some(u) = r.usage() else {
                     unsampled.push(inst.id);
                     continue;
                 };
-                *per_app_mem.entry(inst.app.clone()).or_default() += u.memory_current;
                 rows.push((inst.id, inst.app.clone(), u, policy.clone(), r.clone()));
             }
             // The time of the readings, not of the end of this task's scheduling.
-            (start.elapsed(), host, per_app_mem, rows, unsampled)
+            (start.elapsed(), host, rows, unsampled, due)
         })
         .await;
-        let Ok((now, host, per_app_mem, rows, unsampled)) = sampled else {
+        let Ok((now, host, rows, unsampled, due)) = sampled else {
             continue;
         };
+        for (inst, _, _) in &due {
+            let Some((_, _, u, _, _)) = rows.iter().find(|row| row.0 == inst.id) else {
+                continue;
+            };
+            let a = activity.entry(inst.id).or_insert(Activity {
+                app: inst.app.clone(),
+                at: now,
+                cpu_usec: u.cpu_usage_usec,
+                memory: u.memory_current,
+                requests: inst.requests(),
+                hot: true,
+            });
+            let elapsed = now.saturating_sub(a.at).as_secs_f64();
+            let used = u.cpu_usage_usec.saturating_sub(a.cpu_usec) as f64 / 1e6;
+            a.hot = inst.in_flight() > 0 || (elapsed > 0.0 && used / elapsed >= HOT_CORES);
+            a.at = now;
+            a.cpu_usec = u.cpu_usage_usec;
+            a.memory = u.memory_current;
+            a.requests = inst.requests();
+        }
+        let mut per_app_mem: HashMap<String, u64> = HashMap::new();
+        for a in activity.values() {
+            *per_app_mem.entry(a.app.clone()).or_default() += a.memory;
+        }
 
         let mut cpu_by_app: HashMap<String, f64> = HashMap::new();
         for (id, app, u, _, _) in &rows {
@@ -238,6 +304,8 @@ mod tests {
         unreadable: AtomicBool,
         /// `usage()` has been called while unreadable (the sampler did try).
         unreadable_reads: AtomicUsize,
+        /// Every `usage()` call.
+        reads: AtomicUsize,
         /// The next `n` writes fail (and change nothing).
         failing_writes: AtomicUsize,
         /// CPU limit in force (cores) and writes that succeeded.
@@ -294,6 +362,7 @@ mod tests {
             Box::pin(async {})
         }
         fn usage(&self) -> Option<Usage> {
+            self.knobs.reads.fetch_add(1, Ordering::SeqCst);
             let usage = self.knobs.advance();
             if self.knobs.unreadable.load(Ordering::SeqCst) {
                 self.knobs.unreadable_reads.fetch_add(1, Ordering::SeqCst);
@@ -538,6 +607,31 @@ mod tests {
         assert!(
             (counted - burnt).abs() < 0.02,
             "counted {counted} s of CPU, the instance used {burnt} s"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_instances_are_read_rarely_and_busy_ones_every_interval() {
+        let rig = rig().await;
+        // Idle: no requests, no CPU. Let the first readings settle, then count.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = rig.knobs.reads.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let idle_reads = rig.knobs.reads.load(Ordering::SeqCst) - before;
+        // Busy (below the rule's threshold, so nothing is tightened): read every 100 ms.
+        *rig.knobs.demand.lock().unwrap() = 0.5;
+        tokio::time::sleep(Duration::from_millis(2200)).await;
+        let before = rig.knobs.reads.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let busy_reads = rig.knobs.reads.load(Ordering::SeqCst) - before;
+        rig.finish().await;
+        assert!(
+            idle_reads <= 1,
+            "an idle instance was read {idle_reads} times in 1.5 s"
+        );
+        assert!(
+            busy_reads >= 10,
+            "a busy instance was read only {busy_reads} times in 1.5 s"
         );
     }
 }
