@@ -490,6 +490,30 @@ impl CgroupRoot {
         }
         Ok(names.into_iter().collect())
     }
+
+    /// Removes the parent group from every hierarchy if no instance group is left in it (at
+    /// shutdown, so a stopped hako leaves no cgroup behind). Returns whether it is gone.
+    pub fn remove_parent_if_empty(&self) -> Result<bool, CgroupError> {
+        if !self.list()?.is_empty() {
+            return Ok(false);
+        }
+        for (_, p) in &self.layout.parents {
+            match fs::remove_dir(p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                // Busy: someone else (another process) put something there.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(false),
+                Err(e) => {
+                    return Err(CgroupError::Io {
+                        op: "rmdir",
+                        path: p.clone(),
+                        source: e,
+                    })
+                }
+            }
+        }
+        Ok(true)
+    }
 }
 
 fn create_dir(d: &Path) -> Result<(), CgroupError> {

@@ -469,16 +469,27 @@ impl Running for Container {
         let pid = self.pid;
         Box::pin(async move {
             let _ = tokio::task::spawn_blocking(move || {
-                if let Some(c) = cgroup {
-                    match Arc::try_unwrap(c) {
-                        Ok(c) => {
-                            let name = c.name().to_string();
-                            if let Err(e) = c.remove() {
-                                tracing::error!(cgroup = %name, error = %e, "cannot remove cgroup");
+                if let Some(mut c) = cgroup {
+                    // A sampler reading may hold a clone of the handle for a moment.
+                    let mut tries = 0;
+                    loop {
+                        match Arc::try_unwrap(c) {
+                            Ok(c) => {
+                                let name = c.name().to_string();
+                                if let Err(e) = c.remove() {
+                                    tracing::error!(cgroup = %name, error = %e, "cannot remove cgroup");
+                                }
+                                break;
                             }
-                        }
-                        Err(c) => {
-                            tracing::error!(cgroup = c.name(), "cgroup still in use; not removed")
+                            Err(shared) if tries < 500 => {
+                                tries += 1;
+                                c = shared;
+                                std::thread::sleep(std::time::Duration::from_millis(2));
+                            }
+                            Err(shared) => {
+                                tracing::error!(cgroup = shared.name(), "cgroup still in use after 1 s; not removed");
+                                break;
+                            }
                         }
                     }
                 }

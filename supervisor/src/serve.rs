@@ -343,6 +343,16 @@ async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow
     let _ = ticker.await;
     let _ = governor_task.await;
     signals.abort();
+    if let Some(root) = &cgroups {
+        match root.remove_parent_if_empty() {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                cgroup = root.parent(),
+                "cgroup parent not empty; left in place"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot remove the cgroup parent"),
+        }
+    }
     tracing::info!("hako stopped; every instance and cgroup removed");
     Ok(())
 }
