@@ -84,7 +84,19 @@ fn err(e: impl std::fmt::Display) -> LaunchError {
 }
 
 /// Builds the default profile and returns it as BPF instructions for `SECCOMP_SET_MODE_FILTER`.
+///
+/// Compiled once per process and cached: every app with the default profile gets the same
+/// program, and compiling it with libseccomp costs more than a whole warm boot.
 pub fn default_profile_bpf() -> Result<Vec<libc::sock_filter>, LaunchError> {
+    static CACHE: std::sync::OnceLock<Vec<libc::sock_filter>> = std::sync::OnceLock::new();
+    if let Some(bpf) = CACHE.get() {
+        return Ok(bpf.clone());
+    }
+    let bpf = compile_default_profile()?;
+    Ok(CACHE.get_or_init(|| bpf).clone())
+}
+
+fn compile_default_profile() -> Result<Vec<libc::sock_filter>, LaunchError> {
     let mut ctx = ScmpFilterContext::new_filter(ScmpAction::Allow).map_err(err)?;
     // no_new_privs is set by the child itself, right before loading.
     ctx.set_ctl_nnp(false).map_err(err)?;

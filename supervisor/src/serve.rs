@@ -173,12 +173,25 @@ fn raise_nofile_limit() {
     }
 }
 
+/// glibc gives every thread that allocates its own arena; with tokio's workers and blocking
+/// threads that fragments memory (measured: 73 MiB RSS with 1000 idle instances, 47 MiB with
+/// two arenas). Two arenas are plenty for a proxy whose hot path barely allocates.
+fn limit_malloc_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator tunable; called from main while the process is
+    // still single-threaded, before any runtime thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 /// Runs `hako serve` to completion. Must be called from `main` while the process is still
 /// single-threaded (it forks the launcher's zygote before the tokio runtime starts).
 pub fn run(source: ConfigSource) -> anyhow::Result<()> {
     use anyhow::Context;
     let cfg = source.load().map_err(|e| anyhow::anyhow!("{e}"))?;
     raise_nofile_limit();
+    limit_malloc_arenas();
     let zygote = Arc::new(Zygote::start().context("start the launcher zygote")?);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
