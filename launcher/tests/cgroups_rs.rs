@@ -332,10 +332,10 @@ fn governor_live_changes_go_through_cgroups_rs() {
         if v1 {
             q.to_owned()
         } else {
-            format!("{q} 100000")
+            format!("{q} {}", hako_launcher::cgroup::CPU_PERIOD_US)
         }
     };
-    assert_eq!(file_of(cg, quota), fmt_quota("50000"));
+    assert_eq!(file_of(cg, quota), fmt_quota("10000"));
 
     // What the supervisor's set_soft_limits does: read back, change cpu and memory_high, write.
     let soft = |cpu: f64, memory_high: Option<u64>| {
@@ -345,7 +345,7 @@ fn governor_live_changes_go_through_cgroups_rs() {
         cg.set_limits(&l).unwrap();
     };
     soft(0.2, Some(32 * MIB));
-    assert_eq!(file_of(cg, quota), fmt_quota("20000"));
+    assert_eq!(file_of(cg, quota), fmt_quota("4000"));
     assert_eq!(file_of(cg, high), (32 * MIB).to_string());
     assert_eq!(file_of(cg, max), (64 * MIB).to_string(), "hard limit kept");
     let tightened = cg.limits().unwrap();
@@ -355,7 +355,7 @@ fn governor_live_changes_go_through_cgroups_rs() {
     assert_eq!(tightened.pids, Some(64));
 
     soft(0.5, None);
-    assert_eq!(file_of(cg, quota), fmt_quota("50000"));
+    assert_eq!(file_of(cg, quota), fmt_quota("10000"));
     assert_eq!(cg.limits().unwrap(), policy);
     assert_eq!(cg.pids().unwrap(), vec![p.pid()]);
     assert!(cg.stats().unwrap().memory_current > 0);
