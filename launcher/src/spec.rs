@@ -3,21 +3,10 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// Capabilities a container keeps unless its spec says otherwise (a subset of Docker's default;
-/// no `CAP_NET_RAW`, no `CAP_MKNOD`).
-pub const DEFAULT_CAPABILITIES: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FOWNER",
-    "CAP_FSETID",
-    "CAP_KILL",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_AUDIT_WRITE",
-];
+/// Capabilities a container keeps unless its spec says otherwise: the configuration's default
+/// (one list for `hako serve` and `hako run`; a subset of Docker's, without `CAP_NET_RAW`,
+/// `CAP_MKNOD`, `CAP_SETPCAP`, `CAP_SYS_CHROOT`).
+pub use hako_policies::DEFAULT_CAPABILITIES;
 
 /// The `PATH` used when the spec's environment has none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

@@ -10,9 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use hako_launcher::cgroup::{CgroupLimits, CgroupRoot, InstanceCgroup};
-use hako_launcher::spec::{
-    ContainerSpec, NetworkMode, RootfsSpec, DEFAULT_CAPABILITIES, DEFAULT_PATH,
-};
+use hako_launcher::spec::{ContainerSpec, NetworkMode, RootfsSpec, DEFAULT_PATH};
 use hako_launcher::zygote::{SpawnRequest, Zygote};
 use hako_policies::{App, Network, Rootfs};
 use hako_proxy::Upstream;
@@ -59,13 +57,7 @@ pub fn container_spec(app: &App, port: u16) -> ContainerSpec {
     spec.uid = app.user.uid;
     spec.gid = app.user.gid;
     spec.nproc = None;
-    spec.capabilities = match &app.capabilities {
-        Some(c) => c.clone(),
-        None => DEFAULT_CAPABILITIES
-            .iter()
-            .map(|s| (*s).to_string())
-            .collect(),
-    };
+    spec.capabilities = app.effective_capabilities();
     spec.seccomp = matches!(app.seccomp, hako_policies::SeccompMode::Default);
     if matches!(app.readiness.probe, hako_policies::Probe::ListenFds) {
         // Socket activation: the listening socket exists before the app runs, so the
