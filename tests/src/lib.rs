@@ -50,6 +50,42 @@ pub fn skip_unless_root() -> bool {
     }
 }
 
+/// Returns from the calling test (printing `skipped: needs root`) when not running as root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if $crate::skip_unless_root() {
+            return;
+        }
+    };
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// stdout followed by stderr of a finished command, lossily decoded.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Ok when the command succeeded; Err carries its stdout and stderr.
+pub fn output_result(out: &std::process::Output) -> Result<(), String> {
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(output_text(out))
+    }
+}
+
 /// The `hako` binary built into the same target directory as the running test binary
 /// (`target/<profile>/deps/test-xxx` → `target/<profile>/hako`).
 pub fn hako_bin() -> PathBuf {
@@ -171,6 +207,13 @@ impl Rootfs {
     pub fn cgi(&self, name: &str, body: &str) -> PathBuf {
         let script = format!("#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\n{body}\n");
         self.write_exec(&format!("www/cgi-bin/{name}"), script)
+    }
+
+    /// A new rootfs with one CGI, `/www/cgi-bin/<name>` (see [`Rootfs::cgi`]).
+    pub fn with_cgi(name: &str, body: &str) -> Rootfs {
+        let rootfs = Rootfs::new();
+        rootfs.cgi(name, body);
+        rootfs
     }
 
     /// Writes `len` pseudo-random bytes (seeded by `seed`) to `rel`; returns their FNV-1a hash.
@@ -315,16 +358,33 @@ impl<'a> Request<'a> {
 }
 
 fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
-    let s = TcpStream::connect_timeout(&addr, Duration::from_secs(10))?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    connect_timeout(addr, Duration::from_secs(10), IO_TIMEOUT)
+}
+
+fn connect_timeout(addr: SocketAddr, connect: Duration, io: Duration) -> io::Result<TcpStream> {
+    let s = TcpStream::connect_timeout(&addr, connect)?;
+    s.set_read_timeout(Some(io))?;
+    s.set_write_timeout(Some(io))?;
     s.set_nodelay(true)?;
     Ok(s)
 }
 
 /// Sends one HTTP/1.1 request with `Connection: close` and reads the whole response.
 pub fn request(addr: SocketAddr, req: &Request<'_>) -> Result<Response, RequestError> {
-    let mut s = connect(addr).map_err(RequestError::Connect)?;
+    send(connect(addr), req)
+}
+
+/// Like [`request`], with `timeout` for the connect and for every socket read/write.
+pub fn request_timeout(
+    addr: SocketAddr,
+    req: &Request<'_>,
+    timeout: Duration,
+) -> Result<Response, RequestError> {
+    send(connect_timeout(addr, timeout, timeout), req)
+}
+
+fn send(stream: io::Result<TcpStream>, req: &Request<'_>) -> Result<Response, RequestError> {
+    let mut s = stream.map_err(RequestError::Connect)?;
     write_head(
         &mut s,
         req.method,
@@ -805,17 +865,71 @@ pub fn child_cgroups(parent: &str) -> Vec<PathBuf> {
     out
 }
 
+/// A file of an instance cgroup: `/sys/fs/cgroup/<parent>/<instance>/<v2_file>` on pure v2,
+/// `/sys/fs/cgroup/<v1_controller>/<parent>/<instance>/<v1_file>` on v1.
+fn instance_cgroup_file(
+    parent: &str,
+    instance: &str,
+    v2_file: &str,
+    v1_controller: &str,
+    v1_file: &str,
+) -> PathBuf {
+    if cgroup_v2_unified() {
+        PathBuf::from(format!("/sys/fs/cgroup/{parent}/{instance}/{v2_file}"))
+    } else {
+        PathBuf::from(format!(
+            "/sys/fs/cgroup/{v1_controller}/{parent}/{instance}/{v1_file}"
+        ))
+    }
+}
+
+fn read_trimmed(p: PathBuf) -> Option<String> {
+    Some(fs::read_to_string(p).ok()?.trim().to_string())
+}
+
 /// The memory limit in bytes of an instance cgroup (`memory.limit_in_bytes` on v1,
 /// `memory.max` on v2), if the file exists.
 pub fn cgroup_memory_limit(parent: &str, instance: &str) -> Option<u64> {
-    let p = if cgroup_v2_unified() {
-        PathBuf::from(format!("/sys/fs/cgroup/{parent}/{instance}/memory.max"))
+    let p = instance_cgroup_file(
+        parent,
+        instance,
+        "memory.max",
+        "memory",
+        "memory.limit_in_bytes",
+    );
+    read_trimmed(p)?.parse().ok()
+}
+
+/// The CPU limit in cores of an instance cgroup (`cpu.max` on v2, `cpu.cfs_quota_us` /
+/// `cpu.cfs_period_us` on v1); None when unlimited or unreadable.
+pub fn cgroup_cpu_limit(parent: &str, instance: &str) -> Option<f64> {
+    if cgroup_v2_unified() {
+        let s = read_trimmed(instance_cgroup_file(parent, instance, "cpu.max", "", ""))?;
+        let mut it = s.split_whitespace();
+        let q: f64 = it.next()?.parse().ok()?;
+        let p: f64 = it.next()?.parse().ok()?;
+        Some(q / p)
     } else {
-        PathBuf::from(format!(
-            "/sys/fs/cgroup/memory/{parent}/{instance}/memory.limit_in_bytes"
-        ))
-    };
-    fs::read_to_string(p).ok()?.trim().parse().ok()
+        let file = |f: &str| instance_cgroup_file(parent, instance, "", "cpu", f);
+        let q: i64 = read_trimmed(file("cpu.cfs_quota_us"))?.parse().ok()?;
+        let p: i64 = read_trimmed(file("cpu.cfs_period_us"))?.parse().ok()?;
+        (q > 0 && p > 0).then(|| q as f64 / p as f64)
+    }
+}
+
+/// Cumulative CPU time of an instance cgroup in microseconds (`cpu.stat` `usage_usec` on v2,
+/// `cpuacct.usage` on v1).
+pub fn cgroup_cpu_usage_usec(parent: &str, instance: &str) -> Option<u64> {
+    let p = instance_cgroup_file(parent, instance, "cpu.stat", "cpuacct", "cpuacct.usage");
+    let s = read_trimmed(p)?;
+    if cgroup_v2_unified() {
+        s.lines()
+            .find_map(|l| l.strip_prefix("usage_usec "))
+            .and_then(|v| v.trim().parse().ok())
+    } else {
+        let ns: u64 = s.parse().ok()?;
+        Some(ns / 1000)
+    }
 }
 
 /// Lines of /proc/self/mountinfo that mention any of `paths`.
@@ -845,6 +959,11 @@ fn status_field_kib(pid: i32, field: &str) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// Like [`wait_for`], but panics with "timed out after ... waiting for `what`".
+pub fn wait_until<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    wait_for(timeout, f).unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
 }
 
 /// Polls `f` every 20 ms until it returns Some or `timeout` passes.
@@ -879,6 +998,8 @@ pub struct Hako {
     state_dir: PathBuf,
     rootfs_paths: Vec<PathBuf>,
     apps_yaml: String,
+    /// Global options given to `hako` before `serve` (e.g. `--log-format json`).
+    global_args: Vec<String>,
     child: Option<Child>,
     /// Pids seen during the run (hako's descendants, instance pids) with their start times.
     tracked: Mutex<Vec<(i32, Option<u64>, String)>>,
@@ -909,10 +1030,26 @@ impl Hako {
         Self::start_with(apps_yaml, rootfs, "")
     }
 
+    /// Starts hako with one busybox httpd app (see [`httpd_app`]) on `rootfs`.
+    pub fn start_httpd(name: &str, rootfs: &Rootfs, extra: &[&str]) -> Hako {
+        Self::start(&apps(&[httpd_app(name, rootfs, extra)]), &[rootfs])
+    }
+
     /// Like [`Hako::start`], with extra top-level YAML (e.g. a `governor:` section). With
     /// `extra_top_level` empty, the governor is disabled (`governor: {enabled: false}`) so that
     /// host pressure never changes the limits under test.
     pub fn start_with(apps_yaml: &str, rootfs: &[&Rootfs], extra_top_level: &str) -> Hako {
+        Self::start_with_args(apps_yaml, rootfs, extra_top_level, &[])
+    }
+
+    /// Like [`Hako::start_with`], running `hako <global_args> serve --config FILE` (e.g.
+    /// `&["--log-format", "json"]`).
+    pub fn start_with_args(
+        apps_yaml: &str,
+        rootfs: &[&Rootfs],
+        extra_top_level: &str,
+        global_args: &[&str],
+    ) -> Hako {
         let serial = serial();
         hako_bin();
         let n = RUN_COUNTER.fetch_add(1, Ordering::SeqCst);
@@ -949,6 +1086,7 @@ impl Hako {
             state_dir,
             rootfs_paths: rootfs.iter().map(|r| r.path().to_path_buf()).collect(),
             apps_yaml: apps_yaml.to_string(),
+            global_args: global_args.iter().map(|a| a.to_string()).collect(),
             child: None,
             tracked: Mutex::new(Vec::new()),
             last_exit: None,
@@ -976,6 +1114,7 @@ impl Hako {
             .expect("open log");
         let err = log.try_clone().expect("clone log fd");
         let child = Command::new(hako_bin())
+            .args(&self.global_args)
             .arg("serve")
             .arg("--config")
             .arg(&self.config_path)
@@ -1048,8 +1187,14 @@ impl Hako {
         assert_eq!(r.status, 200, "GET /v1/instances: {}", r.text());
         let v: Vec<serde_json::Value> = serde_json::from_slice(&r.body)
             .unwrap_or_else(|e| panic!("/v1/instances is not a JSON array: {e}: {}", r.text()));
+        self.track_instances(&v);
+        v
+    }
+
+    /// Records the pids of `/v1/instances` entries for the leftover check.
+    fn track_instances(&self, instances: &[serde_json::Value]) {
         let mut t = self.tracked.lock().unwrap_or_else(|p| p.into_inner());
-        for i in &v {
+        for i in instances {
             if let Some(pid) = i["pid"].as_i64() {
                 let pid = pid as i32;
                 if pid > 0 && !t.iter().any(|(p, _, _)| *p == pid) {
@@ -1057,7 +1202,18 @@ impl Hako {
                 }
             }
         }
-        v
+    }
+
+    /// The one instance of `app`; panics unless there is exactly one.
+    pub fn the_instance_of(&self, app: &str) -> serde_json::Value {
+        let all = self.instances();
+        let mine: Vec<_> = all.iter().filter(|i| i["app"] == app).cloned().collect();
+        assert_eq!(
+            mine.len(),
+            1,
+            "exactly one instance of {app} expected: {all:?}"
+        );
+        mine[0].clone()
     }
 
     /// Instances of `app`.
@@ -1168,15 +1324,7 @@ impl Hako {
     fn instances_quiet(&self) -> Option<()> {
         let r = request(self.admin, &Request::get("admin", "/v1/instances")).ok()?;
         let v: Vec<serde_json::Value> = serde_json::from_slice(&r.body).ok()?;
-        let mut t = self.tracked.lock().unwrap_or_else(|p| p.into_inner());
-        for i in &v {
-            if let Some(pid) = i["pid"].as_i64() {
-                let pid = pid as i32;
-                if pid > 0 && !t.iter().any(|(p, _, _)| *p == pid) {
-                    t.push((pid, start_time(pid), format!("instance {}", i["id"])));
-                }
-            }
-        }
+        self.track_instances(&v);
         Some(())
     }
 
@@ -1282,14 +1430,28 @@ impl Hako {
         }
     }
 
-    fn remove_cgroup_parent(&self) {
-        for dir in cgroup_parent_dirs(&self.cgroup_parent) {
-            if dir.exists() {
+    /// Removes this run's cgroup parent directories (and any instance cgroup left in them),
+    /// retrying for up to 1 s; returns the directories that still exist.
+    pub fn remove_cgroup_parent(&self) -> Vec<PathBuf> {
+        let left = || {
+            cgroup_parent_dirs(&self.cgroup_parent)
+                .into_iter()
+                .filter(|d| d.exists())
+                .collect::<Vec<_>>()
+        };
+        let removed = wait_for(Duration::from_secs(1), || {
+            for dir in left() {
                 for cg in child_cgroups(&self.cgroup_parent) {
                     let _ = fs::remove_dir(&cg);
                 }
                 let _ = fs::remove_dir(&dir);
             }
+            left().is_empty().then_some(())
+        });
+        if removed.is_some() {
+            Vec::new()
+        } else {
+            left()
         }
     }
 
@@ -1347,7 +1509,7 @@ impl Drop for Hako {
             }
         }
         self.force_cleanup();
-        self.remove_cgroup_parent();
+        let _ = self.remove_cgroup_parent();
         if panicking || !problems.is_empty() {
             eprintln!(
                 "--- hako log ({}) ---\n{}",
@@ -1416,4 +1578,9 @@ pub fn app_with_command(name: &str, rootfs: &Rootfs, command: &str, extra: &[&st
         s.push('\n');
     }
     s
+}
+
+/// The `apps:` section of a configuration made of app entries (see [`httpd_app`]).
+pub fn apps(entries: &[String]) -> String {
+    format!("apps:\n{}", entries.concat())
 }

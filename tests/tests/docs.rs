@@ -25,28 +25,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
-/// target/<profile>/deps/<test> → target/<profile>/hako
-fn hako_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let bin = profile_dir.join("hako");
-    assert!(
-        bin.is_file(),
-        "{} not found: build it first (`cargo build -p hako-supervisor` or `cargo test --workspace`)",
-        bin.display()
-    );
-    bin
-}
+use hako_tests::{hako_bin, output_result, repo_root};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -149,15 +128,7 @@ fn hako_check(file: &Path) -> Result<(), String> {
         .env_remove("RUST_LOG")
         .output()
         .expect("run hako check");
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
+    output_result(&out)
 }
 
 fn promtool_available() -> bool {
@@ -186,16 +157,7 @@ fn check_block(dir: &Path, n: usize, block: &Block, promtool: bool) -> Result<bo
                 .arg(&file)
                 .output()
                 .expect("run promtool");
-            let result = if out.status.success() {
-                Ok(())
-            } else {
-                Err(format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ))
-            };
-            ("promtool check", result)
+            ("promtool check", output_result(&out))
         }
     };
     result.map(|()| true).map_err(|e| {

@@ -19,14 +19,14 @@
 //! `cargo build -p hako-supervisor --bin hako && cargo test -p hako-tests --test governor -- --nocapture`.
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::net::SocketAddr;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use hako_tests::*;
 
 /// noisy's configured CPU limit (cores).
 const NOISY_CPU: f64 = 0.5;
@@ -57,75 +57,22 @@ const LATENCY_BOUND: Duration = Duration::from_millis(1500);
 /// Bound for burst end → quota back at the policy (relax_after 1s + steps of 250 ms).
 const RELAX_BOUND: Duration = Duration::from_secs(20);
 
-const CGI_BURN: &str = "#!/bin/sh\n\
-echo 'Content-Type: text/plain'\n\
-echo\n\
-i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo burned\n";
+/// Body of noisy's CPU-burning CGI (`/cgi-bin/burn`).
+const CGI_BURN: &str = "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo burned";
+/// quiet's static page.
+const QUIET_PAGE: &str = "quiet page\n";
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+/// The busybox rootfs of both apps: noisy's burn CGI and quiet's static page.
+fn make_rootfs() -> Rootfs {
+    let rootfs = Rootfs::with_cgi("burn", CGI_BURN);
+    rootfs.write("www/index.html", QUIET_PAGE);
+    rootfs
 }
 
-/// target/<profile>/deps/governor-xxxx → target/<profile>/hako
-fn hako_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
-    let bin = profile_dir.join("hako");
-    assert!(
-        bin.is_file(),
-        "{} not found: build it first with `cargo build -p hako-supervisor --bin hako`",
-        bin.display()
-    );
-    bin
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
-/// A minimal busybox root filesystem with httpd, a shell, a static page and the burn CGI.
-fn make_rootfs(root: &Path) {
-    for d in [
-        "bin",
-        "etc",
-        "proc",
-        "dev",
-        "sys",
-        "tmp",
-        "run",
-        "www/cgi-bin",
-    ] {
-        fs::create_dir_all(root.join(d)).expect("create rootfs dir");
-    }
-    fs::copy("/usr/bin/busybox", root.join("bin/busybox")).expect("copy /usr/bin/busybox");
-    // Relative links: `busybox --install -s` would make absolute links to the host path.
-    for applet in ["sh", "httpd", "[", "test", "echo", "cat"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("symlink");
-    }
-    fs::write(root.join("www/index.html"), "quiet page\n").expect("write index");
-    let cgi = root.join("www/cgi-bin/burn");
-    fs::write(&cgi, CGI_BURN).expect("write cgi");
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&cgi, fs::Permissions::from_mode(0o755)).expect("chmod cgi");
-}
-
-fn write_config(
-    dir: &Path,
-    listen: SocketAddr,
-    admin: SocketAddr,
-    parent: &str,
-    rule: Rule,
-) -> PathBuf {
-    let state = dir.join("state");
-    let rootfs = dir.join("rootfs");
-    let (state, rootfs) = (state.display(), rootfs.display());
+/// The `apps:` section (noisy with the spike rule for [`Rule::App`], quiet) and the
+/// `governor:` section of the scenario's configuration.
+fn config(rootfs: &Rootfs, rule: Rule) -> (String, String) {
+    let rootfs = rootfs.path().display();
     let for_ms = SPIKE_FOR.as_millis();
     let spike = match rule {
         Rule::App => format!(
@@ -135,11 +82,7 @@ fn write_config(
     };
     let httpd = r#"command: [/bin/httpd, -f, -p, "8080", -h, /www]"#;
     let lifetime = "lifetime: {idle_timeout: 5m, stop_timeout: 500ms, grace: 1s}";
-    let lines = [
-        format!("listen: {listen}"),
-        format!("admin: {admin}"),
-        format!("state_dir: {state}"),
-        format!("cgroup_parent: {parent}"),
+    let apps = [
         "apps:".to_string(),
         format!(
             "  - {{name: noisy, hosts: [noisy.local], rootfs: {rootfs}, {httpd}, \
@@ -149,6 +92,8 @@ fn write_config(
             "  - {{name: quiet, hosts: [quiet.local], rootfs: {rootfs}, {httpd}, \
              limits: {{cpu: {QUIET_CPU}, memory: 64Mi, pids: 64}}, {lifetime}}}"
         ),
+    ];
+    let governor = [
         "governor:".to_string(),
         "  interval: 100ms".to_string(),
         "  relax_after: 1s".to_string(),
@@ -158,228 +103,14 @@ fn write_config(
             .to_string(),
         "  memory_pressure: 100".to_string(),
     ];
-    let cfg = lines.join("\n") + "\n";
-    let path = dir.join("hako.yaml");
-    fs::write(&path, cfg).expect("write config");
-    path
+    (apps.join("\n") + "\n", governor.join("\n") + "\n")
 }
 
-/// One HTTP/1.1 GET with `Connection: close`; returns (status, body).
-fn http_get(
-    addr: SocketAddr,
-    host: &str,
-    path: &str,
-    timeout: Duration,
-) -> Result<(u16, String), String> {
-    let mut s =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("write: {e}"))?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)
-        .map_err(|e| format!("read {host}{path}: {e}"))?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("no status line in {text:?}"))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
-/// Which cgroup layout the host has.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Cg {
-    V1,
-    V2,
-}
-
-impl Cg {
-    fn detect() -> Cg {
-        if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-            Cg::V2
-        } else {
-            Cg::V1
-        }
-    }
-
-    /// Every directory `<hierarchy>/<parent>` hako may have created.
-    fn parent_dirs(self, parent: &str) -> Vec<PathBuf> {
-        match self {
-            Cg::V2 => vec![Path::new("/sys/fs/cgroup").join(parent)],
-            Cg::V1 => fs::read_dir("/sys/fs/cgroup")
-                .map(|rd| {
-                    rd.filter_map(Result::ok)
-                        .map(|e| e.path().join(parent))
-                        .filter(|p| p.is_dir())
-                        .collect()
-                })
-                .unwrap_or_default(),
-        }
-    }
-
-    /// CPU limit in cores read from the instance's cgroup; `None` = unlimited or unreadable.
-    fn quota(self, parent: &str, name: &str) -> Option<f64> {
-        match self {
-            Cg::V2 => {
-                let s = fs::read_to_string(
-                    Path::new("/sys/fs/cgroup")
-                        .join(parent)
-                        .join(name)
-                        .join("cpu.max"),
-                )
-                .ok()?;
-                let mut it = s.split_whitespace();
-                let q: f64 = it.next()?.parse().ok()?;
-                let p: f64 = it.next()?.parse().ok()?;
-                Some(q / p)
-            }
-            Cg::V1 => {
-                let dir = Path::new("/sys/fs/cgroup/cpu").join(parent).join(name);
-                let q: i64 = fs::read_to_string(dir.join("cpu.cfs_quota_us"))
-                    .ok()?
-                    .trim()
-                    .parse()
-                    .ok()?;
-                let p: i64 = fs::read_to_string(dir.join("cpu.cfs_period_us"))
-                    .ok()?
-                    .trim()
-                    .parse()
-                    .ok()?;
-                (q > 0 && p > 0).then(|| q as f64 / p as f64)
-            }
-        }
-    }
-
-    /// Cumulative CPU time of the instance's cgroup in microseconds.
-    fn usage_usec(self, parent: &str, name: &str) -> Option<u64> {
-        match self {
-            Cg::V2 => {
-                let s = fs::read_to_string(
-                    Path::new("/sys/fs/cgroup")
-                        .join(parent)
-                        .join(name)
-                        .join("cpu.stat"),
-                )
-                .ok()?;
-                s.lines()
-                    .find_map(|l| l.strip_prefix("usage_usec "))
-                    .and_then(|v| v.trim().parse().ok())
-            }
-            Cg::V1 => {
-                let p = Path::new("/sys/fs/cgroup/cpuacct")
-                    .join(parent)
-                    .join(name)
-                    .join("cpuacct.usage");
-                let ns: u64 = fs::read_to_string(p).ok()?.trim().parse().ok()?;
-                Some(ns / 1000)
-            }
-        }
-    }
-}
-
-/// Kills whatever is left in the test's cgroup parents and removes them, even on failure.
-struct CgroupGuard {
-    cg: Cg,
-    parent: String,
-}
-
-impl CgroupGuard {
-    /// Sub-cgroups still present under the parents (hako should have removed them all).
-    fn leftovers(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for dir in self.cg.parent_dirs(&self.parent) {
-            if let Ok(rd) = fs::read_dir(&dir) {
-                out.extend(
-                    rd.filter_map(Result::ok)
-                        .map(|e| e.path())
-                        .filter(|p| p.is_dir()),
-                );
-            }
-        }
-        out
-    }
-
-    /// Removes the parents (and, after a failure, anything below them); returns what remains.
-    fn remove(&self) -> Vec<PathBuf> {
-        fn kill_and_rmdir(dir: &Path) {
-            if let Ok(rd) = fs::read_dir(dir) {
-                for child in rd
-                    .filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .filter(|p| p.is_dir())
-                {
-                    kill_and_rmdir(&child);
-                }
-            }
-            for _ in 0..50 {
-                if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
-                    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                        // SAFETY: plain syscall; the pid belongs to the test's own cgroup.
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
-                    }
-                }
-                if fs::remove_dir(dir).is_ok() || !dir.exists() {
-                    return;
-                }
-                thread::sleep(Duration::from_millis(20));
-            }
-        }
-        for dir in self.cg.parent_dirs(&self.parent) {
-            kill_and_rmdir(&dir);
-        }
-        self.cg.parent_dirs(&self.parent)
-    }
-}
-
-impl Drop for CgroupGuard {
-    fn drop(&mut self) {
-        let left = self.remove();
-        if !left.is_empty() {
-            eprintln!("warning: could not remove cgroups {left:?}");
-        }
-    }
-}
-
-/// The `hako serve` process: SIGTERM, then SIGKILL after 20 s, on drop.
-struct Hako {
-    child: Option<Child>,
-}
-
-impl Hako {
-    fn stop(&mut self) -> Option<ExitStatus> {
-        let mut child = self.child.take()?;
-        // SAFETY: plain syscall on our own child, which has not been reaped yet.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match child.try_wait() {
-                Ok(Some(st)) => return Some(st),
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-                _ => {
-                    let _ = child.kill();
-                    return child.wait().ok();
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Hako {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// One HTTP/1.1 GET with `Connection: close` and `timeout`; returns the status.
+fn get_status(addr: SocketAddr, host: &str, path: &str, timeout: Duration) -> Result<u16, String> {
+    request_timeout(addr, &Request::get(host, path), timeout)
+        .map(|r| r.status)
+        .map_err(|e| format!("{host}{path}: {e}"))
 }
 
 /// One observation of the cgroup files by the test's own poller.
@@ -471,7 +202,7 @@ struct Poller {
 }
 
 impl Poller {
-    fn start(cg: Cg, parent: &str, noisy: &str, quiet: &str) -> Poller {
+    fn start(parent: &str, noisy: &str, quiet: &str) -> Poller {
         let obs: Arc<Mutex<Vec<Obs>>> = Arc::default();
         let running = Arc::new(AtomicBool::new(true));
         let (o, r) = (obs.clone(), running.clone());
@@ -480,9 +211,9 @@ impl Poller {
             while r.load(Ordering::Relaxed) {
                 let ob = Obs {
                     t: Instant::now(),
-                    noisy_usage_usec: cg.usage_usec(&parent, &noisy),
-                    noisy_quota: cg.quota(&parent, &noisy),
-                    quiet_quota: cg.quota(&parent, &quiet),
+                    noisy_usage_usec: cgroup_cpu_usage_usec(&parent, &noisy),
+                    noisy_quota: cgroup_cpu_limit(&parent, &noisy),
+                    quiet_quota: cgroup_cpu_limit(&parent, &quiet),
                     psi: host_cpu_psi(),
                 };
                 o.lock().unwrap().push(ob);
@@ -516,48 +247,40 @@ impl Drop for Poller {
     }
 }
 
+/// A client thread: GETs `host`/`path` (each with `timeout`, `pause` between two) until
+/// [`BURST`] after `start`; returns every outcome.
+fn hammer(
+    addr: SocketAddr,
+    (host, path): (&'static str, &'static str),
+    timeout: Duration,
+    pause: Duration,
+    start: Instant,
+) -> thread::JoinHandle<Vec<Result<u16, String>>> {
+    thread::spawn(move || {
+        let mut codes = Vec::new();
+        while start.elapsed() < BURST {
+            codes.push(get_status(addr, host, path, timeout));
+            thread::sleep(pause);
+        }
+        codes
+    })
+}
+
 fn close(a: Option<f64>, b: f64) -> bool {
     a.is_some_and(|a| (a - b).abs() < 1e-3)
 }
 
-fn instances(admin: SocketAddr) -> Vec<serde_json::Value> {
-    let (status, body) = http_get(admin, "admin", "/v1/instances", Duration::from_secs(5))
-        .expect("GET /v1/instances");
-    assert_eq!(status, 200, "/v1/instances: {body}");
-    serde_json::from_str(&body).expect("/v1/instances is a JSON array")
-}
-
-fn instance_of(admin: SocketAddr, app: &str) -> serde_json::Value {
-    let all = instances(admin);
-    let mine: Vec<_> = all.iter().filter(|i| i["app"] == app).cloned().collect();
-    assert_eq!(
-        mine.len(),
-        1,
-        "exactly one instance of {app} expected: {all:?}"
-    );
-    mine[0].clone()
-}
-
 /// `hako_limit_changes_total{app,direction}` from `/metrics` (0 when absent).
-fn limit_changes(admin: SocketAddr, app: &str, direction: &str) -> f64 {
-    let (status, body) =
-        http_get(admin, "admin", "/metrics", Duration::from_secs(5)).expect("GET /metrics");
-    assert_eq!(status, 200);
-    body.lines()
-        .filter(|l| l.starts_with("hako_limit_changes_total{"))
-        .filter(|l| {
-            l.contains(&format!("app=\"{app}\""))
-                && l.contains(&format!("direction=\"{direction}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+fn limit_changes(hako: &Hako, app: &str, direction: &str) -> f64 {
+    hako.metrics().sum(
+        "hako_limit_changes_total",
+        &[("app", app), ("direction", direction)],
+    )
 }
 
 /// Every "limits changed" event of the JSON log.
-fn limit_events(log: &Path) -> Vec<serde_json::Value> {
-    fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
+fn limit_events(log: &str) -> Vec<serde_json::Value> {
+    log.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["message"] == "limits changed")
         .collect()
@@ -576,9 +299,6 @@ fn window_util(obs: &[Obs], i: usize) -> Option<(Instant, f64)> {
     Some((start.t, du as f64 / dt))
 }
 
-/// The tests share the host's CPUs: run them one at a time.
-static SERIAL: Mutex<()> = Mutex::new(());
-
 #[test]
 fn an_app_rule_tightens_the_noisy_tenant_only_and_relaxes_it_after_the_burst() {
     scenario(Rule::App);
@@ -590,72 +310,31 @@ fn under_lasting_host_pressure_the_noisy_tenant_is_tightened_and_relaxes_once_ca
 }
 
 fn scenario(rule: Rule) {
-    if !is_root() {
-        println!("skipped: needs root");
-        return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_root!();
     let (threshold, target) = rule.threshold_and_target();
-    let hako_bin = hako_bin();
-    let cg = Cg::detect();
-    let tag = match rule {
-        Rule::App => "app",
-        Rule::HostPressure => "psi",
-    };
-    let parent = format!("hako-gov-{}-{tag}", std::process::id());
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path();
-    let guard = CgroupGuard {
-        cg,
-        parent: parent.clone(),
-    };
-    // Foreign host pressure for the whole run (before hako: dropped after it).
-    let spinners = (rule == Rule::HostPressure).then(Spinners::start);
-    make_rootfs(&dir.join("rootfs"));
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let config = write_config(dir, listen, admin, &parent, rule);
-    let log = dir.join("hako.log");
+    let rootfs = make_rootfs();
+    let (apps, governor) = config(&rootfs, rule);
+    // The guard runs the tests one at a time (they share the host's CPUs), checks that hako
+    // exits cleanly and leaves no process, cgroup or mount behind, and removes its cgroups.
+    let mut hako = Hako::start_with_args(&apps, &[&rootfs], &governor, &["--log-format", "json"]);
+    let (listen, parent) = (hako.listen, hako.cgroup_parent.clone());
     println!(
-        "{rule:?}: cgroup {cg:?}, parent {parent}, config {}",
-        config.display()
+        "{rule:?}: cgroup v2 {}, parent {parent}, config {}",
+        cgroup_v2_unified(),
+        hako.config_path.display()
     );
-
-    let mut hako = Hako {
-        child: Some(
-            Command::new(&hako_bin)
-                .args(["--log-format", "json", "serve", "--config"])
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(fs::File::create(dir.join("hako.out")).expect("stdout file"))
-                .stderr(fs::File::create(&log).expect("log file"))
-                .spawn()
-                .expect("spawn hako serve"),
-        ),
-    };
-    let up = Instant::now();
-    while http_get(admin, "admin", "/healthz", Duration::from_millis(500)).map(|r| r.0) != Ok(200) {
-        let exited = hako
-            .child
-            .as_mut()
-            .and_then(|c| c.try_wait().ok().flatten());
-        assert!(
-            exited.is_none(),
-            "hako exited early ({exited:?}): {}",
-            fs::read_to_string(&log).unwrap_or_default()
-        );
-        assert!(
-            up.elapsed() < Duration::from_secs(20),
-            "admin endpoint never came up"
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    // Foreign host pressure for the whole run (dropped before hako stops).
+    let spinners = (rule == Rule::HostPressure).then(Spinners::start);
 
     // Boot one instance of each app with a cheap request.
-    let (st, body) =
-        http_get(listen, "quiet.local", "/", Duration::from_secs(20)).expect("boot quiet");
-    assert_eq!((st, body.as_str()), (200, "quiet page\n"));
-    let (st, _) = http_get(
+    let r = request_timeout(
+        listen,
+        &Request::get("quiet.local", "/"),
+        Duration::from_secs(20),
+    )
+    .expect("boot quiet");
+    assert_eq!((r.status, r.text().as_str()), (200, QUIET_PAGE));
+    let st = get_status(
         listen,
         "noisy.local",
         "/index.html",
@@ -663,20 +342,20 @@ fn scenario(rule: Rule) {
     )
     .expect("boot noisy");
     assert_eq!(st, 200);
-    let noisy = instance_of(admin, "noisy")["id"]
+    let noisy = hako.the_instance_of("noisy")["id"]
         .as_str()
         .expect("id")
         .to_string();
-    let quiet = instance_of(admin, "quiet")["id"]
+    let quiet = hako.the_instance_of("quiet")["id"]
         .as_str()
         .expect("id")
         .to_string();
     for (name, cpu) in [(&noisy, NOISY_CPU), (&quiet, QUIET_CPU)] {
-        let q = cg.quota(&parent, name);
+        let q = cgroup_cpu_limit(&parent, name);
         assert!(close(q, cpu), "{name} starts at its policy {cpu}: {q:?}");
     }
     assert!(
-        cg.usage_usec(&parent, &noisy).is_some(),
+        cgroup_cpu_usage_usec(&parent, &noisy).is_some(),
         "noisy's CPU usage is readable"
     );
 
@@ -697,36 +376,30 @@ fn scenario(rule: Rule) {
         );
     }
 
-    let poller = Poller::start(cg, &parent, &noisy, &quiet);
+    let poller = Poller::start(&parent, &noisy, &quiet);
     thread::sleep(Duration::from_millis(300)); // a calm baseline
 
     // The burst on noisy, and quiet served meanwhile.
     let burst_start = Instant::now();
     let clients: Vec<_> = (0..BURST_CLIENTS)
         .map(|_| {
-            thread::spawn(move || {
-                let mut codes = Vec::new();
-                while burst_start.elapsed() < BURST {
-                    let r = http_get(
-                        listen,
-                        "noisy.local",
-                        "/cgi-bin/burn",
-                        Duration::from_secs(60),
-                    );
-                    codes.push(r.map(|r| r.0));
-                }
-                codes
-            })
+            let burn = ("noisy.local", "/cgi-bin/burn");
+            hammer(
+                listen,
+                burn,
+                Duration::from_secs(60),
+                Duration::ZERO,
+                burst_start,
+            )
         })
         .collect();
-    let quiet_client = thread::spawn(move || {
-        let mut codes = Vec::new();
-        while burst_start.elapsed() < BURST {
-            codes.push(http_get(listen, "quiet.local", "/", Duration::from_secs(10)).map(|r| r.0));
-            thread::sleep(Duration::from_millis(100));
-        }
-        codes
-    });
+    let quiet_client = hammer(
+        listen,
+        ("quiet.local", "/"),
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        burst_start,
+    );
 
     // While the burst runs: the tightened limit shows in the cgroup, the API and `hako ps`.
     let tightened = loop {
@@ -736,19 +409,19 @@ fn scenario(rule: Rule) {
         assert!(
             burst_start.elapsed() < BURST + Duration::from_secs(2),
             "noisy was never tightened; quota now {:?}; log:\n{}",
-            cg.quota(&parent, &noisy),
-            fs::read_to_string(&log).unwrap_or_default()
+            cgroup_cpu_limit(&parent, &noisy),
+            hako.log()
         );
         thread::sleep(POLL);
     };
-    let api_cpu = instance_of(admin, "noisy")["limits"]["cpu"].as_f64();
-    let ps = Command::new(&hako_bin)
+    let api_cpu = hako.the_instance_of("noisy")["limits"]["cpu"].as_f64();
+    let ps = Command::new(hako_bin())
         .args(["ps", "--admin"])
-        .arg(admin.to_string())
+        .arg(hako.admin.to_string())
         .output()
         .expect("run hako ps");
     let ps_out = String::from_utf8_lossy(&ps.stdout).into_owned();
-    let still_tight = close(cg.quota(&parent, &noisy), target);
+    let still_tight = close(cgroup_cpu_limit(&parent, &noisy), target);
     assert!(
         still_tight,
         "noisy relaxed while the burst was still running"
@@ -784,13 +457,13 @@ fn scenario(rule: Rule) {
 
     // After the burst noisy relaxes back to exactly its policy.
     let relaxed_at = loop {
-        if close(cg.quota(&parent, &noisy), NOISY_CPU) {
+        if close(cgroup_cpu_limit(&parent, &noisy), NOISY_CPU) {
             break burst_end.elapsed();
         }
         assert!(
             burst_end.elapsed() < RELAX_BOUND,
             "noisy not relaxed {RELAX_BOUND:?} after the burst: quota {:?}, host cpu psi {:?}",
-            cg.quota(&parent, &noisy),
+            cgroup_cpu_limit(&parent, &noisy),
             host_cpu_psi()
         );
         thread::sleep(POLL);
@@ -878,27 +551,27 @@ fn scenario(rule: Rule) {
 
     // Metrics, API and log agree.
     assert_eq!(
-        limit_changes(admin, "noisy", "tighten"),
+        limit_changes(&hako, "noisy", "tighten"),
         1.0,
         "exactly one tightening of noisy"
     );
     assert!(
-        limit_changes(admin, "noisy", "relax") >= 1.0,
+        limit_changes(&hako, "noisy", "relax") >= 1.0,
         "relax steps are counted"
     );
     assert_eq!(
-        limit_changes(admin, "quiet", "tighten") + limit_changes(admin, "quiet", "relax"),
+        limit_changes(&hako, "quiet", "tighten") + limit_changes(&hako, "quiet", "relax"),
         0.0
     );
     assert!(close(
-        instance_of(admin, "noisy")["limits"]["cpu"].as_f64(),
+        hako.the_instance_of("noisy")["limits"]["cpu"].as_f64(),
         NOISY_CPU
     ));
     assert!(close(
-        instance_of(admin, "quiet")["limits"]["cpu"].as_f64(),
+        hako.the_instance_of("quiet")["limits"]["cpu"].as_f64(),
         QUIET_CPU
     ));
-    let events = limit_events(&log);
+    let events = limit_events(&hako.log());
     assert!(
         events.iter().all(|e| e["app"] == "noisy"),
         "only noisy changes: {events:?}"
@@ -948,14 +621,11 @@ fn scenario(rule: Rule) {
     );
     drop(spinners);
 
-    // Shutdown: hako removes its instances' cgroups; the test removes the parents.
-    let status = hako.stop().expect("hako exit status");
+    // Shutdown: hako removes its instances' cgroups (and processes and mounts); the parents
+    // can then be removed.
+    let status = hako.stop();
     assert!(status.success(), "hako serve exited with {status}");
-    let left = guard.leftovers();
-    assert!(
-        left.is_empty(),
-        "hako left instance cgroups behind: {left:?}"
-    );
-    let left = guard.remove();
+    hako.assert_clean();
+    let left = hako.remove_cgroup_parent();
     assert!(left.is_empty(), "cgroup parents left behind: {left:?}");
 }

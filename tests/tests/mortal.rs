@@ -10,10 +10,6 @@ use std::time::{Duration, Instant};
 
 use hako_tests::*;
 
-fn apps(entries: &[String]) -> String {
-    format!("apps:\n{}", entries.concat())
-}
-
 fn stops(h: &Hako, app: &str, reason: &str) -> f64 {
     h.metrics().sum(
         "hako_instance_stops_total",
@@ -25,17 +21,12 @@ fn stops(h: &Hako, app: &str, reason: &str) -> f64 {
 /// boots a new one.
 #[test]
 fn idle_instance_stops_and_next_request_boots_again() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root!();
     let rootfs = Rootfs::new();
-    let h = Hako::start(
-        &apps(&[httpd_app(
-            "web",
-            &rootfs,
-            &["lifetime: {idle_timeout: 1s, stop_timeout: 500ms}"],
-        )]),
-        &[&rootfs],
+    let h = Hako::start_httpd(
+        "web",
+        &rootfs,
+        &["lifetime: {idle_timeout: 1s, stop_timeout: 500ms}"],
     );
     let r = h.get("web.test", "/");
     assert_eq!(r.status, 200);
@@ -87,19 +78,9 @@ fn idle_instance_stops_and_next_request_boots_again() {
 /// replaced several times and not one request fails.
 #[test]
 fn lifetime_replacement_loses_no_request() {
-    if skip_unless_root() {
-        return;
-    }
-    let rootfs = Rootfs::new();
-    rootfs.cgi("slow", "sleep 0.1\necho slept");
-    let h = Hako::start(
-        &apps(&[httpd_app(
-            "web",
-            &rootfs,
-            &["lifetime: {idle_timeout: 2s, max_lifetime: 2s, grace: 5s, stop_timeout: 500ms, prestart_successor: true}"],
-        )]),
-        &[&rootfs],
-    );
+    require_root!();
+    let rootfs = Rootfs::with_cgi("slow", "sleep 0.1\necho slept");
+    let h = Hako::start_httpd("web", &rootfs, &["lifetime: {idle_timeout: 2s, max_lifetime: 2s, grace: 5s, stop_timeout: 500ms, prestart_successor: true}"]);
     let stop = AtomicBool::new(false);
     let failures = Mutex::new(Vec::<String>::new());
     let ids = Mutex::new(Vec::<String>::new());
@@ -177,8 +158,7 @@ fn lifetime_replacement_loses_no_request() {
 /// httpd as a child; the CGI SIGKILLs every httpd, the shell (PID 1) then exits with 137 and the
 /// kernel tears down the namespace: a crash as a user sees it.
 fn start_crashy() -> (Rootfs, Hako) {
-    let rootfs = Rootfs::new();
-    rootfs.cgi("die", "echo dying\nkill -9 $(pidof httpd)");
+    let rootfs = Rootfs::with_cgi("die", "echo dying\nkill -9 $(pidof httpd)");
     let h = Hako::start(
         &apps(&[app_with_command(
             "crashy",
@@ -207,9 +187,7 @@ fn boot_crashy(h: &Hako) -> (String, i32) {
 /// request is served by a new instance.
 #[test]
 fn crashed_instance_is_counted_and_replaced() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root!();
     let (_rootfs, h) = start_crashy();
     let (first_id, first_pid) = boot_crashy(&h);
 
@@ -269,9 +247,7 @@ fn crashed_instance_is_counted_and_replaced() {
 /// bytes, so it is safe to retry. Five crash cycles, the request racing each death.
 #[test]
 fn request_racing_a_crash_is_served_by_a_new_instance() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root!();
     let (_rootfs, h) = start_crashy();
     let mut failures = Vec::new();
     for cycle in 0..5 {
@@ -314,11 +290,8 @@ fn request_racing_a_crash_is_served_by_a_new_instance() {
 /// under a 16 MiB limit, which gets it (PID 1) OOM-killed.
 #[test]
 fn oom_killed_instance_is_counted() {
-    if skip_unless_root() {
-        return;
-    }
-    let rootfs = Rootfs::new();
-    rootfs.cgi("hog", "touch /tmp/oom\necho armed");
+    require_root!();
+    let rootfs = Rootfs::with_cgi("hog", "touch /tmp/oom\necho armed");
     let h = Hako::start(
         &apps(&[app_with_command(
             "hog",
@@ -359,21 +332,15 @@ fn oom_killed_instance_is_counted() {
 /// no orphan remains and the new hako serves.
 #[test]
 fn restart_after_kill9_removes_orphans() {
-    if skip_unless_root() {
-        return;
-    }
-    let rootfs = Rootfs::new();
-    rootfs.cgi("slow", "sleep 1\necho slept");
-    let mut h = Hako::start(
-        &apps(&[httpd_app(
-            "web",
-            &rootfs,
-            &[
-                "lifetime: {stop_timeout: 500ms}",
-                "scaling: {max_instances: 5, concurrency: 1}",
-            ],
-        )]),
-        &[&rootfs],
+    require_root!();
+    let rootfs = Rootfs::with_cgi("slow", "sleep 1\necho slept");
+    let mut h = Hako::start_httpd(
+        "web",
+        &rootfs,
+        &[
+            "lifetime: {stop_timeout: 500ms}",
+            "scaling: {max_instances: 5, concurrency: 1}",
+        ],
     );
     let addr = h.listen;
     let res = concurrently(5, move |_| {
@@ -436,9 +403,7 @@ fn restart_after_kill9_removes_orphans() {
 /// instances; serving never stops.
 #[test]
 fn sighup_reload_rejects_broken_and_applies_valid_config() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root!();
     let rootfs = Rootfs::new();
     let app = |mem: &str| {
         apps(&[httpd_app(

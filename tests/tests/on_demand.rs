@@ -10,21 +10,22 @@ use hako_tests::*;
 
 const STOP_FAST: &str = "lifetime: {stop_timeout: 500ms}";
 
-fn apps(entries: &[String]) -> String {
-    format!("apps:\n{}", entries.concat())
+/// Asserts that app `web` was booted exactly once.
+fn assert_one_boot(m: &Metrics) {
+    assert_eq!(
+        m.sum("hako_boots_total", &[("app", "web")]),
+        1.0,
+        "exactly one boot: {}",
+        m.text
+    );
 }
 
 /// (Item 1) The first request to a cold app returns the app's body; later ones reuse the instance.
 #[test]
 fn cold_request_boots_then_instance_is_reused() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root!();
     let rootfs = Rootfs::new();
-    let h = Hako::start(
-        &apps(&[httpd_app("web", &rootfs, &[STOP_FAST])]),
-        &[&rootfs],
-    );
+    let h = Hako::start_httpd("web", &rootfs, &[STOP_FAST]);
     assert!(
         h.instances().is_empty(),
         "no instance may exist before the first request"
@@ -56,12 +57,7 @@ fn cold_request_boots_then_instance_is_reused() {
         "{}",
         m.text
     );
-    assert_eq!(
-        m.sum("hako_boots_total", &[("app", "web")]),
-        1.0,
-        "exactly one boot: {}",
-        m.text
-    );
+    assert_one_boot(&m);
     assert_eq!(
         m.sum("hako_requests_total", &[("app", "web"), ("code", "200")]),
         20.0,
@@ -95,21 +91,16 @@ fn cold_request_boots_then_instance_is_reused() {
 /// (Item 2) 500 concurrent requests to a cold app all succeed with exactly one boot.
 #[test]
 fn five_hundred_concurrent_cold_requests_share_one_boot() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root!();
     let rootfs = Rootfs::new();
-    let h = Hako::start(
-        &apps(&[httpd_app(
-            "web",
-            &rootfs,
-            &[
-                STOP_FAST,
-                "limits: {memory: 512Mi, pids: 4096}",
-                "scaling: {max_instances: 1, concurrency: 500}",
-            ],
-        )]),
-        &[&rootfs],
+    let h = Hako::start_httpd(
+        "web",
+        &rootfs,
+        &[
+            STOP_FAST,
+            "limits: {memory: 512Mi, pids: 4096}",
+            "scaling: {max_instances: 1, concurrency: 500}",
+        ],
     );
     let addr = h.listen;
     let t = Instant::now();
@@ -144,12 +135,7 @@ fn five_hundred_concurrent_cold_requests_share_one_boot() {
         &failures[..failures.len().min(10)]
     );
     let m = h.metrics();
-    assert_eq!(
-        m.sum("hako_boots_total", &[("app", "web")]),
-        1.0,
-        "exactly one boot: {}",
-        m.text
-    );
+    assert_one_boot(&m);
     assert_eq!(
         m.value("hako_boots_total", &[("app", "web"), ("result", "ok")]),
         Some(1.0)
@@ -160,18 +146,12 @@ fn five_hundred_concurrent_cold_requests_share_one_boot() {
 /// (Item 3) concurrency 10, max_instances 3: a burst scales to exactly 3 instances, never more.
 #[test]
 fn burst_scales_to_max_instances_and_no_further() {
-    if skip_unless_root() {
-        return;
-    }
-    let rootfs = Rootfs::new();
-    rootfs.cgi("slow", "sleep 0.3\necho slept");
-    let h = Hako::start(
-        &apps(&[httpd_app(
-            "web",
-            &rootfs,
-            &[STOP_FAST, "scaling: {max_instances: 3, concurrency: 10}"],
-        )]),
-        &[&rootfs],
+    require_root!();
+    let rootfs = Rootfs::with_cgi("slow", "sleep 0.3\necho slept");
+    let h = Hako::start_httpd(
+        "web",
+        &rootfs,
+        &[STOP_FAST, "scaling: {max_instances: 3, concurrency: 10}"],
     );
     let done = AtomicBool::new(false);
     let max_seen = AtomicUsize::new(0);
@@ -234,9 +214,7 @@ fn burst_scales_to_max_instances_and_no_further() {
 /// 504 after readiness.timeout and is killed.
 #[test]
 fn boot_failures_are_reported_and_cleaned_up() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root!();
     let rootfs = Rootfs::new();
     // `hako` validates that an absolute program exists in the rootfs at load time, so the
     // program exists when hako starts and disappears afterwards.
@@ -363,14 +341,9 @@ fn boot_failures_are_reported_and_cleaned_up() {
 /// (Item 5) Unknown Host → 404 (nothing booted); no Host → 400; a Host with a port still routes.
 #[test]
 fn routing_errors() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root!();
     let rootfs = Rootfs::new();
-    let h = Hako::start(
-        &apps(&[httpd_app("web", &rootfs, &[STOP_FAST])]),
-        &[&rootfs],
-    );
+    let h = Hako::start_httpd("web", &rootfs, &[STOP_FAST]);
     let r = h.get("unknown.test", "/");
     assert_eq!(r.status, 404, "unknown host: {}", r.text());
     let raw = raw_exchange(h.listen, b"GET / HTTP/1.0\r\n\r\n").expect("raw request");
@@ -396,17 +369,12 @@ fn routing_errors() {
 /// (Item 6) 100 MiB down and up through the proxy, streamed: intact, and hako's RSS barely grows.
 #[test]
 fn large_bodies_stream_through_the_proxy() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root!();
     const SIZE: u64 = 100 << 20;
     let rootfs = Rootfs::new();
     let want_hash = rootfs.write_random("www/big.bin", SIZE, 0x5eed);
     rootfs.cgi("count", "wc -c");
-    let h = Hako::start(
-        &apps(&[httpd_app("web", &rootfs, &[STOP_FAST])]),
-        &[&rootfs],
-    );
+    let h = Hako::start_httpd("web", &rootfs, &[STOP_FAST]);
     assert_eq!(h.get("web.test", "/").status, 200, "warm-up");
     let pid = h.pid();
     let before = vm_hwm_kib(pid).expect("VmHWM");
@@ -463,21 +431,15 @@ fn large_bodies_stream_through_the_proxy() {
 /// leaves nothing behind.
 #[test]
 fn sigterm_under_load_drains_in_flight_requests() {
-    if skip_unless_root() {
-        return;
-    }
-    let rootfs = Rootfs::new();
-    rootfs.cgi("slow", "sleep 0.2\necho slept");
-    let mut h = Hako::start(
-        &apps(&[httpd_app(
-            "web",
-            &rootfs,
-            &[
-                "lifetime: {grace: 5s, stop_timeout: 500ms}",
-                "scaling: {concurrency: 100}",
-            ],
-        )]),
-        &[&rootfs],
+    require_root!();
+    let rootfs = Rootfs::with_cgi("slow", "sleep 0.2\necho slept");
+    let mut h = Hako::start_httpd(
+        "web",
+        &rootfs,
+        &[
+            "lifetime: {grace: 5s, stop_timeout: 500ms}",
+            "scaling: {concurrency: 100}",
+        ],
     );
     assert_eq!(h.get("web.test", "/cgi-bin/slow").status, 200, "warm-up");
     let stop = AtomicBool::new(false);
@@ -569,9 +531,7 @@ fn ms(d: Duration) -> f64 {
 /// echoes every byte (`cat`).
 #[test]
 fn upgrade_is_tunnelled_both_ways() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root!();
     use std::io::{Read, Write};
     let rootfs = Rootfs::new();
     rootfs.write_exec(
@@ -627,9 +587,7 @@ fn upgrade_is_tunnelled_both_ways() {
 /// protocol and serves only on the inherited socket (it never binds a port itself).
 #[test]
 fn socket_activated_app_is_served_through_the_inherited_socket() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root!();
     if !std::path::Path::new("/usr/bin/python3").exists() {
         println!("skipped: needs /usr/bin/python3 for the socket-activated test app");
         return;

@@ -6,14 +6,15 @@
 //! Needs root (containers, cgroups); prints "skipped: needs root" otherwise. Needs the `hako`
 //! binary beside the test executable (`cargo test --workspace` builds it) and, for the
 //! Prometheus test, `/usr/bin/prometheus` and `promtool` (Debian package `prometheus`).
-//! Self-contained on purpose: the helpers below are private to this file.
+//! Shared helpers (the `hako serve` guard, HTTP client, waits) come from `hako_tests`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use hako_tests::*;
 use serde_json::Value;
 
 const HTTPD: &str = r#"["/bin/busybox", "httpd", "-f", "-p", "8080", "-h", "/etc"]"#;
@@ -32,225 +33,9 @@ const FAMILIES: [(&str, &str); 10] = [
     ("hako_cgroup_memory_bytes", "gauge"),
 ];
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
-    };
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
-}
-
-/// target/<profile>/deps/<test> → target/<profile>/hako
-fn hako_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/<test>");
-    let bin = profile_dir.join("hako");
-    assert!(
-        bin.is_file(),
-        "{} not found: build it first (`cargo build -p hako-supervisor` or `cargo test --workspace`)",
-        bin.display()
-    );
-    bin
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local_addr").port()
-}
-
-/// One HTTP/1.0 exchange; returns (status, body).
-fn http(addr: SocketAddr, method: &str, host: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Length: 0\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("malformed reply: {head:?}")))?;
-    Ok((status, body.to_string()))
-}
-
-fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// A running `hako serve`; dropping it stops hako (SIGTERM, SIGKILL after 20 s) and removes
-/// the cgroup parent it created.
-struct Hako {
-    child: Child,
-    cgroup_parent: String,
-    listen: SocketAddr,
-    admin: SocketAddr,
-    config: PathBuf,
-    log: PathBuf,
-}
-
-impl Hako {
-    /// Starts hako with `apps_yaml` (the YAML list under `apps:`) in `dir`.
-    fn start(dir: &Path, tag: &str, apps_yaml: &str, extra_args: &[&str]) -> Hako {
-        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
-        let cgroup_parent = format!("hako-ops-{}-{tag}", std::process::id());
-        let config = dir.join("hako.yaml");
-        std::fs::write(
-            &config,
-            Self::config_text(listen, admin, dir, &cgroup_parent, apps_yaml),
-        )
-        .expect("write config");
-        let log = dir.join("hako.log");
-        let stderr = std::fs::File::create(&log).expect("create log file");
-        let child = Command::new(hako_bin())
-            .args(extra_args)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn hako");
-        let mut hako = Hako {
-            child,
-            cgroup_parent,
-            listen,
-            admin,
-            config,
-            log,
-        };
-        wait_until("hako's /healthz", Duration::from_secs(20), || {
-            if let Ok(Some(status)) = hako.child.try_wait() {
-                panic!("hako exited early ({status}):\n{}", hako.log_text());
-            }
-            match http(hako.admin, "GET", "admin", "/healthz") {
-                Ok((200, _)) => Some(()),
-                _ => None,
-            }
-        });
-        hako
-    }
-
-    fn config_text(
-        listen: SocketAddr,
-        admin: SocketAddr,
-        dir: &Path,
-        cgroup_parent: &str,
-        apps_yaml: &str,
-    ) -> String {
-        format!(
-            "listen: {listen}\nadmin: {admin}\nstate_dir: {}\ncgroup_parent: {cgroup_parent}\n\
-             governor: {{enabled: false}}\napps:\n{apps_yaml}",
-            dir.join("state").display()
-        )
-    }
-
-    /// Rewrites the configuration with other apps (same addresses and state).
-    fn rewrite_apps(&self, apps_yaml: &str) {
-        let dir = self.config.parent().expect("config dir");
-        let text = Self::config_text(self.listen, self.admin, dir, &self.cgroup_parent, apps_yaml);
-        std::fs::write(&self.config, text).expect("rewrite config");
-    }
-
-    fn get(&self, host: &str, path: &str) -> (u16, String) {
-        http(self.listen, "GET", host, path).unwrap_or_else(|e| panic!("GET {host}{path}: {e}"))
-    }
-
-    fn metrics(&self) -> String {
-        let (status, body) = http(self.admin, "GET", "admin", "/metrics").expect("GET /metrics");
-        assert_eq!(status, 200, "{body}");
-        body
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then wait (SIGKILL after 20 s); returns whether hako exited on SIGTERM alone.
-    fn stop(&mut self) -> bool {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return true;
-        }
-        let pid = self.child.id() as libc::pid_t;
-        // SAFETY: kill(2) with a pid we spawned and have not reaped yet; no memory involved.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        false
-    }
-}
-
-impl Drop for Hako {
-    fn drop(&mut self) {
-        self.stop();
-        remove_cgroup_tree(Path::new("/sys/fs/cgroup"), &self.cgroup_parent);
-    }
-}
-
-/// Removes `<root>/<parent>` and `<root>/<controller>/<parent>` (v1 and v2 layouts), deepest
-/// directories first. Only empty cgroups can be removed; hako has stopped by then.
-fn remove_cgroup_tree(root: &Path, parent: &str) {
-    let mut tops = vec![root.join(parent)];
-    if let Ok(entries) = std::fs::read_dir(root) {
-        for e in entries.flatten() {
-            tops.push(e.path().join(parent));
-        }
-    }
-    fn rm(dir: &Path) {
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            for e in entries.flatten() {
-                if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    rm(&e.path());
-                }
-            }
-        }
-        let _ = std::fs::remove_dir(dir);
-    }
-    for t in tops {
-        if t.is_dir() {
-            rm(&t);
-        }
-    }
+/// Starts hako with the given `apps:` entries (host rootfs) and global CLI options.
+fn start_hako(entries: &[String], global_args: &[&str]) -> Hako {
+    Hako::start_with_args(&apps(entries), &[], "", global_args)
 }
 
 /// A running Prometheus server; dropping it kills it.
@@ -290,8 +75,8 @@ impl Prometheus {
                 let log = std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
                 panic!("prometheus exited early ({status}):\n{log}");
             }
-            match http(p.addr, "GET", "prometheus", "/-/ready") {
-                Ok((200, _)) => Some(()),
+            match request(p.addr, &Request::get("prometheus", "/-/ready")) {
+                Ok(r) if r.status == 200 => Some(()),
                 _ => None,
             }
         });
@@ -301,8 +86,9 @@ impl Prometheus {
     /// Runs an instant query; returns the value of each result sample.
     fn query(&self, promql: &str) -> Vec<f64> {
         let path = format!("/api/v1/query?query={}", url_encode(promql));
-        let (status, body) = http(self.addr, "GET", "prometheus", &path).expect("query API");
-        assert_eq!(status, 200, "query {promql}: {body}");
+        let r = get(self.addr, "prometheus", &path);
+        let body = r.text();
+        assert_eq!(r.status, 200, "query {promql}: {body}");
         let v: Value = serde_json::from_str(&body).expect("query API answers JSON");
         assert_eq!(v["status"], "success", "{body}");
         v["data"]["result"]
@@ -316,6 +102,11 @@ impl Prometheus {
                     .expect("sample value")
             })
             .collect()
+    }
+
+    /// The sum of an instant query's samples (0 when it has none).
+    fn sum(&self, promql: &str) -> f64 {
+        self.query(promql).iter().sum()
     }
 }
 
@@ -338,6 +129,7 @@ fn url_encode(s: &str) -> String {
     out
 }
 
+/// An app entry serving the host's `/etc` with busybox httpd (`rootfs: host`).
 fn app_yaml(name: &str, host: &str, idle: &str) -> String {
     format!(
         "  - name: {name}\n    hosts: [{host}]\n    rootfs: host\n    command: {HTTPD}\n    \
@@ -358,7 +150,7 @@ fn declared_types(text: &str) -> Vec<(String, String)> {
 fn prometheus_scrapes_a_cold_boot_and_promtool_accepts_the_exposition() {
     require_root!();
     let dir = tempfile::tempdir().expect("tempdir");
-    let hako = Hako::start(dir.path(), "prom", &app_yaml("web", "web.test", "1s"), &[]);
+    let hako = start_hako(&[app_yaml("web", "web.test", "1s")], &[]);
     let prom = Prometheus::start(dir.path(), hako.admin);
 
     // Prometheus has scraped hako at least once before the request...
@@ -367,25 +159,19 @@ fn prometheus_scrapes_a_cold_boot_and_promtool_accepts_the_exposition() {
         Duration::from_secs(20),
         || (prom.query(r#"up{job="hako"}"#) == vec![1.0]).then_some(()),
     );
-    let before: f64 = prom
-        .query(r#"sum(hako_boots_total{app="web",result="ok"})"#)
-        .iter()
-        .sum();
+    let before = prom.sum(r#"sum(hako_boots_total{app="web",result="ok"})"#);
     assert_eq!(before, 0.0, "no boot has happened yet");
 
     // ...then one cold request boots a container...
-    let (status, body) = hako.get("web.test", "/hostname");
-    assert_eq!(status, 200, "cold request: {body}\n{}", hako.log_text());
+    let r = hako.get("web.test", "/hostname");
+    assert_eq!(r.status, 200, "cold request: {}\n{}", r.text(), hako.log());
 
     // ...and the boot is visible through Prometheus's query API.
     let after = wait_until(
         "hako_boots_total to rise in Prometheus",
         Duration::from_secs(20),
         || {
-            let v: f64 = prom
-                .query(r#"sum(hako_boots_total{app="web",result="ok"})"#)
-                .iter()
-                .sum();
+            let v = prom.sum(r#"sum(hako_boots_total{app="web",result="ok"})"#);
             (v > before).then_some(v)
         },
     );
@@ -405,16 +191,13 @@ fn prometheus_scrapes_a_cold_boot_and_promtool_accepts_the_exposition() {
         "an idle stop in Prometheus",
         Duration::from_secs(20),
         || {
-            let v: f64 = prom
-                .query(r#"sum(hako_instance_stops_total{app="web",reason="idle"})"#)
-                .iter()
-                .sum();
+            let v = prom.sum(r#"sum(hako_instance_stops_total{app="web",reason="idle"})"#);
             (v == 1.0).then_some(())
         },
     );
 
     // promtool lints the exposition hako serves (with every family populated by now).
-    let text = hako.metrics();
+    let text = hako.metrics().text;
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -458,11 +241,10 @@ fn prometheus_scrapes_a_cold_boot_and_promtool_accepts_the_exposition() {
 #[test]
 fn every_exposed_metric_is_documented_with_its_type() {
     require_root!();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let hako = Hako::start(dir.path(), "doc", &app_yaml("web", "web.test", "60s"), &[]);
-    let (status, _) = hako.get("web.test", "/hostname");
-    assert_eq!(status, 200, "{}", hako.log_text());
-    let text = hako.metrics();
+    let hako = start_hako(&[app_yaml("web", "web.test", "60s")], &[]);
+    let r = hako.get("web.test", "/hostname");
+    assert_eq!(r.status, 200, "{}", hako.log());
+    let text = hako.metrics().text;
     let doc =
         std::fs::read_to_string(repo_root().join("docs/metrics.md")).expect("docs/metrics.md");
     // The contract's families (some are only rendered after their first event) and whatever
@@ -493,29 +275,23 @@ fn every_exposed_metric_is_documented_with_its_type() {
 #[test]
 fn removing_an_app_from_the_config_removes_its_series() {
     require_root!();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let both = format!(
-        "{}{}",
+    let both = [
         app_yaml("stay", "stay.test", "60s"),
-        app_yaml("gone", "gone.test", "60s")
-    );
-    let hako = Hako::start(dir.path(), "rm", &both, &["--log-format", "json"]);
+        app_yaml("gone", "gone.test", "60s"),
+    ];
+    let mut hako = start_hako(&both, &["--log-format", "json"]);
     for host in ["stay.test", "gone.test"] {
-        let (status, body) = hako.get(host, "/hostname");
-        assert_eq!(status, 200, "{host}: {body}\n{}", hako.log_text());
+        let r = hako.get(host, "/hostname");
+        assert_eq!(r.status, 200, "{host}: {}\n{}", r.text(), hako.log());
     }
-    assert!(hako.metrics().contains(r#"app="gone""#));
+    assert!(hako.metrics().text.contains(r#"app="gone""#));
 
-    hako.rewrite_apps(&app_yaml("stay", "stay.test", "60s"));
+    hako.rewrite_apps(&apps(&[app_yaml("stay", "stay.test", "60s")]));
     let out = Command::new(hako_bin())
         .args(["reload", "--admin", &hako.admin.to_string()])
         .output()
         .expect("hako reload");
-    assert!(
-        out.status.success(),
-        "hako reload: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "hako reload: {}", output_text(&out));
 
     // The removed app's instance drains and stops (grace 1 s, stop_timeout 500 ms); once it is
     // gone no series of the app may remain, including ones its stop would have touched.
@@ -523,7 +299,7 @@ fn removing_an_app_from_the_config_removes_its_series() {
         "the removed app's instance to stop",
         Duration::from_secs(20),
         || {
-            let log = hako.log_text();
+            let log = hako.log();
             let stopped = log.lines().any(|l| {
                 serde_json::from_str::<Value>(l).is_ok_and(|e| {
                     e["app"] == "gone" && e["reason"] == "shutdown" && e.get("age_s").is_some()
@@ -532,7 +308,7 @@ fn removing_an_app_from_the_config_removes_its_series() {
             stopped.then_some(())
         },
     );
-    let text = hako.metrics();
+    let text = hako.metrics().text;
     let leftovers: Vec<&str> = text
         .lines()
         .filter(|l| l.contains(r#"app="gone""#))
@@ -564,16 +340,15 @@ fn json_events(log: &str) -> Vec<Value> {
 #[test]
 fn json_logs_have_one_object_per_line_with_boot_and_stop_fields() {
     require_root!();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let apps = format!(
-        "{}  - name: broken\n    hosts: [broken.test]\n    rootfs: host\n    command: [\"/bin/false\"]\n    \
-         readiness: {{timeout: 2s}}\n    scaling: {{queue_timeout: 3s}}\n",
-        app_yaml("web", "web.test", "1s")
+    let broken = "  - name: broken\n    hosts: [broken.test]\n    rootfs: host\n    command: [\"/bin/false\"]\n    \
+         readiness: {timeout: 2s}\n    scaling: {queue_timeout: 3s}\n";
+    let mut hako = start_hako(
+        &[app_yaml("web", "web.test", "1s"), broken.to_string()],
+        &["--log-format", "json"],
     );
-    let mut hako = Hako::start(dir.path(), "log", &apps, &["--log-format", "json"]);
-    let (status, _) = hako.get("web.test", "/hostname");
-    assert_eq!(status, 200, "{}", hako.log_text());
-    let (status, _) = hako.get("broken.test", "/");
+    let r = hako.get("web.test", "/hostname");
+    assert_eq!(r.status, 200, "{}", hako.log());
+    let status = hako.get("broken.test", "/").status;
     assert!(
         status >= 500,
         "a request to an app that cannot boot fails, got {status}"
@@ -583,14 +358,11 @@ fn json_logs_have_one_object_per_line_with_boot_and_stop_fields() {
     wait_until(
         "the idle stop to be logged",
         Duration::from_secs(20),
-        || {
-            hako.log_text()
-                .contains("\"reason\":\"idle\"")
-                .then_some(())
-        },
+        || hako.log().contains("\"reason\":\"idle\"").then_some(()),
     );
-    assert!(hako.stop(), "hako did not exit on SIGTERM");
-    let events = json_events(&hako.log_text());
+    let st = hako.stop();
+    assert!(st.success(), "hako did not exit cleanly on SIGTERM: {st}");
+    let events = json_events(&hako.log());
 
     let boot = events
         .iter()
