@@ -380,6 +380,15 @@ impl Container {
     }
 }
 
+/// The `SigCgt` mask (signals with a handler) of a `/proc/PID/status` text.
+fn caught_signals(status: &str) -> Option<u64> {
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))?
+        .trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
 /// Last `max` bytes of a file, lossily decoded, for crash reports.
 fn tail(path: &Path, max: u64) -> String {
     use std::io::{Read, Seek, SeekFrom};
@@ -451,6 +460,11 @@ impl Running for Container {
         if let Err(e) = hako_launcher::pidfd_signal(self.pidfd.get_ref().as_raw_fd(), signal) {
             tracing::debug!(pid = self.pid, signal, error = %e, "signal not delivered");
         }
+    }
+
+    fn handles_signal(&self, signal: i32) -> Option<bool> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
+        caught_signals(&status).map(|mask| signal > 0 && mask & (1u64 << (signal - 1)) != 0)
     }
 
     fn cleanup(&self) -> BoxFuture<'static, ()> {
@@ -597,5 +611,25 @@ impl Upstream for HostUpstream {
             s.set_nodelay(true)?;
             Ok(s)
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caught_signal_mask_is_read_from_proc_status() {
+        let status = "Name:\tsh\nSigIgn:\t0000000000000004\nSigCgt:\t0000000000014002\n";
+        let mask = caught_signals(status).expect("mask");
+        let has = |sig: i32| mask & (1u64 << (sig - 1)) != 0;
+        assert!(has(libc::SIGINT));
+        assert!(has(libc::SIGTERM));
+        assert!(has(libc::SIGCHLD));
+        assert!(!has(libc::SIGHUP));
+        assert_eq!(caught_signals("Name:\tx\n"), None);
+        // Our own process: the test harness has no SIGTERM handler, tokio none here either.
+        let own = std::fs::read_to_string("/proc/self/status").expect("status");
+        assert!(caught_signals(&own).is_some());
     }
 }

@@ -84,6 +84,13 @@ pub trait Running: Send + Sync + 'static {
         None
     }
     /// Changes cpu quota (cores) and memory.high (bytes) live; used by the governor.
+    /// Whether the process has a handler for `signal` (`None`: unknown). PID 1 of a pid
+    /// namespace never gets a signal it does not handle, so SIGTERM to an app without a
+    /// handler is pointless and the stop goes straight to SIGKILL.
+    fn handles_signal(&self, signal: i32) -> Option<bool> {
+        let _ = signal;
+        None
+    }
     fn set_soft_limits(&self, cpu: f64, memory_high: Option<u64>) -> Result<(), String> {
         let _ = (cpu, memory_high);
         Err("not supported by this runtime".into())
@@ -1038,7 +1045,9 @@ async fn stop_process(
     if let Some(info) = *exit_rx.borrow() {
         return info;
     }
-    if !timeout.is_zero() {
+    // Draining is over by now, so an app that cannot hear SIGTERM gets SIGKILL at once
+    // (busybox httpd as PID 1, for one, would otherwise cost the whole stop timeout).
+    if !timeout.is_zero() && running.handles_signal(libc::SIGTERM) != Some(false) {
         running.signal(libc::SIGTERM);
         if tokio::time::timeout(timeout, exit_rx.wait_for(Option::is_some))
             .await
