@@ -173,8 +173,76 @@ pub(crate) struct RawSpawn {
     pub error: Option<LaunchError>,
 }
 
-/// Clones a container from `p`. With `clone_parent`, the container becomes a sibling of the
-/// caller (the zygote's parent reaps it); otherwise the caller's child.
+/// A cloned container whose setup is still running: its outcome arrives on the error pipe
+/// (EOF once `execve` succeeded, or a [`ChildError`] record).
+pub(crate) struct Started {
+    pub pid: i32,
+    pub pidfd: OwnedFd,
+    pub pipe: ErrorPipe,
+}
+
+/// The read end of a child's close-on-exec error pipe, and the part of the record read so far.
+pub(crate) struct ErrorPipe {
+    fd: OwnedFd,
+    buf: [u8; ChildError::SIZE],
+    got: usize,
+}
+
+impl ErrorPipe {
+    fn new(fd: OwnedFd) -> ErrorPipe {
+        ErrorPipe {
+            fd,
+            buf: [0; ChildError::SIZE],
+            got: 0,
+        }
+    }
+
+    /// The descriptor to poll for readability.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// One `read` (blocks unless the pipe polled readable). `None` while the record is
+    /// incomplete; `Some(None)` once the child exec'd (EOF); `Some(Some(error))` on failure.
+    pub fn read_once(
+        &mut self,
+        p: &PreparedSpec,
+        cgroup: Option<&CgroupAttach>,
+        pid: i32,
+    ) -> Option<Option<LaunchError>> {
+        match nix::unistd::read(self.fd.as_raw_fd(), &mut self.buf[self.got..]) {
+            Ok(0) if self.got == 0 => Some(None),
+            Ok(0) => Some(Some(LaunchError::Zygote(format!(
+                "short error record from child {pid}"
+            )))),
+            Ok(n) => {
+                self.got += n;
+                (self.got == ChildError::SIZE)
+                    .then(|| Some(describe(p, cgroup, ChildError::decode(&self.buf))))
+            }
+            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => None,
+            Err(e) => Some(Some(LaunchError::sys("read", "error pipe", e))),
+        }
+    }
+
+    /// Reads until the outcome is known.
+    pub fn wait(
+        &mut self,
+        p: &PreparedSpec,
+        cgroup: Option<&CgroupAttach>,
+        pid: i32,
+    ) -> Option<LaunchError> {
+        loop {
+            if let Some(outcome) = self.read_once(p, cgroup, pid) {
+                return outcome;
+            }
+        }
+    }
+}
+
+/// Clones a container from `p` and waits until it exec'd or failed. With `clone_parent`, the
+/// container becomes a sibling of the caller (the zygote's parent reaps it); otherwise the
+/// caller's child.
 pub(crate) fn clone_container(
     p: &PreparedSpec,
     cgroup: Option<&CgroupAttach>,
@@ -182,6 +250,25 @@ pub(crate) fn clone_container(
     clone_parent: bool,
     warm: Option<&WarmNs>,
 ) -> Result<RawSpawn, LaunchError> {
+    let mut s = start_container(p, cgroup, output, clone_parent, warm)?;
+    let error = s.pipe.wait(p, cgroup, s.pid);
+    Ok(RawSpawn {
+        pid: s.pid,
+        pidfd: s.pidfd,
+        error,
+    })
+}
+
+/// Clones a container from `p` without waiting for its setup: the caller learns the outcome
+/// from [`Started::pipe`]. Every descriptor the child needs (warm namespaces, listening socket)
+/// has been copied into it when this returns.
+pub(crate) fn start_container(
+    p: &PreparedSpec,
+    cgroup: Option<&CgroupAttach>,
+    output: &Output,
+    clone_parent: bool,
+    warm: Option<&WarmNs>,
+) -> Result<Started, LaunchError> {
     let null = Path::new("/dev/null");
     let stdin = open_fd(null, OFlag::O_RDONLY, Mode::empty())?;
     let out_owned = match output {
@@ -294,27 +381,11 @@ pub(crate) fn clone_container(
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     drop(err_w);
     drop((stdin, out_owned, cgroup_dir, procs, own_listen));
-    let mut buf = [0u8; ChildError::SIZE];
-    let mut got = 0;
-    let error = loop {
-        match nix::unistd::read(err_r.as_raw_fd(), &mut buf[got..]) {
-            Ok(0) if got == 0 => break None,
-            Ok(0) => {
-                break Some(LaunchError::Zygote(format!(
-                    "short error record from child {pid}"
-                )))
-            }
-            Ok(n) => {
-                got += n;
-                if got == ChildError::SIZE {
-                    break Some(describe(p, cgroup, ChildError::decode(&buf)));
-                }
-            }
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => break Some(LaunchError::sys("read", "error pipe", e)),
-        }
-    };
-    Ok(RawSpawn { pid, pidfd, error })
+    Ok(Started {
+        pid,
+        pidfd,
+        pipe: ErrorPipe::new(err_r),
+    })
 }
 
 /// Turns a child's error record into a message naming the step and the path.

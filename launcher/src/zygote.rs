@@ -3,14 +3,23 @@
 //! [`PreparedSpec`] per `spec_key`, clones each container with `CLONE_PARENT | CLONE_PIDFD`
 //! (so the container is a child of the hako process, which reaps it via the pidfd) and answers
 //! with the pid and the pidfd (`SCM_RIGHTS`).
+//!
+//! Requests are served concurrently: after `clone3` the zygote does not wait for the child's
+//! setup but keeps it in a table of pending boots and polls the request socket together with
+//! every pending child's close-on-exec error pipe (EOF: exec'd; a record: failed). Requests and
+//! replies carry an `id`; replies go out in completion order, and on the caller's side a
+//! reader thread hands each reply (with its pidfd) to the thread waiting for that id.
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
     recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
     SockFlag, SockType,
@@ -20,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::cgroup::CgroupAttach;
 use crate::error::LaunchError;
 use crate::prepare::PreparedSpec;
-use crate::spawn::{clone_container, create_warm, wait_pidfd, Output, Spawned, WarmNs};
+use crate::spawn::{create_warm, start_container, wait_pidfd, Output, Spawned, Started, WarmNs};
 use crate::spec::ContainerSpec;
 
 /// Largest request or reply (one datagram).
@@ -121,17 +130,55 @@ impl Default for ZygoteOptions {
     }
 }
 
-/// Handle on the zygote. `Send + Sync`; calls are blocking and serialized internally.
+/// One message on the socket, in either direction: replies carry the id of their request and
+/// go out in completion order.
+#[derive(Debug, Serialize, Deserialize)]
+struct Tagged<T> {
+    id: u64,
+    msg: T,
+}
+
+/// The id of a message whose body cannot be decoded.
+#[derive(Debug, Deserialize)]
+struct IdOnly {
+    id: u64,
+}
+
+/// A reply as the reader thread hands it to the caller waiting for it.
+type Delivery = (Reply, Option<OwnedFd>);
+
+/// Callers waiting for their reply, by request id.
+#[derive(Debug, Default)]
+struct Waiters {
+    by_id: HashMap<u64, Sender<Delivery>>,
+    /// The zygote exited: no reply will ever come.
+    closed: bool,
+}
+
+type SharedWaiters = Arc<Mutex<Waiters>>;
+
+fn lock_waiters(w: &Mutex<Waiters>) -> std::sync::MutexGuard<'_, Waiters> {
+    w.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Handle on the zygote. `Send + Sync`; calls are blocking, and calls from several threads are
+/// served concurrently (a boot's setup does not hold up the others).
 #[derive(Debug)]
 pub struct Zygote {
-    sock: Mutex<OwnedFd>,
+    sock: Arc<OwnedFd>,
+    /// Held only while one request datagram is sent.
+    send_lock: Mutex<()>,
+    next_id: AtomicU64,
+    waiters: SharedWaiters,
+    reader: Option<JoinHandle<()>>,
     pid: i32,
 }
 
 impl Zygote {
     /// Forks the single-threaded zygote. MUST be called while the process is single-threaded
     /// (from `main()`, before tokio), and from the thread that lives as long as the process
-    /// (the zygote dies with that thread through `PR_SET_PDEATHSIG`).
+    /// (the zygote dies with that thread through `PR_SET_PDEATHSIG`). Also starts the thread
+    /// that receives the zygote's replies.
     pub fn start() -> Result<Zygote, LaunchError> {
         Self::start_with(ZygoteOptions::default())
     }
@@ -162,8 +209,29 @@ impl Zygote {
         }
         drop(theirs);
         tracing::debug!(pid, "zygote started");
+        let sock = Arc::new(ours);
+        let waiters = SharedWaiters::default();
+        let reader = {
+            let (sock, waiters) = (sock.clone(), waiters.clone());
+            std::thread::Builder::new()
+                .name("hako-zygote-rx".into())
+                .spawn(move || read_replies(&sock, &waiters))
+        };
+        let reader = match reader {
+            Ok(r) => r,
+            Err(e) => {
+                let _ =
+                    nix::sys::socket::shutdown(sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+                return Err(LaunchError::Zygote(format!("start the reply thread: {e}")));
+            }
+        };
         Ok(Zygote {
-            sock: Mutex::new(ours),
+            sock,
+            send_lock: Mutex::new(()),
+            next_id: AtomicU64::new(1),
+            waiters,
+            reader: Some(reader),
             pid,
         })
     }
@@ -173,8 +241,8 @@ impl Zygote {
         self.pid
     }
 
-    /// Spawns one container; blocking. On a setup or exec failure the child has already been
-    /// reaped when the error is returned.
+    /// Spawns one container; blocking until it exec'd or failed. On a setup or exec failure
+    /// the child has already been reaped when the error is returned.
     pub fn spawn(&self, req: &SpawnRequest) -> Result<Spawned, LaunchError> {
         match self.call(&Request::Spawn(req.clone()))? {
             (Reply::Ok { pid, warm }, Some(pidfd)) => Ok(Spawned { pid, pidfd, warm }),
@@ -230,9 +298,11 @@ impl Zygote {
         }
     }
 
-    /// One request, one reply (with at most one descriptor).
-    fn call(&self, req: &Request) -> Result<(Reply, Option<OwnedFd>), LaunchError> {
-        let body = serde_json::to_vec(req)
+    /// One request, one reply (with at most one descriptor), which the reader thread hands
+    /// over when it arrives.
+    fn call(&self, req: &Request) -> Result<Delivery, LaunchError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let body = serde_json::to_vec(&Tagged { id, msg: req })
             .map_err(|e| LaunchError::Zygote(format!("encode request: {e}")))?;
         if body.len() > MAX_MESSAGE {
             return Err(LaunchError::InvalidSpec(format!(
@@ -240,19 +310,70 @@ impl Zygote {
                 body.len()
             )));
         }
-        let sock = self.sock.lock().unwrap_or_else(|p| p.into_inner());
-        send(sock.as_raw_fd(), &body, None)
-            .map_err(|e| LaunchError::Zygote(format!("send: {e}")))?;
-        let (reply, fd) =
-            recv(sock.as_raw_fd()).map_err(|e| LaunchError::Zygote(format!("receive: {e}")))?;
-        drop(sock);
-        let Some(reply) = reply else {
-            return Err(LaunchError::Zygote("zygote exited".into()));
+        let (tx, rx) = channel();
+        {
+            let mut w = lock_waiters(&self.waiters);
+            if w.closed {
+                return Err(LaunchError::Zygote("zygote exited".into()));
+            }
+            w.by_id.insert(id, tx);
+        }
+        let sent = {
+            let _send = self.send_lock.lock().unwrap_or_else(|p| p.into_inner());
+            send(self.sock.as_raw_fd(), &body, None)
         };
-        let reply: Reply = serde_json::from_slice(&reply)
-            .map_err(|e| LaunchError::Zygote(format!("decode reply: {e}")))?;
-        Ok((reply, fd))
+        if let Err(e) = sent {
+            lock_waiters(&self.waiters).by_id.remove(&id);
+            return Err(LaunchError::Zygote(format!("send: {e}")));
+        }
+        // The reader drops every sender when the zygote is gone.
+        rx.recv()
+            .map_err(|_| LaunchError::Zygote("zygote exited".into()))
     }
+}
+
+/// The reader thread: hands each reply (and its descriptor) to the caller waiting for its id;
+/// when the zygote is gone, wakes every waiter with an error.
+fn read_replies(sock: &OwnedFd, waiters: &Mutex<Waiters>) {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        let (n, fd) = match recv(sock.as_raw_fd(), &mut buf) {
+            Ok(Some(m)) => m,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "zygote socket");
+                break;
+            }
+        };
+        let body = &buf[..n];
+        let (id, reply) = match serde_json::from_slice::<Tagged<Reply>>(body) {
+            Ok(t) => (t.id, t.msg),
+            Err(e) => match serde_json::from_slice::<IdOnly>(body) {
+                Ok(t) => (
+                    t.id,
+                    Reply::Failed {
+                        pid: None,
+                        error: LaunchError::Zygote(format!("decode reply: {e}")),
+                    },
+                ),
+                Err(_) => {
+                    tracing::warn!(error = %e, "undecodable zygote reply dropped");
+                    continue;
+                }
+            },
+        };
+        let tx = lock_waiters(waiters).by_id.remove(&id);
+        match tx {
+            // A send error means the caller is gone; the descriptor is closed with the reply.
+            Some(tx) => {
+                let _ = tx.send((reply, fd));
+            }
+            None => tracing::warn!(id, "zygote reply for no pending request"),
+        }
+    }
+    let mut w = lock_waiters(waiters);
+    w.closed = true;
+    w.by_id.clear();
 }
 
 fn unexpected(reply: &Reply) -> LaunchError {
@@ -260,11 +381,13 @@ fn unexpected(reply: &Reply) -> LaunchError {
 }
 
 impl Drop for Zygote {
-    /// Closes the socket (the zygote exits on EOF) and reaps it.
+    /// Closes the socket (the zygote exits on EOF), reaps it and stops the reader thread.
     fn drop(&mut self) {
-        let sock = self.sock.get_mut().unwrap_or_else(|p| p.into_inner());
-        let _ = nix::sys::socket::shutdown(sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        let _ = nix::sys::socket::shutdown(self.sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(self.pid), None);
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
     }
 }
 
@@ -286,12 +409,12 @@ fn send(sock: RawFd, body: &[u8], fd: Option<RawFd>) -> nix::Result<()> {
     }
 }
 
-/// Receives one message; `None` on EOF.
-fn recv(sock: RawFd) -> nix::Result<(Option<Vec<u8>>, Option<OwnedFd>)> {
-    let mut buf = vec![0u8; MAX_MESSAGE];
+/// Receives one message into `buf` (of [`MAX_MESSAGE`] bytes): its length and descriptor;
+/// `None` on EOF.
+fn recv(sock: RawFd, buf: &mut [u8]) -> nix::Result<Option<(usize, Option<OwnedFd>)>> {
     let mut cmsg = nix::cmsg_space!([RawFd; 1]);
     loop {
-        let mut iov = [IoSliceMut::new(&mut buf)];
+        let mut iov = [IoSliceMut::new(buf)];
         let msg = match recvmsg::<()>(sock, &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC) {
             Err(nix::errno::Errno::EINTR) => continue,
             r => r?,
@@ -310,10 +433,9 @@ fn recv(sock: RawFd) -> nix::Result<(Option<Vec<u8>>, Option<OwnedFd>)> {
         }
         let n = msg.bytes;
         if n == 0 && fd.is_none() {
-            return Ok((None, None));
+            return Ok(None);
         }
-        buf.truncate(n);
-        return Ok((Some(buf), fd));
+        return Ok(Some((n, fd)));
     }
 }
 
@@ -332,6 +454,9 @@ enum FillerMsg {
     /// that the mount namespace teardown (an RCU grace period) is not on its exit path.
     Retire(OwnedFd, WarmNs),
 }
+
+/// Nice value of the zygote's helper thread (and the holders it clones).
+const FILLER_NICE: libc::c_int = 19;
 
 type Pools = Arc<Mutex<HashMap<String, Vec<WarmNs>>>>;
 
@@ -423,6 +548,12 @@ impl Filler {
 }
 
 fn filler(rx: Receiver<FillerMsg>, pools: Pools, target: usize, cap: usize) {
+    // Building ahead is worth only the CPU that boots leave over: under a boot storm the
+    // boots themselves (children of the zygote's main thread) come first.
+    // SAFETY: setpriority on the calling thread (tid 0 = caller); no pointers involved.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, FILLER_NICE);
+    }
     let mut f = Filler {
         pools,
         target,
@@ -514,20 +645,62 @@ fn zygote_main(sock: OwnedFd, parent: i32, options: ZygoteOptions) -> ! {
     };
     let tx = helper.as_ref().map(|_| tx);
     let mut cache: HashMap<String, Arc<PreparedSpec>> = HashMap::new();
-    loop {
-        let body = match recv(sock.as_raw_fd()) {
-            Ok((Some(b), _)) => b,
-            Ok((None, _)) | Err(_) => break,
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    'serve: loop {
+        // Wait for a request or for the outcome of any container still in its setup.
+        let (sock_ready, ready) = {
+            let mut fds = Vec::with_capacity(1 + pending.len());
+            fds.push(PollFd::new(sock.as_fd(), PollFlags::POLLIN));
+            fds.extend(
+                pending
+                    .iter()
+                    .map(|p| PollFd::new(p.started.pipe.as_fd(), PollFlags::POLLIN)),
+            );
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break,
+            }
+            let fired = |f: &PollFd<'_>| f.revents().is_some_and(|r| !r.is_empty());
+            let ready: Vec<usize> = fds[1..]
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| fired(f))
+                .map(|(i, _)| i)
+                .collect();
+            (fired(&fds[0]), ready)
         };
-        let (reply, fd, retire) = handle(&mut cache, &pools, tx.as_ref(), &body);
-        let reply = serde_json::to_vec(&reply).unwrap_or_else(|_| {
-            b"{\"Failed\":{\"pid\":null,\"error\":{\"Zygote\":\"encode\"}}}".to_vec()
-        });
-        let sent = send(sock.as_raw_fd(), &reply, fd.as_ref().map(|f| f.as_raw_fd()));
-        if let (Some(tx), Some(ns), Some(pidfd)) = (tx.as_ref(), retire, fd) {
-            let _ = tx.send(FillerMsg::Retire(pidfd, ns));
+        // Highest index first, so that `swap_remove` only moves entries already looked at.
+        for i in ready.into_iter().rev() {
+            let p = &mut pending[i];
+            let Some(outcome) =
+                p.started
+                    .pipe
+                    .read_once(&p.prepared, p.cgroup.as_ref(), p.started.pid)
+            else {
+                continue;
+            };
+            let p = pending.swap_remove(i);
+            if !finish(&sock, tx.as_ref(), p, outcome) {
+                break 'serve;
+            }
         }
-        if sent.is_err() {
+        if !sock_ready {
+            continue;
+        }
+        let body = match recv(sock.as_raw_fd(), &mut buf) {
+            Ok(Some((n, _))) => &buf[..n],
+            Ok(None) | Err(_) => break,
+        };
+        let (id, reply) = match handle(&mut cache, &pools, tx.as_ref(), body) {
+            Handled::Now(id, reply) => (id, reply),
+            Handled::Started(p) => {
+                pending.push(p);
+                continue;
+            }
+        };
+        if reply_to(&sock, id, &reply, None).is_err() {
             break;
         }
     }
@@ -535,14 +708,60 @@ fn zygote_main(sock: OwnedFd, parent: i32, options: ZygoteOptions) -> ! {
     unsafe { libc::_exit(0) }
 }
 
-type Handled = (Reply, Option<OwnedFd>, Option<WarmNs>);
-
-fn done(reply: Reply) -> Handled {
-    (reply, None, None)
+/// A container cloned but not yet exec'd: its reply waits for the outcome on its error pipe.
+struct Pending {
+    id: u64,
+    started: Started,
+    /// To describe the child's error record.
+    prepared: Arc<PreparedSpec>,
+    cgroup: Option<CgroupAttach>,
+    /// The warm namespaces it joins: released only once its outcome is known.
+    warm: Option<WarmNs>,
 }
 
-fn failed(error: LaunchError) -> Handled {
-    done(Reply::Failed { pid: None, error })
+/// Replies for a container whose outcome is known; `false` if the supervisor is gone.
+fn finish(
+    sock: &OwnedFd,
+    filler: Option<&Sender<FillerMsg>>,
+    p: Pending,
+    outcome: Option<LaunchError>,
+) -> bool {
+    let Pending {
+        id, started, warm, ..
+    } = p;
+    let reply = match outcome {
+        None => Reply::Ok {
+            pid: started.pid,
+            warm: warm.is_some(),
+        },
+        Some(error) => Reply::Failed {
+            pid: Some(started.pid),
+            error,
+        },
+    };
+    let sent = reply_to(sock, id, &reply, Some(started.pidfd.as_raw_fd()));
+    if let (Reply::Ok { .. }, Some(tx), Some(ns)) = (&reply, filler, warm) {
+        let _ = tx.send(FillerMsg::Retire(started.pidfd, ns));
+    }
+    sent.is_ok()
+}
+
+fn reply_to(sock: &OwnedFd, id: u64, reply: &Reply, fd: Option<RawFd>) -> nix::Result<()> {
+    let body = serde_json::to_vec(&Tagged { id, msg: reply }).unwrap_or_else(|_| {
+        format!("{{\"id\":{id},\"msg\":{{\"Failed\":{{\"pid\":null,\"error\":{{\"Zygote\":\"encode\"}}}}}}}}")
+            .into_bytes()
+    });
+    send(sock.as_raw_fd(), &body, fd)
+}
+
+/// What became of a request: answered now, or a container whose setup is running.
+enum Handled {
+    Now(u64, Reply),
+    Started(Pending),
+}
+
+fn failed(error: LaunchError) -> Reply {
+    Reply::Failed { pid: None, error }
 }
 
 /// The cached [`PreparedSpec`] of `key`, built from `spec` on first use.
@@ -565,18 +784,24 @@ fn handle(
     filler: Option<&Sender<FillerMsg>>,
     body: &[u8],
 ) -> Handled {
-    let req: Request = match serde_json::from_slice(body) {
+    let Tagged { id, msg: req } = match serde_json::from_slice::<Tagged<Request>>(body) {
         Ok(r) => r,
-        Err(e) => return failed(LaunchError::Zygote(format!("bad request: {e}"))),
+        Err(e) => {
+            let id = serde_json::from_slice::<IdOnly>(body).map_or(0, |t| t.id);
+            return Handled::Now(id, failed(LaunchError::Zygote(format!("bad request: {e}"))));
+        }
     };
-    match req {
-        Request::Spawn(req) => spawn(cache, pools, filler, &req),
+    let reply = match req {
+        Request::Spawn(req) => match spawn(cache, pools, filler, id, req) {
+            Ok(p) => return Handled::Started(p),
+            Err(error) => failed(error),
+        },
         Request::Prepare { spec, spec_key } => match prepared(cache, &spec_key, &spec) {
             Ok(p) => {
                 if let Some(tx) = filler {
                     let _ = tx.send(FillerMsg::Prepare(spec_key, p));
                 }
-                done(Reply::Done)
+                Reply::Done
             }
             Err(error) => failed(error),
         },
@@ -591,7 +816,7 @@ fn handle(
                     drop(pool);
                 }
             }
-            done(Reply::Done)
+            Reply::Done
         }
         Request::Stats => {
             let warm_by_app: BTreeMap<String, usize> = pools
@@ -603,63 +828,50 @@ fn handle(
                         .collect()
                 })
                 .unwrap_or_default();
-            done(Reply::Stats(ZygoteStats {
+            Reply::Stats(ZygoteStats {
                 prepared_specs: cache.len(),
                 warm_namespaces: warm_by_app.values().sum(),
                 warm_by_app,
-            }))
+            })
         }
-    }
+    };
+    Handled::Now(id, reply)
 }
 
+/// Clones the container of `req`; its outcome is read later from the returned entry.
 fn spawn(
     cache: &mut HashMap<String, Arc<PreparedSpec>>,
     pools: &Pools,
     filler: Option<&Sender<FillerMsg>>,
-    req: &SpawnRequest,
-) -> Handled {
-    let prepared = match prepared(cache, &req.spec_key, &req.spec) {
-        Ok(p) => p,
-        Err(error) => return failed(error),
-    };
+    id: u64,
+    req: SpawnRequest,
+) -> Result<Pending, LaunchError> {
+    let prepared = prepared(cache, &req.spec_key, &req.spec)?;
     let mut warm = pools
         .lock()
         .ok()
         .and_then(|mut m| m.get_mut(&req.spec_key).and_then(Vec::pop));
-    let result = clone_container(
+    let result = start_container(
         &prepared,
         req.cgroup.as_ref(),
         &req.output(),
         true,
         warm.as_ref(),
     );
-    // The container holds the listening socket now (fd 3): once it exits, connections must be
-    // refused rather than queued on a copy we keep.
+    // The container holds the listening socket now (fd 3; clone copied our descriptors): once
+    // it exits, connections must be refused rather than queued on a copy we keep.
     if let Some(w) = warm.as_mut() {
         w.listen = None;
     }
     if let Some(tx) = filler {
-        let _ = tx.send(FillerMsg::Refill(req.spec_key.clone(), prepared));
+        let _ = tx.send(FillerMsg::Refill(req.spec_key.clone(), prepared.clone()));
     }
-    match result {
-        Ok(raw) => match raw.error {
-            None => (
-                Reply::Ok {
-                    pid: raw.pid,
-                    warm: warm.is_some(),
-                },
-                Some(raw.pidfd),
-                warm,
-            ),
-            Some(error) => (
-                Reply::Failed {
-                    pid: Some(raw.pid),
-                    error,
-                },
-                Some(raw.pidfd),
-                None,
-            ),
-        },
-        Err(error) => failed(error),
-    }
+    let started = result?;
+    Ok(Pending {
+        id,
+        started,
+        prepared,
+        cgroup: req.cgroup,
+        warm,
+    })
 }
