@@ -846,6 +846,10 @@ fn spawn(
     id: u64,
     req: SpawnRequest,
 ) -> Result<Pending, LaunchError> {
+    // An app seen before (prepared, or booted already) is worth keeping warm; one booting for
+    // the first time may never boot again (a thousand apps each woken once would otherwise
+    // each build namespace sets nobody uses: measured ~30% of the boot rate).
+    let seen_before = cache.contains_key(&req.spec_key);
     let prepared = prepared(cache, &req.spec_key, &req.spec)?;
     let mut warm = pools
         .lock()
@@ -863,7 +867,7 @@ fn spawn(
     if let Some(w) = warm.as_mut() {
         w.listen = None;
     }
-    if let Some(tx) = filler {
+    if let Some(tx) = filler.filter(|_| seen_before || warm.is_some()) {
         let _ = tx.send(FillerMsg::Refill(req.spec_key.clone(), prepared.clone()));
     }
     let started = result?;

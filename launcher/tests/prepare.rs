@@ -78,10 +78,20 @@ fn first_boot_after_prepare_is_warm() {
     assert_eq!(exit_status(&s), Some(ExitStatusInfo::Exited(7)));
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "prepared\n1\n");
 
-    // Without prepare, the first boot is cold (and later ones are warm).
+    // Without prepare, the first boot is cold and builds nothing ahead (the app may never
+    // boot again); from its second boot on it is kept warm.
     let other = fs.spec("exit 0");
     let s = zygote.spawn(&request(&other, "other-app", None)).unwrap();
     assert!(!s.warm, "an app never prepared boots cold the first time");
+    assert_eq!(exit_status(&s), Some(ExitStatusInfo::Exited(0)));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        warm_of(&zygote, "other-app"),
+        0,
+        "nothing is built for a one-off boot"
+    );
+    let s = zygote.spawn(&request(&other, "other-app", None)).unwrap();
+    assert!(!s.warm);
     assert_eq!(exit_status(&s), Some(ExitStatusInfo::Exited(0)));
     eventually("the warm pool of other-app", || {
         warm_of(&zygote, "other-app") == 2
