@@ -12,7 +12,7 @@ use hako_launcher::{
     CgroupAttach, CgroupError, CgroupLimits, CgroupRoot, CgroupStats, CgroupVersion, InstanceCgroup,
 };
 
-const PARENT: &str = "hako";
+const PARENT: &str = "hako-test";
 const BUSYBOX: &str = "/usr/bin/busybox";
 
 /// Interface files holding limits, v1 and v2 (those absent on the host are skipped).

@@ -20,6 +20,16 @@ fn nothing_is_left_behind() {
 
     let cgroups = leftover_test_cgroups();
     assert!(cgroups.is_empty(), "cgroups left behind: {cgroups:?}");
+    // The suite's own parent group goes too (tests running in parallel have all finished:
+    // this target runs last).
+    assert!(
+        cgroup_root().remove_parent_if_empty().unwrap(),
+        "the test parent cgroup {CGROUP_PARENT} is not empty"
+    );
+    for h in std::fs::read_dir(CGROUP_MOUNT).unwrap().flatten() {
+        let p = h.path().join(CGROUP_PARENT);
+        assert!(!p.exists(), "{} left behind", p.display());
+    }
     let mounts = host_mounts_containing("hako");
     assert!(mounts.is_empty(), "mounts left behind: {mounts:?}");
     assert!(host_mounts_containing(root_path.to_str().unwrap()).is_empty());

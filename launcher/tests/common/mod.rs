@@ -12,7 +12,7 @@ use hako_launcher::{
 };
 
 pub const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
-pub const CGROUP_PARENT: &str = "hako";
+pub const CGROUP_PARENT: &str = "hako-test";
 
 /// `true` if running as root; otherwise prints why the test is skipped.
 pub fn is_root(test: &str) -> bool {
