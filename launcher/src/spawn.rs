@@ -259,6 +259,23 @@ pub(crate) fn clone_container(
     })
 }
 
+/// `clone3(2)` without a new stack: fork semantics, returns 0 in the child.
+///
+/// # Safety
+///
+/// The child (return value 0) shares nothing with the parent's threads: it may run only
+/// async-signal-safe code and must never return into the caller's Rust code.
+unsafe fn clone3(args: &CloneArgs) -> libc::c_long {
+    // SAFETY: `args` is a valid, fully initialized clone_args of exactly the size passed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    }
+}
+
 /// Clones a container from `p` without waiting for its setup: the caller learns the outcome
 /// from [`Started::pipe`]. Every descriptor the child needs (warm namespaces, listening socket)
 /// has been copied into it when this returns.
@@ -356,15 +373,9 @@ pub(crate) fn start_container(
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = d.as_raw_fd() as u64;
     }
-    // SAFETY: clone3 with a valid, fully initialized clone_args and no stack: fork semantics.
-    // The child only runs `child::run`, which is async-signal-safe and never returns.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
+    // SAFETY: fork semantics; the child only runs `child::run`, which is async-signal-safe
+    // and never returns.
+    let ret = unsafe { clone3(&args) };
     if ret == 0 {
         // SAFETY: we are the freshly cloned child; `p` and `fds` are our copies of the parent's.
         unsafe { child::run(p, &fds) }
@@ -530,15 +541,9 @@ pub(crate) fn create_warm(p: &PreparedSpec) -> Result<WarmNs, LaunchError> {
         exit_signal: libc::SIGCHLD as u64,
         ..CloneArgs::default()
     };
-    // SAFETY: as in `clone_container`: fork semantics, the child runs only async-signal-safe
-    // code (`child::run_holder`) and never returns.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
+    // SAFETY: fork semantics; the child runs only async-signal-safe code
+    // (`child::run_holder`) and never returns.
+    let ret = unsafe { clone3(&args) };
     if ret == 0 {
         // SAFETY: we are the freshly cloned holder.
         unsafe { child::run_holder(p, &fds) }
