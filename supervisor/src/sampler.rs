@@ -1,6 +1,7 @@
 //! The sampling loop: every `governor.interval` it reads host PSI and each instance's cgroup
 //! usage, updates the `hako_cgroup_*` metrics, asks the [`Governor`] what to change and applies
 //! its decisions to the cgroups (logging and counting each change).
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -83,9 +84,9 @@ pub async fn run_with_proc(
     let mut params: GovernorParams = params_of(&config.lock().expect("config lock"));
     let mut governor = Governor::new(params.clone());
     let mut ticker = ticker(params.interval);
-    // Last cumulative CPU reading per live instance, for the cpu seconds counter.
-    let mut last_cpu: HashMap<u64, u64> = HashMap::new();
-    // What each instance did at its last reading, to decide when it is due again.
+    // What each live instance did at its last reading: when it is due again, and the base of
+    // the cpu seconds counter. The entry of an instance that could not be read is kept:
+    // forgetting it would count its whole lifetime's CPU again at its next reading.
     let mut activity: HashMap<u64, Activity> = HashMap::new();
     loop {
         tokio::select! {
@@ -126,54 +127,52 @@ pub async fn run_with_proc(
             let host = read_host_pressure(&proc);
             let mut rows = Vec::with_capacity(due.len());
             let mut unsampled: Vec<u64> = skipped.iter().map(|(inst, _, _)| inst.id).collect();
-            for (inst, r, policy) in &due {
-                let Some(u) = r.usage() else {
-                    unsampled.push(inst.id);
-                    continue;
-                };
-                rows.push((inst.id, inst.app.clone(), u, policy.clone(), r.clone()));
+            for (inst, r, policy) in due {
+                match r.usage() {
+                    Some(u) => rows.push((inst, u, policy, r)),
+                    None => unsampled.push(inst.id),
+                }
             }
             // The time of the readings, not of the end of this task's scheduling.
-            (start.elapsed(), host, rows, unsampled, due)
+            (start.elapsed(), host, rows, unsampled)
         })
         .await;
-        let Ok((now, host, rows, unsampled, due)) = sampled else {
+        let Ok((now, host, rows, unsampled)) = sampled else {
             continue;
         };
-        for (inst, _, _) in &due {
-            let Some((_, _, u, _, _)) = rows.iter().find(|row| row.0 == inst.id) else {
-                continue;
+        let mut cpu_by_app: HashMap<String, f64> = HashMap::new();
+        for (inst, u, _, _) in &rows {
+            // CPU since the last reading (since the start, at the first one).
+            let used = match activity.entry(inst.id) {
+                Entry::Occupied(mut e) => {
+                    let a = e.get_mut();
+                    let elapsed = now.saturating_sub(a.at).as_secs_f64();
+                    let used = u.cpu_usage_usec.saturating_sub(a.cpu_usec) as f64 / 1e6;
+                    a.hot = inst.in_flight() > 0 || (elapsed > 0.0 && used / elapsed >= HOT_CORES);
+                    a.at = now;
+                    a.cpu_usec = u.cpu_usage_usec;
+                    a.memory = u.memory_current;
+                    a.requests = inst.requests();
+                    used
+                }
+                Entry::Vacant(v) => {
+                    v.insert(Activity {
+                        app: inst.app.clone(),
+                        at: now,
+                        cpu_usec: u.cpu_usage_usec,
+                        memory: u.memory_current,
+                        requests: inst.requests(),
+                        hot: inst.in_flight() > 0,
+                    });
+                    u.cpu_usage_usec as f64 / 1e6
+                }
             };
-            let a = activity.entry(inst.id).or_insert(Activity {
-                app: inst.app.clone(),
-                at: now,
-                cpu_usec: u.cpu_usage_usec,
-                memory: u.memory_current,
-                requests: inst.requests(),
-                hot: true,
-            });
-            let elapsed = now.saturating_sub(a.at).as_secs_f64();
-            let used = u.cpu_usage_usec.saturating_sub(a.cpu_usec) as f64 / 1e6;
-            a.hot = inst.in_flight() > 0 || (elapsed > 0.0 && used / elapsed >= HOT_CORES);
-            a.at = now;
-            a.cpu_usec = u.cpu_usage_usec;
-            a.memory = u.memory_current;
-            a.requests = inst.requests();
+            *cpu_by_app.entry(inst.app.clone()).or_default() += used;
         }
         let mut per_app_mem: HashMap<String, u64> = HashMap::new();
         for a in activity.values() {
             *per_app_mem.entry(a.app.clone()).or_default() += a.memory;
         }
-
-        let mut cpu_by_app: HashMap<String, f64> = HashMap::new();
-        for (id, app, u, _, _) in &rows {
-            let prev = last_cpu.insert(*id, u.cpu_usage_usec).unwrap_or(0);
-            let delta = u.cpu_usage_usec.saturating_sub(prev);
-            *cpu_by_app.entry(app.clone()).or_default() += delta as f64 / 1e6;
-        }
-        // Keep the last reading of an instance that could not be read this time: forgetting it
-        // would count its whole lifetime's CPU again at its next reading.
-        last_cpu.retain(|id, _| live.contains(id));
         for (app, secs) in &cpu_by_app {
             if let Some(m) = sup.app_metrics(app) {
                 m.add_cpu_seconds(*secs);
@@ -193,9 +192,9 @@ pub async fn run_with_proc(
             host,
             instances: rows
                 .iter()
-                .map(|(id, app, u, policy, _)| InstanceSample {
-                    id: *id,
-                    app: app.clone(),
+                .map(|(inst, u, policy, _)| InstanceSample {
+                    id: inst.id,
+                    app: inst.app.clone(),
                     cpu_usage_usec: u.cpu_usage_usec,
                     memory_current: u.memory_current,
                     policy: policy_limits(policy),
@@ -211,7 +210,7 @@ pub async fn run_with_proc(
         };
         let decisions = governor.observe(&sample);
         for d in decisions {
-            let Some((_, _, _, policy, r)) = rows.iter().find(|row| row.0 == d.id) else {
+            let Some((_, _, policy, r)) = rows.iter().find(|row| row.0.id == d.id) else {
                 continue;
             };
             let r = r.clone();

@@ -204,7 +204,10 @@ pub fn run(source: ConfigSource) -> anyhow::Result<()> {
 async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow::Result<()> {
     use anyhow::Context;
     let _lock = lock_state_dir(&cfg.state_dir)?;
-    let cgroups = match CgroupRoot::detect(Path::new("/sys/fs/cgroup"), &cfg.cgroup_parent) {
+    let cgroups = match CgroupRoot::detect(
+        Path::new(hako_launcher::cgroup::SYS_FS_CGROUP),
+        &cfg.cgroup_parent,
+    ) {
         Ok(root) => {
             tracing::info!(version = ?root.version(), "cgroups detected");
             Some(Arc::new(root))
@@ -223,8 +226,10 @@ async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow
             .with_context(|| format!("prepare state_dir {}", cfg.state_dir.display()))?,
     );
     let metrics = Metrics::new();
-    let sup = Supervisor::new(runtime.clone(), metrics, supervisor_options(&cfg));
-    sup.apply_apps(&cfg.apps, supervisor_options(&cfg));
+    let options = supervisor_options(&cfg);
+    let tick = options.tick;
+    let sup = Supervisor::new(runtime.clone(), metrics, options.clone());
+    sup.apply_apps(&cfg.apps, options);
     // First boots from warm namespaces: prepared in the background, never blocking startup.
     runtime.prepare_apps(&cfg.apps);
     let routes = Arc::new(RoutesHandle::new(routes_of(&cfg)));
@@ -264,7 +269,7 @@ async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow
         let sup = sup.clone();
         let mut rx = stop_rx.clone();
         tokio::spawn(async move {
-            let mut iv = tokio::time::interval(Duration::from_millis(100));
+            let mut iv = tokio::time::interval(tick);
             iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
