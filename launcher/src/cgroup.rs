@@ -677,18 +677,16 @@ impl InstanceCgroup {
         fs::write(path, value).map_err(io_err("write", path))
     }
 
-    fn read(&self, path: &Path) -> Result<String, CgroupError> {
-        fs::read_to_string(path).map_err(io_err("read", path))
-    }
-
-    /// An interface file's content, `None` if the file (or its controller) is absent.
+    /// An interface file's content, `None` if the file (or its controller) is absent. One
+    /// `open` (no `stat` first): [`stats`](Self::stats) is a hot path.
     fn read_opt(&self, file: &str) -> Result<Option<(PathBuf, String)>, CgroupError> {
-        match self.file(file) {
-            Some(p) if p.exists() => {
-                let s = self.read(&p)?;
-                Ok(Some((p, s)))
-            }
-            _ => Ok(None),
+        let Some(p) = self.file(file) else {
+            return Ok(None);
+        };
+        match fs::read_to_string(&p) {
+            Ok(s) => Ok(Some((p, s))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read", &p)(e)),
         }
     }
 

@@ -336,6 +336,27 @@ unsafe fn install_listen_fd(fds: &mut ChildFds, sock: c_int) {
     }
 }
 
+/// Closes every descriptor from `first` up, except `keep` (two `close_range(2)` calls, errors
+/// ignored). Async-signal-safe: raw system calls only, so the holder uses it too.
+///
+/// # Safety
+/// None beyond closing descriptors that other code may still use; `unsafe` because it is
+/// called in the child.
+pub(crate) unsafe fn close_from_except(first: libc::c_uint, keep: libc::c_uint) {
+    // SAFETY: close_range on plain integers; no pointers involved.
+    unsafe {
+        if keep > first {
+            libc::syscall(libc::SYS_close_range, first, keep - 1, 0 as libc::c_uint);
+        }
+        libc::syscall(
+            libc::SYS_close_range,
+            keep + 1,
+            libc::c_uint::MAX,
+            0 as libc::c_uint,
+        );
+    }
+}
+
 /// Size of a holder's readiness record: `R` and a native-endian `c_int` (the listening socket).
 pub(crate) const HOLDER_READY_SIZE: usize = 5;
 
@@ -361,21 +382,7 @@ pub(crate) unsafe fn run_holder(p: &PreparedSpec, fds: &ChildFds) -> ! {
             libc::_exit(0);
         }
         // Keep nothing of the zygote's open (its socket, other warm namespaces) but the pipe.
-        let keep = fds.err_pipe as libc::c_uint;
-        if keep > 0 {
-            libc::syscall(
-                libc::SYS_close_range,
-                0 as libc::c_uint,
-                keep - 1,
-                0 as libc::c_uint,
-            );
-        }
-        libc::syscall(
-            libc::SYS_close_range,
-            keep + 1,
-            libc::c_uint::MAX,
-            0 as libc::c_uint,
-        );
+        close_from_except(0, fds.err_pipe as libc::c_uint);
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());

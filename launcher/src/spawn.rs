@@ -166,13 +166,6 @@ pub(crate) fn listen_socket(l: ListenSpec) -> Result<OwnedFd, LaunchError> {
     }
 }
 
-/// Result of a clone: the child exists (pid/pidfd) even when setup failed, and must be reaped.
-pub(crate) struct RawSpawn {
-    pub pid: i32,
-    pub pidfd: OwnedFd,
-    pub error: Option<LaunchError>,
-}
-
 /// A cloned container whose setup is still running: its outcome arrives on the error pipe
 /// (EOF once `execve` succeeded, or a [`ChildError`] record).
 pub(crate) struct Started {
@@ -240,40 +233,41 @@ impl ErrorPipe {
     }
 }
 
-/// Clones a container from `p` and waits until it exec'd or failed. With `clone_parent`, the
-/// container becomes a sibling of the caller (the zygote's parent reaps it); otherwise the
-/// caller's child.
-pub(crate) fn clone_container(
-    p: &PreparedSpec,
-    cgroup: Option<&CgroupAttach>,
-    output: &Output,
-    clone_parent: bool,
-    warm: Option<&WarmNs>,
-) -> Result<RawSpawn, LaunchError> {
-    let mut s = start_container(p, cgroup, output, clone_parent, warm)?;
-    let error = s.pipe.wait(p, cgroup, s.pid);
-    Ok(RawSpawn {
-        pid: s.pid,
-        pidfd: s.pidfd,
-        error,
-    })
-}
-
-/// `clone3(2)` without a new stack: fork semantics, returns 0 in the child.
+/// `clone3(2)` without a new stack (fork semantics) and with `CLONE_PIDFD` added to `args`:
+/// the new process runs `child(p, fds)` (on its copies of them); the caller gets its pid and
+/// pidfd, or the errno.
 ///
 /// # Safety
 ///
-/// The child (return value 0) shares nothing with the parent's threads: it may run only
-/// async-signal-safe code and must never return into the caller's Rust code.
-unsafe fn clone3(args: &CloneArgs) -> libc::c_long {
-    // SAFETY: `args` is a valid, fully initialized clone_args of exactly the size passed.
-    unsafe {
+/// `child` shares nothing with the parent's threads: it may run only async-signal-safe code
+/// and never returns into the caller's Rust code (hence `-> !`).
+unsafe fn clone_pidfd(
+    mut args: CloneArgs,
+    child: unsafe fn(&PreparedSpec, &ChildFds) -> !,
+    p: &PreparedSpec,
+    fds: &ChildFds,
+) -> Result<(i32, OwnedFd), nix::errno::Errno> {
+    let mut pidfd: c_int = -1;
+    args.flags |= libc::CLONE_PIDFD as u64;
+    args.pidfd = &mut pidfd as *mut c_int as u64;
+    // SAFETY: `args` is a valid, fully initialized clone_args of exactly the size passed, and
+    // `pidfd` outlives the call.
+    let ret = unsafe {
         libc::syscall(
             libc::SYS_clone3,
-            args as *const CloneArgs,
+            &args as *const CloneArgs,
             std::mem::size_of::<CloneArgs>(),
         )
+    };
+    if ret == 0 {
+        // SAFETY: we are the freshly cloned child; see the contract of `child` above.
+        unsafe { child(p, fds) }
     }
+    if ret < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    // SAFETY: CLONE_PIDFD stored a fresh pidfd owned by nobody else.
+    Ok((ret as i32, unsafe { OwnedFd::from_raw_fd(pidfd) }))
 }
 
 /// Clones a container from `p` without waiting for its setup: the caller learns the outcome
@@ -357,10 +351,8 @@ pub(crate) fn start_container(
         *slot = fd.as_raw_fd();
     }
 
-    let mut pidfd: c_int = -1;
     let mut args = CloneArgs {
-        flags: ns_flags | libc::CLONE_PIDFD as u64,
-        pidfd: &mut pidfd as *mut c_int as u64,
+        flags: ns_flags,
         exit_signal: libc::SIGCHLD as u64,
         ..CloneArgs::default()
     };
@@ -375,21 +367,9 @@ pub(crate) fn start_container(
     }
     // SAFETY: fork semantics; the child only runs `child::run`, which is async-signal-safe
     // and never returns.
-    let ret = unsafe { clone3(&args) };
-    if ret == 0 {
-        // SAFETY: we are the freshly cloned child; `p` and `fds` are our copies of the parent's.
-        unsafe { child::run(p, &fds) }
-    }
-    if ret < 0 {
-        return Err(LaunchError::sys(
-            "clone3",
-            p.exec_names[0].as_str(),
-            nix::errno::Errno::last(),
-        ));
-    }
-    let pid = ret as i32;
-    // SAFETY: CLONE_PIDFD stored a fresh pidfd owned by nobody else.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let cloned = unsafe { clone_pidfd(args, child::run, p, &fds) };
+    let (pid, pidfd) =
+        cloned.map_err(|e| LaunchError::sys("clone3", p.exec_names[0].as_str(), e))?;
     drop(err_w);
     drop((stdin, out_owned, cgroup_dir, procs, own_listen));
     Ok(Started {
@@ -407,21 +387,19 @@ fn describe(p: &PreparedSpec, cgroup: Option<&CgroupAttach>, e: ChildError) -> L
         path: path.to_owned(),
         errno: e.errno,
     };
+    let exec_path = || {
+        p.exec_names
+            .get(idx)
+            .cloned()
+            .unwrap_or_else(|| p.command0.clone())
+    };
     match e.stage {
         stage::EXEC => LaunchError::Exec {
-            path: p
-                .exec_names
-                .get(idx)
-                .cloned()
-                .unwrap_or_else(|| p.command0.clone()),
+            path: exec_path(),
             errno: e.errno,
         },
         stage::INTERPRETER => LaunchError::BadInterpreter {
-            path: p
-                .exec_names
-                .get(idx)
-                .cloned()
-                .unwrap_or_else(|| p.command0.clone()),
+            path: exec_path(),
             errno: e.errno,
         },
         stage::MOUNT => {
@@ -493,15 +471,15 @@ pub fn spawn_prepared(
     cgroup: Option<&CgroupAttach>,
     output: &Output,
 ) -> Result<Spawned, LaunchError> {
-    let raw = clone_container(p, cgroup, output, false, None)?;
-    match raw.error {
+    let mut s = start_container(p, cgroup, output, false, None)?;
+    match s.pipe.wait(p, cgroup, s.pid) {
         None => Ok(Spawned {
-            pid: raw.pid,
-            pidfd: raw.pidfd,
+            pid: s.pid,
+            pidfd: s.pidfd,
             warm: false,
         }),
         Some(e) => {
-            let _ = wait_pidfd(raw.pidfd.as_fd(), false);
+            let _ = wait_pidfd(s.pidfd.as_fd(), false);
             Err(e)
         }
     }
@@ -533,31 +511,15 @@ pub(crate) fn create_warm(p: &PreparedSpec) -> Result<WarmNs, LaunchError> {
         listen: -1,
         parent: std::process::id() as libc::pid_t,
     };
-    let mut pidfd: c_int = -1;
     let args = CloneArgs {
-        flags: (p.clone_flags & (libc::CLONE_NEWNS | libc::CLONE_NEWNET) as u64)
-            | libc::CLONE_PIDFD as u64,
-        pidfd: &mut pidfd as *mut c_int as u64,
+        flags: p.clone_flags & (libc::CLONE_NEWNS | libc::CLONE_NEWNET) as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..CloneArgs::default()
     };
     // SAFETY: fork semantics; the child runs only async-signal-safe code
     // (`child::run_holder`) and never returns.
-    let ret = unsafe { clone3(&args) };
-    if ret == 0 {
-        // SAFETY: we are the freshly cloned holder.
-        unsafe { child::run_holder(p, &fds) }
-    }
-    if ret < 0 {
-        return Err(LaunchError::sys(
-            "clone3",
-            "namespace holder",
-            nix::errno::Errno::last(),
-        ));
-    }
-    let pid = ret as i32;
-    // SAFETY: CLONE_PIDFD stored a fresh pidfd owned by nobody else.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let cloned = unsafe { clone_pidfd(args, child::run_holder, p, &fds) };
+    let (pid, pidfd) = cloned.map_err(|e| LaunchError::sys("clone3", "namespace holder", e))?;
     drop(err_w);
     let mut buf = [0u8; ChildError::SIZE];
     let mut got = 0;

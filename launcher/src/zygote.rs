@@ -595,7 +595,7 @@ fn filler(rx: Receiver<FillerMsg>, pools: Pools, target: usize, cap: usize) {
 
 /// The zygote's loop. Never returns.
 fn zygote_main(sock: OwnedFd, parent: i32, options: ZygoteOptions) -> ! {
-    // SAFETY: prctl/signal/getppid/_exit are plain syscalls on constants.
+    // SAFETY: prctl/signal/getppid/_exit/close_range are plain syscalls on constants.
     unsafe {
         libc::prctl(
             libc::PR_SET_PDEATHSIG,
@@ -612,21 +612,7 @@ fn zygote_main(sock: OwnedFd, parent: i32, options: ZygoteOptions) -> ! {
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
         // Descriptors inherited from the parent (other than stdio and our socket) are not ours
         // to keep open: a held write descriptor would make exec of that file fail (ETXTBSY).
-        let keep = sock.as_raw_fd() as libc::c_uint;
-        if keep > 3 {
-            libc::syscall(
-                libc::SYS_close_range,
-                3 as libc::c_uint,
-                keep - 1,
-                0 as libc::c_uint,
-            );
-        }
-        libc::syscall(
-            libc::SYS_close_range,
-            keep + 1,
-            libc::c_uint::MAX,
-            0 as libc::c_uint,
-        );
+        crate::child::close_from_except(3, sock.as_raw_fd() as libc::c_uint);
     }
     let pools: Pools = Arc::new(Mutex::new(HashMap::new()));
     let (tx, rx) = channel();
@@ -807,14 +793,9 @@ fn handle(
         },
         Request::Forget { spec_key } => {
             cache.remove(&spec_key);
-            match filler {
-                Some(tx) => {
-                    let _ = tx.send(FillerMsg::Forget(spec_key));
-                }
-                None => {
-                    let pool = pools.lock().ok().and_then(|mut m| m.remove(&spec_key));
-                    drop(pool);
-                }
+            // Only the helper thread builds warm namespaces: without it there are none.
+            if let Some(tx) = filler {
+                let _ = tx.send(FillerMsg::Forget(spec_key));
             }
             Reply::Done
         }
