@@ -103,22 +103,10 @@ pub(crate) fn from_serde(err: &serde_yaml::Error) -> (usize, usize, String) {
 /// `apps[0].limits: unknown field `cpus`, expected one of `cpu`, ...` becomes
 /// `apps[0].limits.cpus: unknown key; expected one of `cpu`, ... (did you mean `cpu`?)`.
 fn rewrite_unknown_field(message: &str) -> String {
-    const MARK: &str = "unknown field `";
-    let Some(at) = message.find(MARK) else {
+    let Some((path, key, after)) = field_path(message, "unknown field `") else {
         return message.to_owned();
     };
-    let parent = message[..at].trim_end_matches(": ").trim_end();
-    let rest = &message[at + MARK.len()..];
-    let Some(end) = rest.find('`') else {
-        return message.to_owned();
-    };
-    let key = &rest[..end];
-    let tail = rest[end + 1..].trim_start_matches(',').trim();
-    let path = if parent.is_empty() {
-        key.to_owned()
-    } else {
-        format!("{parent}.{key}")
-    };
+    let tail = after.trim_start_matches(',').trim();
     let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
     let suggestion = expected
         .iter()
@@ -136,22 +124,26 @@ fn rewrite_unknown_field(message: &str) -> String {
 
 /// `apps[0]: duplicate field `name`` becomes `apps[0].name: duplicate key`.
 fn rewrite_duplicate_field(message: &str) -> String {
-    const MARK: &str = "duplicate field `";
-    let Some(at) = message.find(MARK) else {
-        return message.to_owned();
-    };
+    match field_path(message, "duplicate field `") {
+        Some((path, _, _)) => format!("{path}: duplicate key"),
+        None => message.to_owned(),
+    }
+}
+
+/// Splits `<parent>: <mark><key>`<after>` into the dotted path `<parent>.<key>` (just `<key>`
+/// at the top level), the key and what follows its closing backtick.
+fn field_path<'m>(message: &'m str, mark: &str) -> Option<(String, &'m str, &'m str)> {
+    let at = message.find(mark)?;
     let parent = message[..at].trim_end_matches(": ").trim_end();
-    let rest = &message[at + MARK.len()..];
-    let Some(end) = rest.find('`') else {
-        return message.to_owned();
-    };
+    let rest = &message[at + mark.len()..];
+    let end = rest.find('`')?;
     let key = &rest[..end];
     let path = if parent.is_empty() {
         key.to_owned()
     } else {
         format!("{parent}.{key}")
     };
-    format!("{path}: duplicate key")
+    Some((path, key, &rest[end + 1..]))
 }
 
 /// Internal type names must not leak into user messages.

@@ -22,7 +22,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// when the response body ended, failed, or was dropped (client went away).
 pub(crate) struct RequestGuard {
     shared: Arc<Shared>,
-    pub(crate) app: Option<String>,
+    pub(crate) app: Option<Arc<str>>,
     /// Status recorded; 499 until a response exists (client gone before it was produced).
     pub(crate) status: u16,
     start: Instant,
@@ -147,8 +147,7 @@ impl ProxyBody {
                 "upstream body failed mid-response"
             );
             if let Some(io) = crate::forward::connection_failure(error) {
-                g.shared.pool.purge(id);
-                g.shared.activator.upstream_failed(id, &io);
+                g.shared.upstream_failed(id, &io);
             }
         }
         if let Some(mut g) = self.guard.take() {

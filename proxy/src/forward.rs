@@ -146,11 +146,11 @@ pub(crate) async fn handle(
                 g.lease = None;
             }
             let status = error.status();
-            let app = guard.as_ref().and_then(|g| g.app.clone());
+            let app = guard.as_ref().and_then(|g| g.app.as_deref()).unwrap_or("-");
             if status.is_server_error() {
-                tracing::warn!(app = app.as_deref().unwrap_or("-"), %status, %error, "proxy error");
+                tracing::warn!(app, %status, %error, "proxy error");
             } else {
-                tracing::debug!(app = app.as_deref().unwrap_or("-"), %status, %error, "proxy error");
+                tracing::debug!(app, %status, %error, "proxy error");
             }
             error.into_response()
         }
@@ -174,8 +174,8 @@ async fn forward(
     let app = shared
         .routes
         .load()
-        .resolve(&host, req.uri().path())
-        .map(str::to_owned)
+        .resolve_shared(&host, req.uri().path())
+        .cloned()
         .ok_or_else(|| ProxyError::UnknownHost {
             host: host.clone(),
             path: req.uri().path().to_string(),
@@ -183,7 +183,7 @@ async fn forward(
     let Some(guard) = guard_slot.as_mut() else {
         unreachable_guard()
     };
-    guard.app = Some(app.clone());
+    guard.app = Some(Arc::clone(&app));
 
     // Lease an instance and make sure it takes connections before the request body is
     // touched. A refused connect means the instance died a moment ago (before the supervisor
@@ -192,28 +192,32 @@ async fn forward(
     let mut retried = false;
     let (lease, first) = loop {
         let lease = shared.activator.acquire(&app).await?;
-        let upstream = Arc::clone(&lease.upstream);
-        let id = upstream.id();
+        let id = lease.upstream.id();
         if let Some(sender) = shared.pool.checkout(id) {
             break (lease, sender);
         }
         let timeout = shared.opts.upstream_timeout;
-        match tokio::time::timeout(timeout, Pool::connect(&*upstream)).await {
+        match tokio::time::timeout(timeout, Pool::connect(&*lease.upstream)).await {
             Ok(Ok(sender)) => break (lease, sender),
             Ok(Err(source)) => {
-                shared.pool.purge(id);
-                if let ConnectError::Io { source: io, .. } = &source {
-                    shared.activator.upstream_failed(id, io);
-                    if !retried && io.kind() == std::io::ErrorKind::ConnectionRefused {
-                        tracing::debug!(app = %app, upstream = id, "upstream refused; retrying with a new lease");
-                        retried = true;
-                        drop(lease);
-                        continue;
-                    }
+                connect_failed(shared, id, &source);
+                if !retried && source.is_refused() {
+                    tracing::debug!(app = %app, upstream = id, "upstream refused; retrying with a new lease");
+                    retried = true;
+                    drop(lease);
+                    continue;
                 }
-                return Err(ProxyError::Connect { app, source });
+                return Err(ProxyError::Connect {
+                    app: app.to_string(),
+                    source,
+                });
             }
-            Err(_) => return Err(ProxyError::UpstreamTimeout { app, timeout }),
+            Err(_) => {
+                return Err(ProxyError::UpstreamTimeout {
+                    app: app.to_string(),
+                    timeout,
+                })
+            }
         }
     };
     let upstream = Arc::clone(&lease.upstream);
@@ -224,16 +228,13 @@ async fn forward(
     let client_upgrade = upgrading.then(|| hyper::upgrade::on(&mut req));
     let client_version = req.version();
     let (mut parts, body) = req.into_parts();
-    let upgrade_proto = parts.headers.get(header::UPGRADE).cloned();
-    headers::strip_hop_by_hop(&mut parts.headers);
+    if upgrading {
+        headers::strip_hop_by_hop_keep_upgrade(&mut parts.headers);
+    } else {
+        headers::strip_hop_by_hop(&mut parts.headers);
+    }
     // hyper already answered `100-continue` to the client when the body is first read.
     parts.headers.remove(header::EXPECT);
-    if let (true, Some(proto)) = (upgrading, upgrade_proto) {
-        parts.headers.insert(header::UPGRADE, proto);
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    }
     if client_version == Version::HTTP_2 {
         headers::join_cookies(&mut parts.headers);
     }
@@ -255,20 +256,27 @@ async fn forward(
     let id = upstream.id();
     let (mut resp, sender) =
         match tokio::time::timeout(timeout, send(shared, &*upstream, upstream_req, first)).await {
-            Err(_) => return Err(ProxyError::UpstreamTimeout { app, timeout }),
+            Err(_) => {
+                return Err(ProxyError::UpstreamTimeout {
+                    app: app.to_string(),
+                    timeout,
+                })
+            }
             Ok(Err(SendError::Connect(source))) => {
-                shared.pool.purge(id);
-                if let ConnectError::Io { source: io, .. } = &source {
-                    shared.activator.upstream_failed(id, io);
-                }
-                return Err(ProxyError::Connect { app, source });
+                connect_failed(shared, id, &source);
+                return Err(ProxyError::Connect {
+                    app: app.to_string(),
+                    source,
+                });
             }
             Ok(Err(SendError::Request(source))) => {
                 if let Some(io) = connection_failure(&source) {
-                    shared.pool.purge(id);
-                    shared.activator.upstream_failed(id, &io);
+                    shared.upstream_failed(id, &io);
                 }
-                return Err(ProxyError::Upstream { app, source });
+                return Err(ProxyError::Upstream {
+                    app: app.to_string(),
+                    source,
+                });
             }
             Ok(Ok(pair)) => pair,
         };
@@ -277,14 +285,7 @@ async fn forward(
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let (mut parts, _) = resp.into_parts();
-            let proto = parts.headers.get(header::UPGRADE).cloned();
-            headers::strip_hop_by_hop(&mut parts.headers);
-            if let Some(proto) = proto {
-                parts.headers.insert(header::UPGRADE, proto);
-                parts
-                    .headers
-                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            }
+            headers::strip_hop_by_hop_keep_upgrade(&mut parts.headers);
             let mut tunnel_guard = guard_slot.take().unwrap_or_else(|| unreachable_guard());
             tunnel_guard.status = 101;
             spawn_tunnel(
@@ -306,6 +307,15 @@ async fn forward(
         sender,
     };
     Ok(Response::from_parts(parts, ProxyBody::stream(body, conn)))
+}
+
+/// A new connection to `id` could not be made: its pooled connections are dropped, and the
+/// supervisor is told when the connect itself failed.
+fn connect_failed(shared: &Shared, id: u64, error: &ConnectError) {
+    shared.pool.purge(id);
+    if let ConnectError::Io { source, .. } = error {
+        shared.activator.upstream_failed(id, source);
+    }
 }
 
 #[cold]

@@ -6,10 +6,10 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Version};
 
 /// Headers that describe one hop and never travel through a proxy (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[HeaderName] = &[
+/// `Proxy-*` headers are removed by prefix in [`strip_hop_by_hop`].
+static HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("keep-alive"),
     header::TE,
     header::TRAILER,
     header::TRANSFER_ENCODING,
@@ -33,10 +33,9 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in listed {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
     let proxy_named: Vec<HeaderName> = headers
         .keys()
         .filter(|k| k.as_str().starts_with("proxy-"))
@@ -44,6 +43,17 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .collect();
     for name in proxy_named {
         headers.remove(name);
+    }
+}
+
+/// [`strip_hop_by_hop`] for a protocol switch: the `Upgrade` value survives and
+/// `Connection: upgrade` is set, when there was an `Upgrade` header.
+pub(crate) fn strip_hop_by_hop_keep_upgrade(headers: &mut HeaderMap) {
+    let proto = headers.get(header::UPGRADE).cloned();
+    strip_hop_by_hop(headers);
+    if let Some(proto) = proto {
+        headers.insert(header::UPGRADE, proto);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
 }
 

@@ -46,6 +46,14 @@ pub enum ConnectError {
     },
 }
 
+impl ConnectError {
+    /// The instance refused the connection (it is gone, or not listening yet).
+    pub(crate) fn is_refused(&self) -> bool {
+        matches!(self, ConnectError::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::ConnectionRefused)
+    }
+}
+
 impl Pool {
     pub(crate) fn new(max_idle_per_upstream: usize, idle_timeout: Duration) -> Arc<Self> {
         Arc::new(Pool {

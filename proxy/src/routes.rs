@@ -1,5 +1,6 @@
 //! The routing table: `Host` (+ optional path prefix) → app name.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
@@ -19,7 +20,7 @@ pub struct Route {
 #[derive(Debug, Clone)]
 struct Entry {
     prefix: String,
-    app: String,
+    app: Arc<str>,
 }
 
 /// Immutable routing table; the supervisor swaps a new one in on reload (see [`RoutesHandle`]).
@@ -37,8 +38,9 @@ impl Routes {
         let mut by_host: HashMap<String, Vec<Entry>> = HashMap::new();
         for route in routes {
             let prefix = normalize_prefix(route.path_prefix.as_deref());
+            let app: Arc<str> = Arc::from(route.app.as_str());
             for host in &route.hosts {
-                let host = normalize_host(host);
+                let host = normalize_host(host).into_owned();
                 if host.is_empty() {
                     continue;
                 }
@@ -49,7 +51,7 @@ impl Routes {
                 }
                 entries.push(Entry {
                     prefix: prefix.clone(),
-                    app: route.app.clone(),
+                    app: Arc::clone(&app),
                 });
             }
         }
@@ -62,12 +64,16 @@ impl Routes {
     /// The app serving `host` (any case, with or without `:port`) and `path`, if any.
     /// Among the routes for that host, the longest matching path prefix wins.
     pub fn resolve(&self, host: &str, path: &str) -> Option<&str> {
-        let host = normalize_host(host);
-        let entries = self.by_host.get(&host)?;
+        self.resolve_shared(host, path).map(|app| &**app)
+    }
+
+    /// [`Routes::resolve`] as a shared name, so a request can keep it without copying.
+    pub(crate) fn resolve_shared(&self, host: &str, path: &str) -> Option<&Arc<str>> {
+        let entries = self.by_host.get(normalize_host(host).as_ref())?;
         entries
             .iter()
             .find(|e| prefix_matches(&e.prefix, path))
-            .map(|e| e.app.as_str())
+            .map(|e| &e.app)
     }
 
     /// Number of distinct hosts in the table.
@@ -109,7 +115,8 @@ impl RoutesHandle {
 }
 
 /// Lowercases, strips a `:port` (IPv6 literals keep their brackets) and a trailing dot.
-pub(crate) fn normalize_host(host: &str) -> String {
+/// Borrows when nothing needs lowercasing (the usual case on the request path).
+pub(crate) fn normalize_host(host: &str) -> Cow<'_, str> {
     let host = host.trim();
     let without_port = if host.starts_with('[') {
         match host.find(']') {
@@ -123,7 +130,11 @@ pub(crate) fn normalize_host(host: &str) -> String {
         }
     };
     let without_dot = without_port.strip_suffix('.').unwrap_or(without_port);
-    without_dot.to_ascii_lowercase()
+    if without_dot.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(without_dot.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(without_dot)
+    }
 }
 
 fn normalize_prefix(prefix: Option<&str>) -> String {

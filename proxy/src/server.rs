@@ -125,6 +125,15 @@ pub(crate) struct Shared {
     pub(crate) tracker: Tracker,
 }
 
+impl Shared {
+    /// The upstream `id` failed (refused, reset, closed early): its pooled connections are
+    /// dropped and the supervisor is told.
+    pub(crate) fn upstream_failed(&self, id: u64, error: &std::io::Error) {
+        self.pool.purge(id);
+        self.activator.upstream_failed(id, error);
+    }
+}
+
 /// Serves until `shutdown` resolves; then stops accepting (the listener is closed at once),
 /// lets in-flight requests, connections and upgraded tunnels finish for up to `grace`
 /// (HTTP/1 keep-alive connections close after their current response, HTTP/2 ones get a
