@@ -159,7 +159,13 @@ async fn upstream_handler(req: Request<Incoming>) -> Result<Response<TestBody>, 
 }
 
 impl TestUpstream {
-    pub async fn start() -> TestUpstream {
+    /// Listens on a fresh loopback port, counts accepted connections and runs `handle` on
+    /// each in its own task.
+    async fn spawn_counting<F, Fut>(handle: F) -> TestUpstream
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -170,11 +176,7 @@ impl TestUpstream {
                     continue;
                 };
                 counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service_fn(upstream_handler))
-                        .await;
-                });
+                tokio::spawn(handle(stream));
             }
         });
         TestUpstream {
@@ -184,45 +186,38 @@ impl TestUpstream {
         }
     }
 
+    pub async fn start() -> TestUpstream {
+        Self::spawn_counting(|stream| async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service_fn(upstream_handler))
+                .await;
+        })
+        .await
+    }
+
     /// A hand-written "websocket-ish" upstream: answers the upgrade with 101, then echoes
     /// raw bytes.
     pub async fn start_ws_echo() -> TestUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&accepted);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let head = read_head(&mut stream).await;
-                    let lower = head.to_ascii_lowercase();
-                    if !lower.contains("upgrade: websocket")
-                        || !lower.contains("connection: upgrade")
-                    {
-                        let _ = stream
-                            .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
-                            .await;
-                        return;
-                    }
-                    let _ = stream
-                        .write_all(
-                            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
-                        )
-                        .await;
-                    let (mut r, mut w) = stream.split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                });
+        Self::spawn_counting(|mut stream| async move {
+            let head = read_head(&mut stream).await;
+            let lower = head.to_ascii_lowercase();
+            if !lower.contains("upgrade: websocket")
+                || !lower.contains("connection: upgrade")
+            {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+                return;
             }
-        });
-        TestUpstream {
-            addr,
-            accepted,
-            task,
-        }
+            let _ = stream
+                .write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                )
+                .await;
+            let (mut r, mut w) = stream.split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        })
+        .await
     }
 }
 
@@ -240,36 +235,18 @@ pub enum RawMode {
 
 impl TestUpstream {
     pub async fn start_raw(mode: RawMode) -> TestUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counter = Arc::clone(&accepted);
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(async move {
-                    let _ = read_head(&mut stream).await;
-                    let out: &[u8] = match mode {
-                        RawMode::CloseImmediately => b"",
-                        RawMode::Truncate => {
-                            b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789"
-                        }
-                        RawMode::OneShot => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
-                    };
-                    let _ = stream.write_all(out).await;
-                    let _ = stream.flush().await;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                });
-            }
-        });
-        TestUpstream {
-            addr,
-            accepted,
-            task,
-        }
+        Self::spawn_counting(move |mut stream| async move {
+            let _ = read_head(&mut stream).await;
+            let out: &[u8] = match mode {
+                RawMode::CloseImmediately => b"",
+                RawMode::Truncate => b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789",
+                RawMode::OneShot => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            };
+            let _ = stream.write_all(out).await;
+            let _ = stream.flush().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        })
+        .await
     }
 }
 
