@@ -2,9 +2,13 @@
 //!
 //! # Async-signal-safety (reviewed line by line)
 //!
-//! The child is created by a fork-like `clone3` from a process that may have other threads
-//! (tests, or a supervisor that does not use the zygote). Only async-signal-safe operations
-//! are therefore allowed here, and this module keeps to that:
+//! A container's child is created like `posix_spawn` does it: `clone3` with `CLONE_VM |
+//! CLONE_VFORK` on a stack of its own (see `spawn::clone_vfork_pidfd`), from a process that
+//! may have other threads (tests, or a supervisor that does not use the zygote). It shares
+//! the parent's memory until `execve`, so besides being async-signal-safe it must write
+//! nothing but its own stack and `errno` (its suspended parent thread's, unused meanwhile).
+//! A namespace holder ([`run_holder`]) is cloned with fork semantics instead. Only
+//! async-signal-safe operations are therefore allowed here, and this module keeps to that:
 //! - no allocation: every string, pointer array, mount op and BPF program was built beforehand
 //!   in [`PreparedSpec`]; this module only reads it through shared references and raw pointers;
 //!   the only new data are plain stack values (`sigset_t`, `Ifreq`, `sock_fprog`, `CapData`);
@@ -15,8 +19,9 @@
 //!   `setsockopt`, `bind`, `listen`, `fcntl`,
 //!   `setrlimit`, `prctl`, `getppid`, `umask`, `sigaction`, `sigprocmask`, `faccessat`, `execve`, `pause`,
 //!   `_exit`, and `syscall(pivot_root|capset|seccomp|close_range|setgroups|setresgid|
-//!   setresuid)`); glibc's wrappers for the former are plain syscall stubs that touch only
-//!   `errno`, which is thread-local and ours alone in the child. The credential calls go
+//!   setresuid|rt_sigaction)`); glibc's wrappers for the former are plain syscall stubs that
+//!   touch only `errno`, which belongs to the one parent thread suspended while we run (or,
+//!   for a holder, is our own copy). The credential calls go
 //!   through `syscall(2)` on purpose: glibc's `setresuid` & co. synchronize every thread it
 //!   knows of (the parent's), taking locks and waiting on futexes that nobody will release
 //!   in a fork-like child — a deadlock this module once hit;
@@ -120,6 +125,9 @@ pub(crate) struct ChildFds {
     /// Warm namespaces (prepared by a holder, see `run_holder`), or -1 for a cold boot.
     pub netns: c_int,
     pub mntns: c_int,
+    /// Warm UTS (hostname already set) and IPC namespaces, or -1 (joined only with `mntns`).
+    pub utsns: c_int,
+    pub ipcns: c_int,
     /// The listening socket to install as fd 3 (from a warm namespace or, for host networking,
     /// created by the parent), or -1: then the child creates it if the spec asks for one.
     pub listen: c_int,
@@ -223,6 +231,18 @@ unsafe fn build_root(p: &PreparedSpec, fds: &ChildFds, skip_proc: bool) {
             fail(fds, stage::PIVOT, 3, errno());
         }
         libc::umask(0o022);
+    }
+}
+
+/// Sets the spec's hostname in the current UTS namespace.
+///
+/// # Safety
+/// Child only (see the module documentation).
+unsafe fn set_hostname(p: &PreparedSpec, fds: &ChildFds) {
+    let host = p.hostname.as_bytes();
+    // SAFETY: sethostname reads `host.len()` bytes of a string owned by `p`.
+    if unsafe { libc::sethostname(host.as_ptr().cast(), host.len()) } != 0 {
+        fail(fds, stage::HOSTNAME, 0, errno());
     }
 }
 
@@ -360,8 +380,9 @@ pub(crate) unsafe fn close_from_except(first: libc::c_uint, keep: libc::c_uint) 
 /// Size of a holder's readiness record: `R` and a native-endian `c_int` (the listening socket).
 pub(crate) const HOLDER_READY_SIZE: usize = 5;
 
-/// A namespace holder: cloned with `CLONE_NEWNS` (and `CLONE_NEWNET`), it builds the root
-/// (everything but `/proc`), `lo` and the listening socket if any, reports readiness with a
+/// A namespace holder: cloned with `CLONE_NEWNS`, `CLONE_NEWUTS`, `CLONE_NEWIPC` (and
+/// `CLONE_NEWNET`), it builds the root (everything but `/proc`), sets the hostname, brings up
+/// `lo` and makes the listening socket if any, reports readiness with a
 /// [`HOLDER_READY_SIZE`] record on the error pipe, then
 /// waits to be killed once the zygote has opened `/proc/PID/ns/{mnt,net}`. Never returns.
 ///
@@ -387,6 +408,7 @@ pub(crate) unsafe fn run_holder(p: &PreparedSpec, fds: &ChildFds) -> ! {
         libc::sigemptyset(&mut set);
         libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
         build_root(p, fds, true);
+        set_hostname(p, fds);
         if p.loopback {
             loopback_up(fds);
         }
@@ -423,18 +445,22 @@ pub(crate) unsafe fn run(p: &PreparedSpec, fds: &ChildFds) -> ! {
     // strings and NULL-terminated arrays built by PreparedSpec::new and alive for the whole
     // call) or on local stack values; see the module documentation for the review.
     unsafe {
-        // 0. Signals: an empty mask and default dispositions (SIG_IGN survives execve).
+        // 0. Signals: default dispositions (SIG_IGN survives execve, and until execve a
+        // parent's handler would run here), then an empty mask. In this order: the parent
+        // blocked every signal around clone3, so none is delivered before the reset.
+        // Every signal up to SIGRTMAX, through the raw system call: libc's sigaction refuses
+        // the two real-time signals it reserves for itself, which may have handlers. An
+        // all-zero kernel `struct sigaction` is SIG_DFL, no flags, an empty mask.
+        let dfl = [0u64; 4];
+        for sig in 1..=64 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                libc::syscall(libc::SYS_rt_sigaction, sig, dfl.as_ptr(), 0usize, 8usize);
+            }
+        }
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
             fail(fds, stage::SIGNALS, 0, errno());
-        }
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        for sig in 1..32 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::sigaction(sig, &dfl, std::ptr::null_mut());
-            }
         }
 
         // New session: terminal signals go to the supervisor, which forwards them.
@@ -482,6 +508,12 @@ pub(crate) unsafe fn run(p: &PreparedSpec, fds: &ChildFds) -> ! {
             if libc::setns(fds.mntns, libc::CLONE_NEWNS) != 0 {
                 fail(fds, stage::WARM_NS, 1, errno());
             }
+            if fds.utsns >= 0 && libc::setns(fds.utsns, libc::CLONE_NEWUTS) != 0 {
+                fail(fds, stage::WARM_NS, 2, errno());
+            }
+            if fds.ipcns >= 0 && libc::setns(fds.ipcns, libc::CLONE_NEWIPC) != 0 {
+                fail(fds, stage::WARM_NS, 3, errno());
+            }
             let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
             if libc::mount(
                 c"proc".as_ptr(),
@@ -514,10 +546,9 @@ pub(crate) unsafe fn run(p: &PreparedSpec, fds: &ChildFds) -> ! {
             install_listen_fd(fds, sock);
         }
 
-        // 4. Hostname.
-        let host = p.hostname.as_bytes();
-        if libc::sethostname(host.as_ptr().cast(), host.len()) != 0 {
-            fail(fds, stage::HOSTNAME, 0, errno());
+        // 4. Hostname (a warm UTS namespace has it already).
+        if fds.utsns < 0 {
+            set_hostname(p, fds);
         }
 
         // 5. rlimits and working directory.

@@ -100,6 +100,11 @@ fn compile_default_profile() -> Result<Vec<libc::sock_filter>, LaunchError> {
     let mut ctx = ScmpFilterContext::new_filter(ScmpAction::Allow).map_err(err)?;
     // no_new_privs is set by the child itself, right before loading.
     ctx.set_ctl_nnp(false).map_err(err)?;
+    // A binary tree over the syscall numbers instead of a linear chain: the kernel runs the
+    // filter over every syscall number when it is loaded (to cache the always-allowed ones),
+    // so a shorter path per number makes each container's load cheaper (about 70 us here).
+    // libseccomp before 2.5 lacks the attribute; its linear filter is as correct, only slower.
+    let _ = ctx.set_ctl_optimize(2);
     let eperm = ScmpAction::Errno(libc::EPERM);
     for name in DENIED_SYSCALLS {
         // Names unknown on this architecture (vm86 on x86_64, ...) are skipped.

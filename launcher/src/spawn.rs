@@ -233,6 +233,177 @@ impl ErrorPipe {
     }
 }
 
+/// Size of the stack a container's child runs on between `clone3` and `execve`
+/// (`child::run` needs a few KiB), below it one guard page.
+const CHILD_STACK_SIZE: usize = 64 * 1024;
+
+/// A stack for [`clone_vfork_pidfd`] children: one per thread, reused for every spawn since
+/// the thread is suspended while its child runs on it.
+struct ChildStack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl ChildStack {
+    fn new() -> Result<Self, nix::errno::Errno> {
+        let guard = page_size();
+        let len = CHILD_STACK_SIZE + guard;
+        // SAFETY: a fresh anonymous private mapping; nothing else refers to it.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(nix::errno::Errno::last());
+        }
+        let stack = ChildStack { base, len };
+        // SAFETY: the lowest page of the mapping we own becomes the guard page.
+        if unsafe { libc::mprotect(base, guard, libc::PROT_NONE) } != 0 {
+            return Err(nix::errno::Errno::last());
+        }
+        Ok(stack)
+    }
+
+    /// clone3's `stack` and `stack_size`: the usable part above the guard page.
+    fn clone_args(&self) -> (u64, u64) {
+        let guard = self.len - CHILD_STACK_SIZE;
+        (self.base as u64 + guard as u64, CHILD_STACK_SIZE as u64)
+    }
+}
+
+impl Drop for ChildStack {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; no child runs on it any more (its thread is exiting, and a
+        // vfork child always left it before its parent resumed).
+        unsafe {
+            libc::munmap(self.base, self.len);
+        }
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no memory effects.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(n).unwrap_or(4096).max(4096)
+}
+
+thread_local! {
+    static CHILD_STACK: std::cell::OnceCell<ChildStack> = const { std::cell::OnceCell::new() };
+}
+
+/// What a [`clone_vfork_pidfd`] child receives: pointers into its suspended parent's frame.
+struct VforkArg {
+    p: *const PreparedSpec,
+    fds: *const ChildFds,
+}
+
+/// Entry point of a [`clone_vfork_pidfd`] child, on the child stack.
+///
+/// # Safety
+/// `arg` points to a live [`VforkArg`] whose pointers are valid for the whole call: the parent
+/// is suspended (`CLONE_VFORK`) until this process calls `execve` or exits.
+#[cfg(target_arch = "x86_64")]
+unsafe extern "C" fn vfork_child(arg: *const VforkArg) -> ! {
+    // SAFETY: see above; `child::run` only reads through these references.
+    unsafe {
+        let a = &*arg;
+        child::run(&*a.p, &*a.fds)
+    }
+}
+
+/// Spawns a container the way `posix_spawn` does: `clone3` with `CLONE_VM | CLONE_VFORK` on
+/// a separate stack, plus `CLONE_PIDFD`. Sharing the address space spares the copy of the
+/// parent's page tables at clone and its teardown at `execve` (with the write-protect faults
+/// and TLB shootdowns of copy-on-write in between), which was the largest single cost of a
+/// warm boot. `CLONE_VFORK` suspends the calling thread until the child has called `execve`
+/// or exited, so the child's stack and the data it reads stay valid, and the one piece of
+/// the parent's state the child writes, the calling thread's `errno` (through libc's syscall
+/// wrappers), is not in use meanwhile. All signals are blocked around the call so that none
+/// of the parent's handlers can run in the child before `child::run` resets them.
+///
+/// On architectures without the entry trampoline below, falls back to fork semantics.
+///
+/// # Safety
+/// The child runs `child::run`, which must stay async-signal-safe, write no memory but its
+/// stack and `errno`, and never return.
+unsafe fn clone_vfork_pidfd(
+    mut args: CloneArgs,
+    p: &PreparedSpec,
+    fds: &ChildFds,
+) -> Result<(i32, OwnedFd), nix::errno::Errno> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (stack, stack_size) = CHILD_STACK.with(|c| match c.get() {
+            Some(s) => Ok(s.clone_args()),
+            None => ChildStack::new().map(|s| c.get_or_init(|| s).clone_args()),
+        })?;
+        let mut pidfd: c_int = -1;
+        args.flags |= (libc::CLONE_PIDFD | libc::CLONE_VM | libc::CLONE_VFORK) as u64;
+        args.pidfd = &mut pidfd as *mut c_int as u64;
+        args.stack = stack;
+        args.stack_size = stack_size;
+        let arg = VforkArg { p, fds };
+        let all = nix::sys::signal::SigSet::all();
+        let mut old = nix::sys::signal::SigSet::empty();
+        nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&all),
+            Some(&mut old),
+        )?;
+        let ret: isize;
+        // SAFETY: `args` is a valid clone_args of the size passed; `pidfd` and `arg` outlive
+        // the call. In the parent the instruction after `syscall` continues with nothing
+        // changed but rax, rcx and r11 (declared). In the child (rax = 0) the kernel has set
+        // rsp to the 16-byte aligned top of the child stack; the trampoline clears the frame
+        // pointer and calls `vfork_child(arg)` (r12, r13 hold them and are preserved by the
+        // syscall), which never returns (`ud2` would trap if it did). `nostack`: the parent
+        // path pushes nothing.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                "test rax, rax",
+                "jnz 2f",
+                "xor ebp, ebp",
+                "mov rdi, r12",
+                "call r13",
+                "ud2",
+                "2:",
+                inlateout("rax") libc::SYS_clone3 as isize => ret,
+                in("rdi") &args as *const CloneArgs,
+                in("rsi") std::mem::size_of::<CloneArgs>(),
+                in("r12") &arg as *const VforkArg,
+                in("r13") vfork_child as unsafe extern "C" fn(*const VforkArg) -> !,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        let restored = nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&old),
+            None,
+        );
+        if ret < 0 {
+            return Err(nix::errno::Errno::from_raw(-ret as i32));
+        }
+        // SAFETY: CLONE_PIDFD stored a fresh pidfd owned by nobody else.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+        restored?;
+        Ok((ret as i32, pidfd))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: fork semantics; `child::run` is async-signal-safe and never returns.
+    unsafe {
+        clone_pidfd(args, child::run, p, fds)
+    }
+}
+
 /// `clone3(2)` without a new stack (fork semantics) and with `CLONE_PIDFD` added to `args`:
 /// the new process runs `child(p, fds)` (on its copies of them); the caller gets its pid and
 /// pidfd, or the errno.
@@ -340,12 +511,14 @@ pub(crate) fn start_container(
             .and_then(|w| w.net.as_ref())
             .map_or(-1, |f| f.as_raw_fd()),
         mntns: warm.map_or(-1, |w| w.mnt.as_raw_fd()),
+        utsns: warm.map_or(-1, |w| w.uts.as_raw_fd()),
+        ipcns: warm.map_or(-1, |w| w.ipc.as_raw_fd()),
         listen,
         parent: std::process::id() as libc::pid_t,
     };
     let mut ns_flags = p.clone_flags;
     if warm.is_some() {
-        ns_flags &= !((libc::CLONE_NEWNS | libc::CLONE_NEWNET) as u64);
+        ns_flags &= !WARM_NS_FLAGS;
     }
     for (slot, fd) in fds.procs.iter_mut().zip(&procs) {
         *slot = fd.as_raw_fd();
@@ -365,9 +538,9 @@ pub(crate) fn start_container(
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = d.as_raw_fd() as u64;
     }
-    // SAFETY: fork semantics; the child only runs `child::run`, which is async-signal-safe
-    // and never returns.
-    let cloned = unsafe { clone_pidfd(args, child::run, p, &fds) };
+    // SAFETY: the child only runs `child::run`, which is async-signal-safe, touches no memory
+    // but its own stack and `errno`, and never returns (see `clone_vfork_pidfd`).
+    let cloned = unsafe { clone_vfork_pidfd(args, p, &fds) };
     let (pid, pidfd) =
         cloned.map_err(|e| LaunchError::sys("clone3", p.exec_names[0].as_str(), e))?;
     drop(err_w);
@@ -454,10 +627,11 @@ fn describe(p: &PreparedSpec, cgroup: Option<&CgroupAttach>, e: ChildError) -> L
         },
         stage::WARM_NS => setup(
             "setns",
-            if idx == 0 {
-                "warm network namespace"
-            } else {
-                "warm mount namespace"
+            match idx {
+                0 => "warm network namespace",
+                1 => "warm mount namespace",
+                2 => "warm UTS namespace",
+                _ => "warm IPC namespace",
             },
         ),
         other => setup("unknown step", &other.to_string()),
@@ -485,11 +659,21 @@ pub fn spawn_prepared(
     }
 }
 
+/// The namespaces a holder builds ahead of a boot (all but pid and cgroup, which must be new
+/// for the container itself). Creating them is most of a cold boot's kernel work: the network
+/// and IPC namespaces each register their sysctl tables, the mount namespace takes the whole
+/// mount table.
+const WARM_NS_FLAGS: u64 =
+    (libc::CLONE_NEWNS | libc::CLONE_NEWNET | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC) as u64;
+
 /// Namespaces built ahead of a boot by a holder process (mount: the container's root, pivoted,
-/// without `/proc`; net: `lo` up). Each is used by exactly one container.
+/// without `/proc`; uts: the hostname set; ipc: fresh; net: `lo` up). Each is used by exactly
+/// one container.
 #[derive(Debug)]
 pub(crate) struct WarmNs {
     pub mnt: OwnedFd,
+    pub uts: OwnedFd,
+    pub ipc: OwnedFd,
     pub net: Option<OwnedFd>,
     /// The listening socket, made in `net` (isolated network with `ContainerSpec::listen`).
     pub listen: Option<OwnedFd>,
@@ -508,11 +692,13 @@ pub(crate) fn create_warm(p: &PreparedSpec) -> Result<WarmNs, LaunchError> {
         nprocs: 0,
         netns: -1,
         mntns: -1,
+        utsns: -1,
+        ipcns: -1,
         listen: -1,
         parent: std::process::id() as libc::pid_t,
     };
     let args = CloneArgs {
-        flags: p.clone_flags & (libc::CLONE_NEWNS | libc::CLONE_NEWNET) as u64,
+        flags: p.clone_flags & WARM_NS_FLAGS,
         exit_signal: libc::SIGCHLD as u64,
         ..CloneArgs::default()
     };
@@ -545,20 +731,15 @@ pub(crate) fn create_warm(p: &PreparedSpec) -> Result<WarmNs, LaunchError> {
         }
     };
     let opened = ready.and_then(|sock| {
-        let mnt = open_fd(
-            Path::new(&format!("/proc/{pid}/ns/mnt")),
-            OFlag::O_RDONLY,
-            Mode::empty(),
-        )?;
-        let net = if p.loopback {
-            Some(open_fd(
-                Path::new(&format!("/proc/{pid}/ns/net")),
+        let ns = |kind: &str| {
+            open_fd(
+                Path::new(&format!("/proc/{pid}/ns/{kind}")),
                 OFlag::O_RDONLY,
                 Mode::empty(),
-            )?)
-        } else {
-            None
+            )
         };
+        let (mnt, uts, ipc) = (ns("mnt")?, ns("uts")?, ns("ipc")?);
+        let net = if p.loopback { Some(ns("net")?) } else { None };
         let listen = if sock >= 0 {
             // SAFETY: pidfd_getfd copies descriptor `sock` of our (stopped-in-pause) child into
             // our table, with FD_CLOEXEC set; the result is a fresh descriptor we own.
@@ -575,7 +756,13 @@ pub(crate) fn create_warm(p: &PreparedSpec) -> Result<WarmNs, LaunchError> {
         } else {
             None
         };
-        Ok(WarmNs { mnt, net, listen })
+        Ok(WarmNs {
+            mnt,
+            uts,
+            ipc,
+            net,
+            listen,
+        })
     });
     let _ = pidfd_signal(pidfd.as_raw_fd(), libc::SIGKILL);
     let _ = wait_pidfd(pidfd.as_fd(), false);

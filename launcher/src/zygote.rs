@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
@@ -458,6 +458,13 @@ enum FillerMsg {
 /// Nice value of the zygote's helper thread (and the holders it clones).
 const FILLER_NICE: libc::c_int = 19;
 
+/// After a boot the helper waits this long before building, so that creating namespaces (a
+/// millisecond of kernel work) does not compete with that boot's own setup and exec for the
+/// CPU...
+const BUILD_QUIET: Duration = Duration::from_millis(5);
+/// ... but under a steady stream of boots it still builds at least this often.
+const BUILD_MAX_DEFER: Duration = Duration::from_millis(20);
+
 type Pools = Arc<Mutex<HashMap<String, Vec<WarmNs>>>>;
 
 /// The helper thread's state: which apps to keep warm, least recently used first.
@@ -467,12 +474,17 @@ struct Filler {
     cap: usize,
     wanted: Vec<(String, Arc<PreparedSpec>)>,
     retired: Vec<(OwnedFd, WarmNs)>,
+    /// When the latest boot was reported ([`FillerMsg::Refill`]).
+    last_boot: Option<Instant>,
+    /// Since when a build has been put off for quiet.
+    deferred_since: Option<Instant>,
 }
 
 impl Filler {
     fn apply(&mut self, msg: FillerMsg) {
         match msg {
             FillerMsg::Refill(key, p) => {
+                self.last_boot = Some(Instant::now());
                 self.wanted.retain(|(k, _)| *k != key);
                 self.wanted.push((key, p));
                 while self.wanted.len() > self.cap {
@@ -518,6 +530,25 @@ impl Filler {
             .map(|(_, i)| i)
     }
 
+    /// How long to hold off building: zero when no boot ran in the last [`BUILD_QUIET`], or
+    /// when building has been put off for [`BUILD_MAX_DEFER`] already.
+    fn quiet_wait(&mut self) -> Duration {
+        let now = Instant::now();
+        let wait = self
+            .last_boot
+            .map_or(Duration::ZERO, |t| BUILD_QUIET.saturating_sub(now - t));
+        if wait.is_zero() {
+            self.deferred_since = None;
+            return wait;
+        }
+        let since = *self.deferred_since.get_or_insert(now);
+        if now - since >= BUILD_MAX_DEFER {
+            self.deferred_since = None;
+            return Duration::ZERO;
+        }
+        wait
+    }
+
     /// Containers that exited release their namespaces (a pidfd polls readable on exit).
     fn reap_retired(&mut self) {
         self.retired.retain(|(pidfd, _)| {
@@ -560,13 +591,22 @@ fn filler(rx: Receiver<FillerMsg>, pools: Pools, target: usize, cap: usize) {
         cap,
         wanted: Vec::new(),
         retired: Vec::new(),
+        last_boot: None,
+        deferred_since: None,
     };
     loop {
         let first = if f.next().is_some() {
-            match rx.try_recv() {
-                Ok(m) => Some(m),
-                Err(TryRecvError::Empty) => None,
-                Err(TryRecvError::Disconnected) => return,
+            match f.quiet_wait() {
+                wait if wait.is_zero() => match rx.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => return,
+                },
+                wait => match rx.recv_timeout(wait) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                },
             }
         } else if !f.retired.is_empty() {
             match rx.recv_timeout(Duration::from_millis(20)) {
@@ -587,6 +627,9 @@ fn filler(rx: Receiver<FillerMsg>, pools: Pools, target: usize, cap: usize) {
             }
         }
         f.reap_retired();
+        if !f.quiet_wait().is_zero() {
+            continue;
+        }
         if let Some(i) = f.next() {
             f.build(i);
         }

@@ -232,7 +232,8 @@ fn clone_into_cgroup_places_the_child_on_v2() {
 }
 
 /// Boots from pre-built (warm) namespaces isolate exactly like cold boots, and no two
-/// containers share a namespace.
+/// containers share a namespace (all four run at the same time, so a namespace's inode number
+/// cannot have been freed and reused between them).
 #[test]
 fn warm_namespaces_are_fresh_and_fully_isolated() {
     if !is_root("warm namespaces") {
@@ -249,9 +250,20 @@ fn warm_namespaces_are_fresh_and_fully_isolated() {
     let script = "echo self=$$; ls /tmp; touch /tmp/mark; hostname; tail -n +3 /proc/net/dev | cut -d: -f1; \
                   ip link show lo | grep -c UP; for p in /proc/[0-9]*; do echo pid=${p#/proc/}; done; \
                   cut -d' ' -f5 /proc/self/mountinfo; touch /etc/x 2>/dev/null || echo ro; \
-                  grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status | tr -d '\\t'";
+                  grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status | tr -d '\\t'; \
+                  readlink /proc/self/ns/uts; readlink /proc/self/ns/ipc; sleep 1";
     let mut spec = fs.spec(script);
     spec.hostname = "warm".into();
+    let host_ns: Vec<String> = ["uts", "ipc"]
+        .iter()
+        .map(|k| {
+            std::fs::read_link(format!("/proc/self/ns/{k}"))
+                .unwrap()
+                .display()
+                .to_string()
+        })
+        .collect();
+    let mut running = Vec::new();
     for i in 0..4 {
         // Let the helper thread build the namespaces after the first (cold) boot.
         std::thread::sleep(std::time::Duration::from_millis(150));
@@ -263,16 +275,31 @@ fn warm_namespaces_are_fresh_and_fully_isolated() {
             cgroup: Some(cg.get().attach()),
             log_path: Some(log.clone()),
         };
-        let s = zygote.spawn(&req).unwrap();
+        running.push((zygote.spawn(&req).unwrap(), cg, log));
+    }
+    let mut seen_ns: Vec<String> = Vec::new();
+    let mut warm_boots = 0;
+    for (i, (s, _cg, log)) in running.iter().enumerate() {
+        warm_boots += usize::from(s.warm);
         assert_eq!(
             wait_pidfd(s.pidfd.as_fd(), false).unwrap(),
             Some(ExitStatusInfo::Exited(0))
         );
-        let out = std::fs::read_to_string(&log).unwrap();
+        let out = std::fs::read_to_string(log).unwrap();
+        let is_ns = |l: &str| l.starts_with("uts:") || l.starts_with("ipc:");
+        let ns: Vec<&str> = out.lines().filter(|l| is_ns(l)).collect();
+        assert_eq!(ns.len(), 2, "boot {i}: {out}");
+        for n in ns {
+            assert!(
+                !host_ns.iter().any(|h| h == n) && !seen_ns.iter().any(|o| o == n),
+                "boot {i}: namespace {n} is the host's or another container's: {out}"
+            );
+            seen_ns.push(n.to_owned());
+        }
         let mounts: Vec<&str> = out.lines().filter(|l| l.starts_with('/')).collect();
         assert_eq!(
             out.lines()
-                .filter(|l| !l.starts_with('/'))
+                .filter(|l| !l.starts_with('/') && !is_ns(l))
                 .map(str::trim)
                 .collect::<Vec<_>>(),
             vec![
@@ -295,4 +322,8 @@ fn warm_namespaces_are_fresh_and_fully_isolated() {
             "boot {i}: {out}"
         );
     }
+    assert!(
+        warm_boots >= 2,
+        "only {warm_boots} of 4 boots took warm namespaces"
+    );
 }

@@ -121,6 +121,7 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
         wait_pidfd(s.pidfd.as_fd(), false)?;
     }
     let mut samples = Vec::with_capacity(args.n);
+    let mut warm_boots = 0usize;
     let mut removal_us = Vec::with_capacity(args.n);
     let mut create_us = Vec::with_capacity(args.n);
     for i in 0..args.n {
@@ -149,6 +150,7 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
         };
         let status = wait_pidfd(spawned.pidfd.as_fd(), false)?;
         samples.push(t0.elapsed().as_micros() as u64);
+        warm_boots += usize::from(spawned.warm);
         if status != Some(ExitStatusInfo::Exited(0)) {
             anyhow::bail!("iteration {i}: container ended with {status:?}");
         }
@@ -167,10 +169,11 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
     removal_us.sort_unstable();
     create_us.sort_unstable();
     eprintln!(
-        "hako-launcher n={} zygote={} warm={} interval={}ms cgroup={}: p50 {} us, p90 {} us, p99 {} us, min {} us; cgroup creation p50 {} us (in the samples), removal p50 {} us (not)",
+        "hako-launcher n={} zygote={} warm={} ({} boots took warm namespaces) interval={}ms cgroup={}: p50 {} us, p90 {} us, p99 {} us, min {} us; cgroup creation p50 {} us (in the samples), removal p50 {} us (not)",
         args.n,
         zygote.is_some(),
         args.warm,
+        warm_boots,
         args.interval_ms,
         if args.no_cgroup { "none" } else if args.cgroup_pool { "pool" } else { "per-boot" },
         percentile(&sorted, 0.5),
