@@ -237,6 +237,11 @@ struct LauncherArgs {
     /// Samples per runtime.
     #[arg(short = 'n', default_value_t = 100)]
     n: usize,
+    /// Pause between two hako-launcher boots (not part of any sample), the quiet in which
+    /// hako's background helpers rebuild warm namespaces and pooled cgroups, as between cold
+    /// starts. A second row, hako-launcher-b2b, boots back to back without it.
+    #[arg(long, value_name = "MS", default_value_t = 10)]
+    pace_ms: u64,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -478,6 +483,7 @@ fn cmd_launcher(a: LauncherArgs) -> Result<()> {
         hako: a.hako,
         rootfs: a.rootfs,
         n: a.n,
+        pace_ms: a.pace_ms,
         cgroup_root: PathBuf::from("/sys/fs/cgroup"),
     };
     let r = launcher::run(&spec);

@@ -2,26 +2,30 @@
 //!
 //! # Async-signal-safety (reviewed line by line)
 //!
-//! A container's child is created like `posix_spawn` does it: `clone3` with `CLONE_VM |
-//! CLONE_VFORK` on a stack of its own (see `spawn::clone_vfork_pidfd`), from a process that
-//! may have other threads (tests, or a supervisor that does not use the zygote). It shares
-//! the parent's memory until `execve`, so besides being async-signal-safe it must write
-//! nothing but its own stack and `errno` (its suspended parent thread's, unused meanwhile).
-//! A namespace holder ([`run_holder`]) is cloned with fork semantics instead. Only
-//! async-signal-safe operations are therefore allowed here, and this module keeps to that:
+//! A container's child is usually created like `posix_spawn` does it: `clone3` with
+//! `CLONE_VM | CLONE_VFORK` on a stack of its own (see `spawn::clone_vfork_pidfd`), from a
+//! process that may have other threads (the zygote's helper, tests, a supervisor that does
+//! not use the zygote). It shares the parent's memory until `execve`, so besides being
+//! async-signal-safe it must write no user memory but its own stack and `errno` (its
+//! suspended parent thread's, unused meanwhile). The kernel-side state of that shared memory
+//! map is touched once: changing uid/gid makes it non-dumpable, which the parent undoes after
+//! `execve` (see `clone_vfork_pidfd`). A cold boot from the zygote and a namespace holder
+//! ([`run_holder`]) are cloned with fork semantics instead. Only async-signal-safe operations
+//! are allowed here, and this module keeps to that:
 //! - no allocation: every string, pointer array, mount op and BPF program was built beforehand
 //!   in [`PreparedSpec`]; this module only reads it through shared references and raw pointers;
 //!   the only new data are plain stack values (`sigset_t`, `Ifreq`, `sock_fprog`, `CapData`);
 //! - no locks, no `std` I/O, no `tracing`, no panics on any path: no indexing that can fail
 //!   (loops are bounded by slice lengths), no `unwrap`, no formatting;
-//! - only system calls through `libc` (`write`, `dup2`, `mount`, `mkdir`, `mknod`, `symlink`,
-//!   `chdir`, `unshare`, `setns`, `setsid`, `sethostname`, `socket`, `ioctl`, `close`,
-//!   `setsockopt`, `bind`, `listen`, `fcntl`,
-//!   `setrlimit`, `prctl`, `getppid`, `umask`, `sigaction`, `sigprocmask`, `faccessat`, `execve`, `pause`,
-//!   `_exit`, and `syscall(pivot_root|capset|seccomp|close_range|setgroups|setresgid|
-//!   setresuid|rt_sigaction)`); glibc's wrappers for the former are plain syscall stubs that
-//!   touch only `errno`, which belongs to the one parent thread suspended while we run (or,
-//!   for a holder, is our own copy). The credential calls go
+//! - only system calls through `libc` (`dup2`, `mount`, `mkdir`, `mknod`, `symlink`,
+//!   `chdir`, `unshare`, `setns`, `setsid`, `sethostname`, `socket`, `ioctl`,
+//!   `setsockopt`, `bind`, `listen`, `fcntl`, `setrlimit`, `prctl`, `getppid`, `umask`,
+//!   `sigprocmask`, `faccessat`, `execve`, `pause`, `_exit`, and `syscall(write|close|
+//!   pivot_root|capset|seccomp|close_range|setgroups|setresgid|setresuid|rt_sigaction)`);
+//!   glibc's wrappers for the former are plain syscall stubs that touch only `errno`, which
+//!   belongs to the one parent thread suspended while we run (or, after a fork, is our own
+//!   copy). `write` and `close` go through `syscall(2)` because glibc's are cancellation
+//!   points that update the calling thread's cancellation state. The credential calls go
 //!   through `syscall(2)` on purpose: glibc's `setresuid` & co. synchronize every thread it
 //!   knows of (the parent's), taking locks and waiting on futexes that nobody will release
 //!   in a fork-like child — a deadlock this module once hit;
@@ -159,6 +163,28 @@ struct CapData {
 const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
 
+/// `write(2)` through `syscall(2)`: glibc's `write` and `close` are cancellation points that,
+/// in a multi-threaded process, update the calling thread's cancellation state, which for a
+/// vfork child is its parent thread's.
+///
+/// # Safety
+/// `fd` is any descriptor; `buf` is readable.
+unsafe fn sys_write(fd: c_int, buf: &[u8]) -> isize {
+    // SAFETY: the kernel reads `buf.len()` bytes of `buf`.
+    unsafe { libc::syscall(libc::SYS_write, fd, buf.as_ptr(), buf.len()) as isize }
+}
+
+/// `close(2)` through `syscall(2)` (see [`sys_write`]).
+///
+/// # Safety
+/// `fd` must not be used afterwards.
+unsafe fn sys_close(fd: c_int) {
+    // SAFETY: closing a descriptor has no memory effects.
+    unsafe {
+        libc::syscall(libc::SYS_close, fd);
+    }
+}
+
 fn errno() -> i32 {
     // SAFETY: reads the calling thread's errno location, always valid.
     unsafe { *libc::__errno_location() }
@@ -176,7 +202,7 @@ fn fail(fds: &ChildFds, stage: u32, index: u32, err: i32) -> ! {
     // async-signal-safe. A short or failed write cannot be helped: the parent then sees EOF
     // and learns the failure from the exit status 127.
     unsafe {
-        libc::write(fds.err_pipe, rec.as_ptr().cast(), rec.len());
+        sys_write(fds.err_pipe, &rec);
         libc::_exit(127)
     }
 }
@@ -271,7 +297,7 @@ unsafe fn loopback_up(fds: &ChildFds) {
         if libc::ioctl(s, libc::SIOCSIFFLAGS, &mut req as *mut Ifreq as *mut c_void) != 0 {
             fail(fds, stage::LOOPBACK, 2, errno());
         }
-        libc::close(s);
+        sys_close(s);
     }
 }
 
@@ -300,7 +326,7 @@ pub(crate) unsafe fn listen_socket(port: u16, backlog: u32) -> Result<c_int, (u3
         ) != 0
         {
             let e = errno();
-            libc::close(s);
+            sys_close(s);
             return Err((listen_step::REUSEADDR, e));
         }
         let mut addr: libc::sockaddr_in = std::mem::zeroed();
@@ -314,13 +340,13 @@ pub(crate) unsafe fn listen_socket(port: u16, backlog: u32) -> Result<c_int, (u3
         ) != 0
         {
             let e = errno();
-            libc::close(s);
+            sys_close(s);
             return Err((listen_step::BIND, e));
         }
         let backlog = backlog.min(c_int::MAX as u32) as c_int;
         if libc::listen(s, backlog) != 0 {
             let e = errno();
-            libc::close(s);
+            sys_close(s);
             return Err((listen_step::LISTEN, e));
         }
         Ok(s)
@@ -351,7 +377,7 @@ unsafe fn install_listen_fd(fds: &mut ChildFds, sock: c_int) {
             if libc::dup2(sock, LISTEN_FD) < 0 {
                 fail(fds, stage::LISTEN, listen_step::DUP2, errno());
             }
-            libc::close(sock);
+            sys_close(sock);
         }
     }
 }
@@ -384,7 +410,8 @@ pub(crate) const HOLDER_READY_SIZE: usize = 5;
 /// `CLONE_NEWNET`), it builds the root (everything but `/proc`), sets the hostname, brings up
 /// `lo` and makes the listening socket if any, reports readiness with a
 /// [`HOLDER_READY_SIZE`] record on the error pipe, then
-/// waits to be killed once the zygote has opened `/proc/PID/ns/{mnt,net}`. Never returns.
+/// waits to be killed once the zygote has opened `/proc/PID/ns/{mnt,uts,ipc,net}`. Never
+/// returns.
 ///
 /// # Safety
 /// Child only (see the module documentation).
@@ -402,6 +429,10 @@ pub(crate) unsafe fn run_holder(p: &PreparedSpec, fds: &ChildFds) -> ! {
         if libc::getppid() != fds.parent {
             libc::_exit(0);
         }
+        // Forked while a vfork child of the zygote had made the shared memory map
+        // non-dumpable, we would keep that flag, and the zygote could not open our
+        // /proc/PID/ns files without CAP_SYS_PTRACE. We never change ids: be dumpable.
+        libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0);
         // Keep nothing of the zygote's open (its socket, other warm namespaces) but the pipe.
         close_from_except(0, fds.err_pipe as libc::c_uint);
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -425,7 +456,7 @@ pub(crate) unsafe fn run_holder(p: &PreparedSpec, fds: &ChildFds) -> ! {
             }
         }
         num.copy_from_slice(&sock.to_ne_bytes());
-        libc::write(fds.err_pipe, ready.as_ptr().cast(), ready.len());
+        sys_write(fds.err_pipe, &ready);
         loop {
             libc::pause();
         }
@@ -435,8 +466,8 @@ pub(crate) unsafe fn run_holder(p: &PreparedSpec, fds: &ChildFds) -> ! {
 /// Runs in the child; never returns: either `execve` succeeds or the child exits with 127.
 ///
 /// # Safety
-/// Must only be called in the child of a fork-like `clone3`, with `p` and `fds` valid (they
-/// are the parent's memory, copied on write into the child).
+/// Must only be called in the child of `clone3`, with `p` and `fds` valid: the parent's memory,
+/// shared with its thread suspended (vfork path) or copied on write (fork path).
 pub(crate) unsafe fn run(p: &PreparedSpec, fds: &ChildFds) -> ! {
     // A stack copy: the error pipe may have to move (see `install_listen_fd`).
     let mut fds = *fds;
@@ -469,7 +500,7 @@ pub(crate) unsafe fn run(p: &PreparedSpec, fds: &ChildFds) -> ! {
         // 1. cgroup v1: join every hierarchy before anything else runs ("0" = self).
         let mut i = 0;
         while i < fds.nprocs && i < MAX_PROCS_FDS {
-            if libc::write(fds.procs[i], b"0".as_ptr().cast(), 1) != 1 {
+            if sys_write(fds.procs[i], b"0") != 1 {
                 fail(fds, stage::CGROUP, i as u32, errno());
             }
             i += 1;
@@ -478,7 +509,6 @@ pub(crate) unsafe fn run(p: &PreparedSpec, fds: &ChildFds) -> ! {
         if libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
             fail(fds, stage::UNSHARE_CGROUP, 0, errno());
         }
-
         // 2. stdio, then mark every other descriptor close-on-exec.
         for (i, (from, to)) in [(fds.stdin, 0), (fds.stdout, 1), (fds.stderr, 2)]
             .into_iter()

@@ -3,8 +3,10 @@
 //! - [`PreparedSpec`] computes everything once per app (C strings, mount table, BPF);
 //! - [`spawn_prepared`] clones a container directly (single-threaded callers, `hako run`);
 //! - [`Zygote`] does the same from a single-threaded helper process, for the supervisor;
-//! - [`CgroupRoot`] / [`InstanceCgroup`] manage the per-instance cgroups (v1 and v2).
+//! - [`CgroupRoot`] / [`InstanceCgroup`] manage the per-instance cgroups (v1 and v2), and
+//!   [`CgroupPool`] keeps some created ahead of their boots.
 pub mod cgroup;
+pub mod cgroup_pool;
 mod child;
 pub mod error;
 pub mod prepare;
@@ -16,6 +18,7 @@ pub mod zygote;
 pub use cgroup::{
     CgroupAttach, CgroupError, CgroupLimits, CgroupRoot, CgroupStats, CgroupVersion, InstanceCgroup,
 };
+pub use cgroup_pool::{CgroupPool, DEFAULT_MAX_POOLED_APPS};
 pub use error::LaunchError;
 pub use prepare::PreparedSpec;
 pub use spawn::{pidfd_signal, spawn_prepared, wait_pidfd, ExitStatusInfo, Output, Spawned};

@@ -174,6 +174,16 @@ pub(crate) struct Started {
     pub pipe: ErrorPipe,
 }
 
+/// Where and how [`start_container`] clones.
+#[derive(Clone, Copy)]
+pub(crate) enum Launch<'a> {
+    /// From the zygote, as a child of its parent (`CLONE_PARENT`), in these warm namespaces
+    /// if any.
+    Zygote(Option<&'a WarmNs>),
+    /// From the caller, returning once the child has called `execve` (the vfork path).
+    Direct,
+}
+
 /// The read end of a child's close-on-exec error pipe, and the part of the record read so far.
 pub(crate) struct ErrorPipe {
     fd: OwnedFd,
@@ -235,18 +245,23 @@ impl ErrorPipe {
 
 /// Size of the stack a container's child runs on between `clone3` and `execve`
 /// (`child::run` needs a few KiB), below it one guard page.
+#[cfg(target_arch = "x86_64")]
 const CHILD_STACK_SIZE: usize = 64 * 1024;
 
 /// A stack for [`clone_vfork_pidfd`] children: one per thread, reused for every spawn since
 /// the thread is suspended while its child runs on it.
+#[cfg(target_arch = "x86_64")]
 struct ChildStack {
     base: *mut libc::c_void,
     len: usize,
 }
 
+#[cfg(target_arch = "x86_64")]
 impl ChildStack {
     fn new() -> Result<Self, nix::errno::Errno> {
-        let guard = page_size();
+        // SAFETY: sysconf has no memory effects.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let guard = page.max(4096);
         let len = CHILD_STACK_SIZE + guard;
         // SAFETY: a fresh anonymous private mapping; nothing else refers to it.
         let base = unsafe {
@@ -277,6 +292,7 @@ impl ChildStack {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 impl Drop for ChildStack {
     fn drop(&mut self) {
         // SAFETY: our own mapping; no child runs on it any more (its thread is exiting, and a
@@ -287,17 +303,16 @@ impl Drop for ChildStack {
     }
 }
 
-fn page_size() -> usize {
-    // SAFETY: sysconf has no memory effects.
-    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    usize::try_from(n).unwrap_or(4096).max(4096)
-}
-
+#[cfg(target_arch = "x86_64")]
 thread_local! {
     static CHILD_STACK: std::cell::OnceCell<ChildStack> = const { std::cell::OnceCell::new() };
 }
 
+/// Serializes vfork spawns process-wide; see [`clone_vfork_pidfd`] (dumpability).
+static VFORK_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// What a [`clone_vfork_pidfd`] child receives: pointers into its suspended parent's frame.
+#[cfg(target_arch = "x86_64")]
 struct VforkArg {
     p: *const PreparedSpec,
     fds: *const ChildFds,
@@ -317,15 +332,54 @@ unsafe extern "C" fn vfork_child(arg: *const VforkArg) -> ! {
     }
 }
 
+/// Blocks every signal of the calling thread with the raw system call (glibc's
+/// `pthread_sigmask` silently keeps its two internal signals unblocked); returns the old mask.
+fn block_all_signals() -> u64 {
+    let all: u64 = !0;
+    let mut old: u64 = 0;
+    // SAFETY: rt_sigprocmask with 8-byte kernel masks on our stack.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &all as *const u64,
+            &mut old as *mut u64,
+            8usize,
+        );
+    }
+    old
+}
+
+fn restore_signals(old: u64) {
+    // SAFETY: as in `block_all_signals`.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &old as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        );
+    }
+}
+
 /// Spawns a container the way `posix_spawn` does: `clone3` with `CLONE_VM | CLONE_VFORK` on
 /// a separate stack, plus `CLONE_PIDFD`. Sharing the address space spares the copy of the
 /// parent's page tables at clone and its teardown at `execve` (with the write-protect faults
 /// and TLB shootdowns of copy-on-write in between), which was the largest single cost of a
 /// warm boot. `CLONE_VFORK` suspends the calling thread until the child has called `execve`
-/// or exited, so the child's stack and the data it reads stay valid, and the one piece of
-/// the parent's state the child writes, the calling thread's `errno` (through libc's syscall
-/// wrappers), is not in use meanwhile. All signals are blocked around the call so that none
-/// of the parent's handlers can run in the child before `child::run` resets them.
+/// or exited, so this returns only then: the child's stack and the data it reads stay valid,
+/// and the parent state it writes (the calling thread's `errno`, through libc's wrappers) is
+/// not in use meanwhile.
+///
+/// - Signals: every signal is blocked around the call, so none of the parent's handlers can
+///   run in the child before `child::run` has reset the dispositions.
+/// - Dumpability: when the child changes its uid or gid, the kernel marks the memory map
+///   non-dumpable, and with `CLONE_VM` that map is ours, which would forbid core dumps and
+///   `/proc/PID/ns` access to our later (forked) children. The flag is what keeps a host user
+///   with the container's uid from ptracing the child before `execve`, so it is restored
+///   only after the child has left our memory, under [`VFORK_LOCK`], which keeps any other
+///   thread's vfork child from being in that window at the same time.
 ///
 /// On architectures without the entry trampoline below, falls back to fork semantics.
 ///
@@ -333,12 +387,16 @@ unsafe extern "C" fn vfork_child(arg: *const VforkArg) -> ! {
 /// The child runs `child::run`, which must stay async-signal-safe, write no memory but its
 /// stack and `errno`, and never return.
 unsafe fn clone_vfork_pidfd(
-    mut args: CloneArgs,
+    #[allow(unused_mut)] mut args: CloneArgs,
     p: &PreparedSpec,
     fds: &ChildFds,
 ) -> Result<(i32, OwnedFd), nix::errno::Errno> {
+    let _serial = VFORK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let old_mask = block_all_signals();
+    // SAFETY: prctl on constants.
+    let dumpable = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
     #[cfg(target_arch = "x86_64")]
-    {
+    let cloned = (|| {
         let (stack, stack_size) = CHILD_STACK.with(|c| match c.get() {
             Some(s) => Ok(s.clone_args()),
             None => ChildStack::new().map(|s| c.get_or_init(|| s).clone_args()),
@@ -349,26 +407,20 @@ unsafe fn clone_vfork_pidfd(
         args.stack = stack;
         args.stack_size = stack_size;
         let arg = VforkArg { p, fds };
-        let all = nix::sys::signal::SigSet::all();
-        let mut old = nix::sys::signal::SigSet::empty();
-        nix::sys::signal::pthread_sigmask(
-            nix::sys::signal::SigmaskHow::SIG_SETMASK,
-            Some(&all),
-            Some(&mut old),
-        )?;
         let ret: isize;
         // SAFETY: `args` is a valid clone_args of the size passed; `pidfd` and `arg` outlive
         // the call. In the parent the instruction after `syscall` continues with nothing
-        // changed but rax, rcx and r11 (declared). In the child (rax = 0) the kernel has set
-        // rsp to the 16-byte aligned top of the child stack; the trampoline clears the frame
-        // pointer and calls `vfork_child(arg)` (r12, r13 hold them and are preserved by the
-        // syscall), which never returns (`ud2` would trap if it did). `nostack`: the parent
-        // path pushes nothing.
+        // changed but rax, rcx and r11 (declared; flags are assumed clobbered). In the child
+        // (rax = 0) rsp is the top of the child stack (the kernel does not align it: the
+        // trampoline does), the frame pointer is cleared, and `vfork_child(arg)` is called
+        // with r12, r13 (preserved by the syscall); it never returns (`ud2` would trap).
+        // `nostack`: the parent path pushes nothing.
         unsafe {
             std::arch::asm!(
                 "syscall",
                 "test rax, rax",
                 "jnz 2f",
+                "and rsp, -16",
                 "xor ebp, ebp",
                 "mov rdi, r12",
                 "call r13",
@@ -384,24 +436,25 @@ unsafe fn clone_vfork_pidfd(
                 options(nostack),
             );
         }
-        let restored = nix::sys::signal::pthread_sigmask(
-            nix::sys::signal::SigmaskHow::SIG_SETMASK,
-            Some(&old),
-            None,
-        );
         if ret < 0 {
             return Err(nix::errno::Errno::from_raw(-ret as i32));
         }
         // SAFETY: CLONE_PIDFD stored a fresh pidfd owned by nobody else.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-        restored?;
-        Ok((ret as i32, pidfd))
-    }
+        Ok((ret as i32, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+    })();
     #[cfg(not(target_arch = "x86_64"))]
     // SAFETY: fork semantics; `child::run` is async-signal-safe and never returns.
+    let cloned = unsafe { clone_pidfd(args, child::run, p, fds) };
+    // The child has called execve or exited: our memory map is ours alone again.
+    // SAFETY: prctl on constants.
     unsafe {
-        clone_pidfd(args, child::run, p, fds)
+        if dumpable >= 0 && libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) != dumpable {
+            libc::prctl(libc::PR_SET_DUMPABLE, dumpable as libc::c_ulong, 0, 0, 0);
+        }
     }
+    // Failing to restore the mask changes nothing for the child that now exists.
+    restore_signals(old_mask);
+    cloned
 }
 
 /// `clone3(2)` without a new stack (fork semantics) and with `CLONE_PIDFD` added to `args`:
@@ -441,16 +494,20 @@ unsafe fn clone_pidfd(
     Ok((ret as i32, unsafe { OwnedFd::from_raw_fd(pidfd) }))
 }
 
-/// Clones a container from `p` without waiting for its setup: the caller learns the outcome
-/// from [`Started::pipe`]. Every descriptor the child needs (warm namespaces, listening socket)
-/// has been copied into it when this returns.
+/// Clones a container from `p`; the caller learns the outcome from [`Started::pipe`]. A cold
+/// boot from the zygote returns without waiting for the child's setup; every other boot returns once the child has called `execve` or failed (see
+/// `clone_vfork_pidfd`), so its outcome is already in the pipe. Every descriptor the child
+/// needs (warm namespaces, listening socket) has been copied into it when this returns.
 pub(crate) fn start_container(
     p: &PreparedSpec,
     cgroup: Option<&CgroupAttach>,
     output: &Output,
-    clone_parent: bool,
-    warm: Option<&WarmNs>,
+    launch: Launch<'_>,
 ) -> Result<Started, LaunchError> {
+    let (clone_parent, warm) = match launch {
+        Launch::Zygote(warm) => (true, warm),
+        Launch::Direct => (false, None),
+    };
     let null = Path::new("/dev/null");
     let stdin = open_fd(null, OFlag::O_RDONLY, Mode::empty())?;
     let out_owned = match output {
@@ -538,9 +595,19 @@ pub(crate) fn start_container(
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = d.as_raw_fd() as u64;
     }
-    // SAFETY: the child only runs `child::run`, which is async-signal-safe, touches no memory
-    // but its own stack and `errno`, and never returns (see `clone_vfork_pidfd`).
-    let cloned = unsafe { clone_vfork_pidfd(args, p, &fds) };
+    // A cold boot from the zygote builds the whole root in the child (bind mounts of the
+    // rootfs source, which can block on a slow filesystem): fork semantics leave the zygote
+    // free to serve other boots meanwhile. Every other boot takes the faster vfork path, which
+    // holds this thread until the child has called execve.
+    let cloned = if clone_parent && warm.is_none() {
+        // SAFETY: fork semantics; the child only runs `child::run`, which is
+        // async-signal-safe and never returns.
+        unsafe { clone_pidfd(args, child::run, p, &fds) }
+    } else {
+        // SAFETY: `child::run` is async-signal-safe, writes no memory but its own stack and
+        // `errno`, and never returns (see `clone_vfork_pidfd`).
+        unsafe { clone_vfork_pidfd(args, p, &fds) }
+    };
     let (pid, pidfd) =
         cloned.map_err(|e| LaunchError::sys("clone3", p.exec_names[0].as_str(), e))?;
     drop(err_w);
@@ -645,7 +712,7 @@ pub fn spawn_prepared(
     cgroup: Option<&CgroupAttach>,
     output: &Output,
 ) -> Result<Spawned, LaunchError> {
-    let mut s = start_container(p, cgroup, output, false, None)?;
+    let mut s = start_container(p, cgroup, output, Launch::Direct)?;
     match s.pipe.wait(p, cgroup, s.pid) {
         None => Ok(Spawned {
             pid: s.pid,

@@ -1,14 +1,19 @@
-//! The zygote: a single-threaded process forked from `main()` before any runtime thread
-//! exists. It receives spawn requests over a `SOCK_SEQPACKET` socketpair, keeps one
-//! [`PreparedSpec`] per `spec_key`, clones each container with `CLONE_PARENT | CLONE_PIDFD`
-//! (so the container is a child of the hako process, which reaps it via the pidfd) and answers
-//! with the pid and the pidfd (`SCM_RIGHTS`).
+//! The zygote: a process forked from `main()` before any runtime thread exists, with one
+//! thread serving requests and one helper thread building warm namespaces. It receives spawn
+//! requests over a `SOCK_SEQPACKET` socketpair, keeps one [`PreparedSpec`] per `spec_key`,
+//! clones each container with `CLONE_PARENT | CLONE_PIDFD` (so the container is a child of
+//! the hako process, which reaps it via the pidfd) and answers with the pid and the pidfd
+//! (`SCM_RIGHTS`).
 //!
-//! Requests are served concurrently: after `clone3` the zygote does not wait for the child's
-//! setup but keeps it in a table of pending boots and polls the request socket together with
-//! every pending child's close-on-exec error pipe (EOF: exec'd; a record: failed). Requests and
-//! replies carry an `id`; replies go out in completion order, and on the caller's side a
-//! reader thread hands each reply (with its pidfd) to the thread waiting for that id.
+//! A warm boot (prepared namespaces: the child only joins them, mounts `/proc`, drops
+//! privileges and calls `execve`) is cloned the `posix_spawn` way and holds the serving thread
+//! until its `execve`, a fraction of a millisecond. A cold boot, whose child builds the whole
+//! root and could block on a slow filesystem, is cloned with fork semantics and does not hold
+//! it: the zygote keeps such boots in a table of pending boots and polls the request socket
+//! together with every pending child's close-on-exec error pipe (EOF: exec'd; a record:
+//! failed). Requests and replies carry an `id`; replies go out in completion order, and on the
+//! caller's side a reader thread hands each reply (with its pidfd) to the thread waiting for
+//! that id.
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -29,7 +34,9 @@ use serde::{Deserialize, Serialize};
 use crate::cgroup::CgroupAttach;
 use crate::error::LaunchError;
 use crate::prepare::PreparedSpec;
-use crate::spawn::{create_warm, start_container, wait_pidfd, Output, Spawned, Started, WarmNs};
+use crate::spawn::{
+    create_warm, start_container, wait_pidfd, Launch, Output, Spawned, Started, WarmNs,
+};
 use crate::spec::ContainerSpec;
 
 /// Largest request or reply (one datagram).
@@ -463,7 +470,7 @@ const FILLER_NICE: libc::c_int = 19;
 /// CPU...
 const BUILD_QUIET: Duration = Duration::from_millis(5);
 /// ... but under a steady stream of boots it still builds at least this often.
-const BUILD_MAX_DEFER: Duration = Duration::from_millis(20);
+const BUILD_MAX_DEFER: Duration = Duration::from_millis(10);
 
 type Pools = Arc<Mutex<HashMap<String, Vec<WarmNs>>>>;
 
@@ -883,8 +890,7 @@ fn spawn(
         &prepared,
         req.cgroup.as_ref(),
         &req.output(),
-        true,
-        warm.as_ref(),
+        Launch::Zygote(warm.as_ref()),
     );
     // The container holds the listening socket now (fd 3; clone copied our descriptors): once
     // it exits, connections must be refused rather than queued on a copy we keep.

@@ -392,3 +392,25 @@ fn host_rootfs_is_a_read_only_view_of_the_host() {
     assert!(f.output.ends_with("\n1\n"), "{}", f.output);
     assert!(!std::path::Path::new("/usr/hako-x").exists());
 }
+
+/// A container that changes uid/gid before `execve` shares our memory map until then (vfork
+/// path); the kernel marks that map non-dumpable on the id change, and the launcher must hand
+/// it back dumpable (else no core dumps for hako, and forked helpers inherit the flag).
+#[test]
+fn spawning_a_non_root_container_keeps_the_caller_dumpable() {
+    if !is_root("dumpable") {
+        return;
+    }
+    let fs = Rootfs::build();
+    // SAFETY: prctl query, no pointers.
+    let before = unsafe { libc::prctl(libc::PR_GET_DUMPABLE) };
+    let mut spec = fs.spec("id -u");
+    spec.uid = 1000;
+    spec.gid = 1000;
+    let out = run(&spec, &CgroupLimits::default()).unwrap();
+    assert_eq!(out.output.trim(), "1000", "{}", out.output);
+    // SAFETY: as above.
+    let after = unsafe { libc::prctl(libc::PR_GET_DUMPABLE) };
+    assert_eq!(before, 1, "the test process starts dumpable");
+    assert_eq!(after, before, "dumpable before {before}, after {after}");
+}

@@ -1,6 +1,6 @@
 //! The production [`Runtime`]: real containers from the launcher's zygote, one cgroup each,
 //! reached inside their own network namespace (or on a per-instance host port).
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use hako_launcher::cgroup::{CgroupLimits, CgroupRoot, InstanceCgroup};
+use hako_launcher::cgroup_pool::{CgroupPool, DEFAULT_MAX_POOLED_APPS};
 use hako_launcher::spec::{ContainerSpec, NetworkMode, RootfsSpec, DEFAULT_PATH};
 use hako_launcher::zygote::{SpawnRequest, Zygote};
 use hako_policies::{App, Network, Rootfs};
@@ -87,10 +88,20 @@ pub fn cgroup_limits(app: &App) -> CgroupLimits {
     }
 }
 
+/// Instance cgroups kept ready per app by the [`CgroupPool`] (a burst's first two boots find
+/// theirs made).
+const POOLED_CGROUPS_PER_APP: usize = 2;
+
 /// Real containers.
 pub struct ContainerRuntime {
     zygote: Arc<Zygote>,
     cgroups: Option<Arc<CgroupRoot>>,
+    /// Instance ids: shared with the supervisor, so that pooled cgroups can be named after the
+    /// instance that will take them.
+    ids: Arc<AtomicU64>,
+    cgroup_pool: Option<CgroupPool>,
+    /// Pooled groups claimed for an instance id whose spawn has not taken them yet.
+    claimed: Arc<Mutex<HashMap<u64, InstanceCgroup>>>,
     sockets: NetnsSockets,
     state_dir: PathBuf,
     /// Spec keys the zygote holds for us (prepared or booted), to forget on reload.
@@ -116,16 +127,32 @@ impl std::fmt::Debug for ContainerRuntime {
 }
 
 impl ContainerRuntime {
+    /// `first_id`: the first instance id to hand out (above those of a previous hako, see
+    /// `serve::recover_orphans`).
     pub fn new(
         zygote: Arc<Zygote>,
         cgroups: Option<Arc<CgroupRoot>>,
         state_dir: PathBuf,
+        first_id: u64,
     ) -> io::Result<Self> {
         std::fs::create_dir_all(state_dir.join("instances"))?;
         std::fs::create_dir_all(state_dir.join("logs"))?;
+        let ids = Arc::new(AtomicU64::new(first_id.max(1)));
+        let cgroup_pool = match &cgroups {
+            Some(root) => Some(CgroupPool::start(
+                root.clone(),
+                ids.clone(),
+                POOLED_CGROUPS_PER_APP,
+                DEFAULT_MAX_POOLED_APPS,
+            )?),
+            None => None,
+        };
         Ok(ContainerRuntime {
             zygote,
             cgroups,
+            ids,
+            cgroup_pool,
+            claimed: Arc::default(),
             sockets: NetnsSockets::start()?,
             state_dir,
             held: Arc::default(),
@@ -141,6 +168,15 @@ impl ContainerRuntime {
     /// once; failures are logged with the app name and otherwise ignored (the app then boots
     /// cold).
     pub fn prepare_apps(&self, apps: &[App]) {
+        if let Some(pool) = &self.cgroup_pool {
+            let names: HashSet<&str> = apps.iter().map(|a| a.name.as_str()).collect();
+            for gone in pool.ready().keys().filter(|k| !names.contains(k.as_str())) {
+                pool.forget(gone);
+            }
+            for app in apps.iter().take(DEFAULT_MAX_POOLED_APPS) {
+                pool.want(&app.name, &cgroup_limits(app));
+            }
+        }
         let wanted: Vec<(String, String, ContainerSpec)> = apps
             .iter()
             .filter(|a| matches!(a.network, Network::Isolated))
@@ -206,6 +242,29 @@ impl ContainerRuntime {
     }
 }
 
+impl ContainerRuntime {
+    /// Removes the cgroups made ahead of boots (pooled, or claimed by a boot that never
+    /// spawned), at shutdown, before the cgroup parent is removed.
+    pub fn release_cgroups(&self) {
+        if let Some(pool) = &self.cgroup_pool {
+            pool.shutdown();
+        }
+        let claimed: Vec<InstanceCgroup> = self
+            .claimed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .map(|(_, cg)| cg)
+            .collect();
+        for cg in claimed {
+            let name = cg.name().to_owned();
+            if let Err(e) = cg.remove() {
+                tracing::warn!(cgroup = %name, error = %e, "cannot remove a claimed cgroup");
+            }
+        }
+    }
+}
+
 fn record_path(state_dir: &Path, name: &str) -> PathBuf {
     state_dir.join("instances").join(format!("{name}.json"))
 }
@@ -224,6 +283,22 @@ fn free_host_port() -> io::Result<u16> {
 }
 
 impl Runtime for ContainerRuntime {
+    fn instance_ids(&self) -> Option<Arc<AtomicU64>> {
+        Some(self.ids.clone())
+    }
+
+    fn claim_id(&self, app: &App) -> Option<u64> {
+        let (id, cg) = self
+            .cgroup_pool
+            .as_ref()?
+            .claim(&app.name, &cgroup_limits(app))?;
+        self.claimed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, cg);
+        Some(id)
+    }
+
     fn spawn(
         &self,
         app: Arc<App>,
@@ -234,6 +309,11 @@ impl Runtime for ContainerRuntime {
         let sockets = self.sockets.clone();
         let state_dir = self.state_dir.clone();
         let held = self.held.clone();
+        let claimed = self
+            .claimed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
         Box::pin(async move {
             let name = format!("{}-{}", app.name, id);
             let port = match app.network {
@@ -247,12 +327,14 @@ impl Runtime for ContainerRuntime {
             let limits = cgroup_limits(&app);
             let req_name = name.clone();
             let setup = tokio::task::spawn_blocking(move || {
-                let cgroup = match &cgroups {
-                    Some(root) => Some(
+                // A group made ahead (named after this instance), or one made now.
+                let cgroup = match (claimed, &cgroups) {
+                    (Some(cg), _) => Some(cg),
+                    (None, Some(root)) => Some(
                         root.create(&req_name, &limits)
                             .map_err(|e| format!("cgroup {req_name}: {e}"))?,
                     ),
-                    None => None,
+                    (None, None) => None,
                 };
                 let req = SpawnRequest {
                     spec,

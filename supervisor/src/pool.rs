@@ -102,6 +102,20 @@ pub trait Runtime: Send + Sync + 'static {
     /// Starts an instance of `app`. Resolves once the process exists (it may not be ready).
     fn spawn(&self, app: Arc<App>, id: u64)
         -> BoxFuture<'static, Result<Arc<dyn Running>, String>>;
+
+    /// The counter instance ids are taken from, when the runtime reserves ids ahead of boots
+    /// (see [`Runtime::claim_id`]); `None`: the supervisor keeps its own.
+    fn instance_ids(&self) -> Option<Arc<AtomicU64>> {
+        None
+    }
+
+    /// An id reserved ahead for the next instance of `app` (the runtime prepared resources
+    /// named after it, e.g. a cgroup), or `None` to take a fresh one. Called with the app's
+    /// pool locked: must not block.
+    fn claim_id(&self, app: &App) -> Option<u64> {
+        let _ = app;
+        None
+    }
 }
 
 /// Lifecycle state of an instance.
@@ -332,7 +346,7 @@ pub struct Supervisor {
     pools: DashMap<String, Arc<AppPool>>,
     runtime: Arc<dyn Runtime>,
     metrics: Metrics,
-    next_id: AtomicU64,
+    next_id: Arc<AtomicU64>,
     shutting_down: AtomicBool,
     options: Mutex<SupervisorOptions>,
     budget: Arc<Budget>,
@@ -393,12 +407,15 @@ impl Supervisor {
         metrics: Metrics,
         options: SupervisorOptions,
     ) -> Arc<Self> {
+        let next_id = runtime
+            .instance_ids()
+            .unwrap_or_else(|| Arc::new(AtomicU64::new(1)));
         Arc::new_cyclic(|me| Supervisor {
             me: me.clone(),
             pools: DashMap::new(),
             runtime,
             metrics,
-            next_id: AtomicU64::new(1),
+            next_id,
             shutting_down: AtomicBool::new(false),
             options: Mutex::new(options),
             budget: Arc::new(Budget::default()),
@@ -516,8 +533,11 @@ impl Supervisor {
 
     /// Starts a boot of a new instance; the caller holds the pool lock and has checked limits.
     fn start_boot(self: &Arc<Self>, pool: &Arc<AppPool>, st: &mut PoolState) {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let policy = pool.policy();
+        let id = self
+            .runtime
+            .claim_id(&policy)
+            .unwrap_or_else(|| self.next_id.fetch_add(1, Ordering::Relaxed));
         let inst = Arc::new(Instance {
             id,
             app: policy.name.clone(),

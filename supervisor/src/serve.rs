@@ -106,10 +106,12 @@ pub fn lock_state_dir(dir: &Path) -> anyhow::Result<StateLock> {
 }
 
 /// Removes everything a previous hako left behind after a crash or `kill -9`: the recorded
-/// processes (if the pid still names the same process), and every instance cgroup. Returns how
-/// many orphans were removed.
-pub fn recover_orphans(state_dir: &Path, cgroups: Option<&CgroupRoot>) -> usize {
+/// processes (if the pid still names the same process), and every instance cgroup (including
+/// those made ahead of boots). Returns how many orphans were removed and the next free
+/// instance id.
+pub fn recover_orphans(state_dir: &Path, cgroups: Option<&CgroupRoot>) -> Recovered {
     let mut removed = 0;
+    let mut last_id = 0;
     let dir = state_dir.join("instances");
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for e in entries.flatten() {
@@ -118,6 +120,7 @@ pub fn recover_orphans(state_dir: &Path, cgroups: Option<&CgroupRoot>) -> usize 
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
             if let Some(rec) = rec {
+                last_id = last_id.max(rec.id);
                 let same = rec.start_time.is_some()
                     && crate::container::process_start_time(rec.pid) == rec.start_time;
                 if same {
@@ -136,6 +139,9 @@ pub fn recover_orphans(state_dir: &Path, cgroups: Option<&CgroupRoot>) -> usize 
         match root.list() {
             Ok(names) => {
                 for name in names {
+                    if let Some(id) = name.rsplit_once('-').and_then(|(_, n)| n.parse().ok()) {
+                        last_id = last_id.max(id);
+                    }
                     if let Ok(Some(cg)) = root.open(&name) {
                         match cg.remove() {
                             Ok(()) => {
@@ -157,7 +163,20 @@ pub fn recover_orphans(state_dir: &Path, cgroups: Option<&CgroupRoot>) -> usize 
             let _ = std::fs::remove_file(e.path());
         }
     }
-    removed
+    Recovered {
+        removed,
+        next_id: last_id + 1,
+    }
+}
+
+/// What [`recover_orphans`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    /// Processes killed and cgroups removed.
+    pub removed: usize,
+    /// Above every instance id the previous hako used (records and cgroup names), so that new
+    /// instances and their cgroups never take an old instance's name.
+    pub next_id: u64,
 }
 
 /// Every proxied request holds two descriptors and every instance a few (pidfd, namespace,
@@ -217,13 +236,21 @@ async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow
             None
         }
     };
-    let orphans = recover_orphans(&cfg.state_dir, cgroups.as_deref());
-    if orphans > 0 {
-        tracing::warn!(orphans, "cleaned up after a previous hako");
+    let recovered = recover_orphans(&cfg.state_dir, cgroups.as_deref());
+    if recovered.removed > 0 {
+        tracing::warn!(
+            orphans = recovered.removed,
+            "cleaned up after a previous hako"
+        );
     }
     let runtime = Arc::new(
-        ContainerRuntime::new(zygote, cgroups.clone(), cfg.state_dir.clone())
-            .with_context(|| format!("prepare state_dir {}", cfg.state_dir.display()))?,
+        ContainerRuntime::new(
+            zygote,
+            cgroups.clone(),
+            cfg.state_dir.clone(),
+            recovered.next_id,
+        )
+        .with_context(|| format!("prepare state_dir {}", cfg.state_dir.display()))?,
     );
     let metrics = Metrics::new();
     let options = supervisor_options(&cfg);
@@ -361,6 +388,7 @@ async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow
     let _ = ticker.await;
     let _ = governor_task.await;
     signals.abort();
+    runtime.release_cgroups();
     if let Some(root) = &cgroups {
         match root.remove_parent_if_empty() {
             Ok(true) => {}

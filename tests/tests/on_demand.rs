@@ -265,6 +265,9 @@ fn boot_failures_are_reported_and_cleaned_up() {
     // The app that never listens.
     let done = AtomicBool::new(false);
     let seen = std::sync::Mutex::new(Vec::<i32>::new());
+    // Instance names, which are their cgroups' names (other `mute-*` groups may be made ahead
+    // of the next boots).
+    let seen_ids = std::sync::Mutex::new(Vec::<String>::new());
     let (r, took) = std::thread::scope(|s| {
         let watcher = s.spawn(|| {
             while !done.load(Ordering::SeqCst) {
@@ -273,6 +276,12 @@ fn boot_failures_are_reported_and_cleaned_up() {
                         let mut v = seen.lock().expect("lock");
                         if p > 0 && !v.contains(&(p as i32)) {
                             v.push(p as i32);
+                        }
+                    }
+                    if let Some(id) = i["id"].as_str() {
+                        let mut v = seen_ids.lock().expect("lock");
+                        if !v.iter().any(|x| x == id) {
+                            v.push(id.to_owned());
                         }
                     }
                 }
@@ -306,20 +315,22 @@ fn boot_failures_are_reported_and_cleaned_up() {
     );
     let pids = seen.lock().expect("lock").clone();
     assert!(!pids.is_empty(), "never saw the booting instance's process");
+    let ids = seen_ids.lock().expect("lock").clone();
+    assert!(!ids.is_empty(), "never saw the booting instance");
     let gone = wait_for(Duration::from_secs(5), || {
         let live: Vec<i32> = pids.iter().copied().filter(|p| alive(*p, None)).collect();
         let cgs: Vec<_> = child_cgroups(&h.cgroup_parent)
             .into_iter()
             .filter(|p| {
                 p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with("mute"))
+                    .is_some_and(|n| ids.iter().any(|id| n.to_string_lossy() == *id))
             })
             .collect();
         (live.is_empty() && cgs.is_empty() && h.instances_of("mute").is_empty()).then_some(())
     });
     assert!(
         gone.is_some(),
-        "the timed-out instance was not killed: pids alive {:?}, cgroups {:?}, instances {:?}",
+        "the timed-out instance {ids:?} was not killed: pids alive {:?}, cgroups {:?}, instances {:?}",
         pids.iter().filter(|p| alive(**p, None)).collect::<Vec<_>>(),
         child_cgroups(&h.cgroup_parent),
         h.instances_of("mute")

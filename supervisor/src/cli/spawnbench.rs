@@ -1,21 +1,38 @@
 //! `hako bench-spawn` (hidden): launcher boot latency. Starts a zygote (unless --no-zygote),
-//! prepares the spec once, then N times: create the instance cgroup, spawn `/bin/true` with all
-//! isolation on (pid/mount/uts/ipc/cgroup/net namespaces, read-only rootfs, seccomp, reduced
-//! capabilities), reap it. Each sample is spawn request → exit reaped, cgroup creation
-//! included; the cgroup is removed after the sample (off the measured path).
+//! prepares the spec once, then N times: take the instance cgroup (by default from a
+//! [`CgroupPool`] refilled in the background, as `hako serve` does; or created in the sample,
+//! or none), spawn `/bin/true` with all isolation on (pid/mount/uts/ipc/cgroup/net
+//! namespaces, read-only rootfs, seccomp, reduced capabilities), reap it. Each sample is
+//! spawn request → exit reaped, including taking or creating the cgroup; the cgroup is
+//! removed after the sample (off the measured path).
 //!
 //! stdout: one JSON line `{"runtime":"hako-launcher","samples_us":[...]}`; a summary on stderr.
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::Args;
+use clap::ValueEnum;
 use hako_launcher::{
-    spawn_prepared, wait_pidfd, CgroupLimits, CgroupRoot, ContainerSpec, ExitStatusInfo,
-    InstanceCgroup, Output, PreparedSpec, RootfsSpec, SpawnRequest, Zygote, ZygoteOptions,
+    spawn_prepared, wait_pidfd, CgroupLimits, CgroupPool, CgroupRoot, ContainerSpec,
+    ExitStatusInfo, InstanceCgroup, Output, PreparedSpec, RootfsSpec, SpawnRequest, Zygote,
+    ZygoteOptions,
 };
+
+/// Where each boot's cgroup comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CgroupMode {
+    /// Taken from a pool refilled in the background between boots (what `hako serve` does).
+    Pool,
+    /// Created inside each sample.
+    PerBoot,
+    /// No cgroup at all (isolates the cgroup's cost).
+    None,
+}
 
 #[derive(Debug, Args)]
 pub struct BenchSpawnArgs {
@@ -28,12 +45,9 @@ pub struct BenchSpawnArgs {
     /// Spawn directly from this process instead of through the zygote.
     #[arg(long)]
     pub no_zygote: bool,
-    /// Take the cgroups from a pool created before the timed loop instead of creating each.
-    #[arg(long)]
-    pub cgroup_pool: bool,
-    /// Spawn without any cgroup (to isolate the cost of the cgroup).
-    #[arg(long, conflicts_with = "cgroup_pool")]
-    pub no_cgroup: bool,
+    /// Where each boot's cgroup comes from.
+    #[arg(long, value_enum, default_value_t = CgroupMode::Pool)]
+    pub cgroups: CgroupMode,
     /// Pause between iterations (lets the zygote's helper rebuild warm namespaces, as between
     /// real cold starts); not part of any sample.
     #[arg(long, value_name = "MS", default_value_t = 0)]
@@ -100,15 +114,19 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
         memory_high: None,
         pids: Some(64),
     };
+    let root = Arc::new(root);
     let base = format!("bench-{}", std::process::id());
-    // Every group created is removed, also when an iteration fails.
-    let mut pool = Groups(Vec::new());
-    if args.cgroup_pool {
-        for i in 0..args.n {
-            pool.0.push(root.create(&format!("{base}-{i}"), &limits)?);
+    let ids = Arc::new(AtomicU64::new(1));
+    // Two groups kept ready, as for every app of `hako serve`; dropped (and its groups
+    // removed) on every path out of this function.
+    let pool = match args.cgroups {
+        CgroupMode::Pool => {
+            let p = CgroupPool::start(root.clone(), ids.clone(), 2, 1)?;
+            p.want(&base, &limits);
+            Some(p)
         }
-        pool.0.reverse();
-    }
+        _ => None,
+    };
     let req_base = SpawnRequest {
         spec: spec.clone(),
         spec_key: "bench".into(),
@@ -122,6 +140,7 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
     }
     let mut samples = Vec::with_capacity(args.n);
     let mut warm_boots = 0usize;
+    let mut pooled = 0usize;
     let mut removal_us = Vec::with_capacity(args.n);
     let mut create_us = Vec::with_capacity(args.n);
     for i in 0..args.n {
@@ -129,15 +148,18 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
             std::thread::sleep(std::time::Duration::from_millis(args.interval_ms));
         }
         let t0 = Instant::now();
-        let cg = if args.no_cgroup {
-            None
-        } else if args.cgroup_pool {
-            pool.0.pop()
-        } else {
-            let t = Instant::now();
-            let cg = root.create(&format!("{base}-{i}"), &limits)?;
-            create_us.push(t.elapsed().as_micros() as u64);
-            Some(cg)
+        let claimed = pool.as_ref().and_then(|p| p.claim(&base, &limits));
+        pooled += usize::from(claimed.is_some());
+        let cg = match (claimed, args.cgroups) {
+            (_, CgroupMode::None) => None,
+            (Some((_, cg)), _) => Some(cg),
+            (None, _) => {
+                let t = Instant::now();
+                let id = ids.fetch_add(1, Ordering::Relaxed);
+                let cg = root.create(&format!("{base}-{id}"), &limits)?;
+                create_us.push(t.elapsed().as_micros() as u64);
+                Some(cg)
+            }
         };
         let cg = Groups(cg.into_iter().collect());
         let attach = cg.0.first().map(InstanceCgroup::attach);
@@ -159,7 +181,7 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
             removal_us.push(t1.elapsed().as_micros() as u64);
         }
     }
-    pool.remove_all()?;
+    drop(pool);
     println!(
         "{}",
         serde_json::json!({"runtime": "hako-launcher", "samples_us": samples})
@@ -169,13 +191,14 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
     removal_us.sort_unstable();
     create_us.sort_unstable();
     eprintln!(
-        "hako-launcher n={} zygote={} warm={} ({} boots took warm namespaces) interval={}ms cgroup={}: p50 {} us, p90 {} us, p99 {} us, min {} us; cgroup creation p50 {} us (in the samples), removal p50 {} us (not)",
+        "hako-launcher n={} zygote={} warm={} ({} boots took warm namespaces) interval={}ms cgroups={:?} ({} from the pool): p50 {} us, p90 {} us, p99 {} us, min {} us; cgroup creation p50 {} us (in the samples), removal p50 {} us (not)",
         args.n,
         zygote.is_some(),
         args.warm,
         warm_boots,
         args.interval_ms,
-        if args.no_cgroup { "none" } else if args.cgroup_pool { "pool" } else { "per-boot" },
+        args.cgroups,
+        pooled,
         percentile(&sorted, 0.5),
         percentile(&sorted, 0.9),
         percentile(&sorted, 0.99),
