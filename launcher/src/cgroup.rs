@@ -174,8 +174,11 @@ fn is_cgroupfs(path: &Path) -> bool {
     }
 }
 
-/// v1 controllers hako uses, in the order they are attached.
-const V1_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "memory", "pids", "freezer"];
+/// v1 controllers hako uses, in the order they are attached. No freezer: every container is
+/// the init of its own pid namespace, so killing it kills every process of the group at once
+/// (nothing can fork meanwhile), and each hierarchy costs every boot a directory to create,
+/// join and remove.
+const V1_CONTROLLERS: &[&str] = &["cpu", "cpuacct", "memory", "pids"];
 const V2_CONTROLLERS: &[&str] = &["cpu", "memory", "pids"];
 
 /// The cgroups-rs hierarchy handle kept by a root (cloned into every instance handle, so
@@ -1050,8 +1053,8 @@ impl InstanceCgroup {
         Ok(set.into_iter().collect())
     }
 
-    /// Kills every process: `cgroup.kill` on v2 when present, else SIGKILL to each pid
-    /// (v1: under the freezer, when that hierarchy is available, so nothing forks meanwhile).
+    /// Kills every process: `cgroup.kill` on v2 when present, else SIGKILL to each pid (under
+    /// the freezer when the group has one; hako's v1 groups do not, see `V1_CONTROLLERS`).
     pub fn kill_all(&self) -> Result<(), CgroupError> {
         if let Some(cg) = &self.rs {
             if cg.v2() {

@@ -1,8 +1,8 @@
 //! Instance cgroups created ahead of their boots.
 //!
 //! Creating a group and writing its limits is a boot's largest cost after the namespaces
-//! (measured here on cgroup v1: 0.3–0.45 ms per boot for the cpu, memory and pids hierarchies,
-//! see `docs/benchmarks.md`). A [`CgroupPool`] keeps a few groups per app ready, built by a
+//! (measured on this project's cgroup v1 test host: 0.3–0.45 ms per boot for the five
+//! hierarchies hako uses there, see `docs/benchmarks.md`). A [`CgroupPool`] keeps a few groups per app ready, built by a
 //! background thread at low priority in the quiet after a boot, so that a boot only takes
 //! one. Groups are named `<app>-<id>` like any instance group; the ids come from the caller's
 //! instance-id counter, reserved when the group is made, so a group handed out by
@@ -11,15 +11,11 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::cgroup::{CgroupError, CgroupLimits, CgroupRoot, InstanceCgroup};
+use crate::quiet::QuietGate;
 
-/// After a claim the builder waits this long for quiet, so that making groups does not compete
-/// with the boot that just started...
-const BUILD_QUIET: Duration = Duration::from_millis(5);
-/// ... but under a steady stream of boots it still builds at least this often.
-const BUILD_MAX_DEFER: Duration = Duration::from_millis(10);
 /// Nice value of the builder thread.
 const BUILDER_NICE: libc::c_int = 19;
 
@@ -42,8 +38,8 @@ struct State {
     apps: HashMap<String, AppGroups>,
     /// Groups to remove (forgotten apps, changed limits), removed by the builder thread.
     trash: Vec<InstanceCgroup>,
-    last_claim: Option<Instant>,
-    deferred_since: Option<Instant>,
+    /// Builds wait for quiet after claims (boots).
+    quiet: QuietGate,
     stop: bool,
 }
 
@@ -55,24 +51,6 @@ impl State {
             .filter(|(_, a)| !a.failed && a.ready.len() < a.target)
             .min_by_key(|(_, a)| a.ready.len())
             .map(|(k, a)| (k.clone(), a.limits.clone()))
-    }
-
-    /// How long to hold off building: zero when no claim came in the last [`BUILD_QUIET`], or
-    /// when building has been put off for [`BUILD_MAX_DEFER`] already.
-    fn quiet_wait(&mut self, now: Instant) -> Duration {
-        let wait = self
-            .last_claim
-            .map_or(Duration::ZERO, |t| BUILD_QUIET.saturating_sub(now - t));
-        if wait.is_zero() {
-            self.deferred_since = None;
-            return wait;
-        }
-        let since = *self.deferred_since.get_or_insert(now);
-        if now - since >= BUILD_MAX_DEFER {
-            self.deferred_since = None;
-            return Duration::ZERO;
-        }
-        wait
     }
 }
 
@@ -198,7 +176,7 @@ impl CgroupPool {
     pub fn claim(&self, app: &str, limits: &CgroupLimits) -> Option<(u64, InstanceCgroup)> {
         let got = {
             let mut st = self.shared.lock();
-            st.last_claim = Some(Instant::now());
+            st.quiet.boot(Instant::now());
             match st.apps.get_mut(app) {
                 Some(a) if a.limits == *limits => {
                     a.target = self.per_app;
@@ -294,7 +272,7 @@ fn builder(shared: &Shared) {
             st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
             continue;
         };
-        let wait = st.quiet_wait(Instant::now());
+        let wait = st.quiet.wait(Instant::now());
         if !wait.is_zero() {
             st = shared
                 .wake
@@ -327,6 +305,7 @@ fn builder(shared: &Shared) {
 mod tests {
     use super::*;
     use std::path::Path;
+    use std::time::Duration;
 
     /// A fake cgroup v2 tree with the controllers hako uses enabled at the root.
     fn fake_v2() -> (tempfile::TempDir, Arc<CgroupRoot>) {

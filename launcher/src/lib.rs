@@ -10,6 +10,7 @@ pub mod cgroup_pool;
 mod child;
 pub mod error;
 pub mod prepare;
+mod quiet;
 pub mod seccomp;
 pub mod spawn;
 pub mod spec;

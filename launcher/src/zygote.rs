@@ -34,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::cgroup::CgroupAttach;
 use crate::error::LaunchError;
 use crate::prepare::PreparedSpec;
+use crate::quiet::QuietGate;
 use crate::spawn::{
     create_warm, start_container, wait_pidfd, Launch, Output, Spawned, Started, WarmNs,
 };
@@ -465,13 +466,6 @@ enum FillerMsg {
 /// Nice value of the zygote's helper thread (and the holders it clones).
 const FILLER_NICE: libc::c_int = 19;
 
-/// After a boot the helper waits this long before building, so that creating namespaces (a
-/// millisecond of kernel work) does not compete with that boot's own setup and exec for the
-/// CPU...
-const BUILD_QUIET: Duration = Duration::from_millis(5);
-/// ... but under a steady stream of boots it still builds at least this often.
-const BUILD_MAX_DEFER: Duration = Duration::from_millis(10);
-
 type Pools = Arc<Mutex<HashMap<String, Vec<WarmNs>>>>;
 
 /// The helper thread's state: which apps to keep warm, least recently used first.
@@ -481,17 +475,15 @@ struct Filler {
     cap: usize,
     wanted: Vec<(String, Arc<PreparedSpec>)>,
     retired: Vec<(OwnedFd, WarmNs)>,
-    /// When the latest boot was reported ([`FillerMsg::Refill`]).
-    last_boot: Option<Instant>,
-    /// Since when a build has been put off for quiet.
-    deferred_since: Option<Instant>,
+    /// Builds wait for quiet after boots ([`FillerMsg::Refill`] reports one).
+    quiet: QuietGate,
 }
 
 impl Filler {
     fn apply(&mut self, msg: FillerMsg) {
         match msg {
             FillerMsg::Refill(key, p) => {
-                self.last_boot = Some(Instant::now());
+                self.quiet.boot(Instant::now());
                 self.wanted.retain(|(k, _)| *k != key);
                 self.wanted.push((key, p));
                 while self.wanted.len() > self.cap {
@@ -537,25 +529,6 @@ impl Filler {
             .map(|(_, i)| i)
     }
 
-    /// How long to hold off building: zero when no boot ran in the last [`BUILD_QUIET`], or
-    /// when building has been put off for [`BUILD_MAX_DEFER`] already.
-    fn quiet_wait(&mut self) -> Duration {
-        let now = Instant::now();
-        let wait = self
-            .last_boot
-            .map_or(Duration::ZERO, |t| BUILD_QUIET.saturating_sub(now - t));
-        if wait.is_zero() {
-            self.deferred_since = None;
-            return wait;
-        }
-        let since = *self.deferred_since.get_or_insert(now);
-        if now - since >= BUILD_MAX_DEFER {
-            self.deferred_since = None;
-            return Duration::ZERO;
-        }
-        wait
-    }
-
     /// Containers that exited release their namespaces (a pidfd polls readable on exit).
     fn reap_retired(&mut self) {
         self.retired.retain(|(pidfd, _)| {
@@ -598,12 +571,11 @@ fn filler(rx: Receiver<FillerMsg>, pools: Pools, target: usize, cap: usize) {
         cap,
         wanted: Vec::new(),
         retired: Vec::new(),
-        last_boot: None,
-        deferred_since: None,
+        quiet: QuietGate::default(),
     };
     loop {
         let first = if f.next().is_some() {
-            match f.quiet_wait() {
+            match f.quiet.wait(Instant::now()) {
                 wait if wait.is_zero() => match rx.try_recv() {
                     Ok(m) => Some(m),
                     Err(TryRecvError::Empty) => None,
@@ -634,7 +606,7 @@ fn filler(rx: Receiver<FillerMsg>, pools: Pools, target: usize, cap: usize) {
             }
         }
         f.reap_retired();
-        if !f.quiet_wait().is_zero() {
+        if !f.quiet.wait(Instant::now()).is_zero() {
             continue;
         }
         if let Some(i) = f.next() {

@@ -1,0 +1,68 @@
+//! When background helpers (warm namespaces, pooled cgroups) may build: not while a boot is
+//! starting, whose setup and exec they would compete with for the CPU and for kernel locks,
+//! but at least every so often under a steady stream of boots.
+use std::time::{Duration, Instant};
+
+/// Quiet needed after a boot before building.
+pub(crate) const BUILD_QUIET: Duration = Duration::from_millis(5);
+/// Longest a build is put off while boots keep coming.
+pub(crate) const BUILD_MAX_DEFER: Duration = Duration::from_millis(10);
+
+/// Tracks boots and answers how long a helper should still wait.
+#[derive(Debug, Default)]
+pub(crate) struct QuietGate {
+    last_boot: Option<Instant>,
+    deferred_since: Option<Instant>,
+}
+
+impl QuietGate {
+    /// A boot started now.
+    pub fn boot(&mut self, now: Instant) {
+        self.last_boot = Some(now);
+    }
+
+    /// How long to hold off building: zero when no boot started in the last [`BUILD_QUIET`],
+    /// or when building has been put off for [`BUILD_MAX_DEFER`] already.
+    pub fn wait(&mut self, now: Instant) -> Duration {
+        let wait = self
+            .last_boot
+            .map_or(Duration::ZERO, |t| BUILD_QUIET.saturating_sub(now - t));
+        if wait.is_zero() {
+            self.deferred_since = None;
+            return wait;
+        }
+        let since = *self.deferred_since.get_or_insert(now);
+        if now - since >= BUILD_MAX_DEFER {
+            self.deferred_since = None;
+            return Duration::ZERO;
+        }
+        wait
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_for_quiet_but_not_forever() {
+        let t0 = Instant::now();
+        let mut g = QuietGate::default();
+        assert_eq!(g.wait(t0), Duration::ZERO, "no boot yet");
+        g.boot(t0);
+        assert_eq!(g.wait(t0), BUILD_QUIET);
+        assert_eq!(g.wait(t0 + BUILD_QUIET), Duration::ZERO, "quiet reached");
+        // Boots every 2 ms: the wait never ends on its own, but is capped.
+        let mut now = t0 + Duration::from_millis(20);
+        let first_deferral = now;
+        loop {
+            g.boot(now);
+            now += Duration::from_millis(2);
+            if g.wait(now).is_zero() {
+                break;
+            }
+            assert!(now - first_deferral <= BUILD_MAX_DEFER + Duration::from_millis(2));
+        }
+        assert!(now - first_deferral >= BUILD_MAX_DEFER);
+    }
+}
