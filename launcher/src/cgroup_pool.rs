@@ -44,13 +44,13 @@ struct State {
 }
 
 impl State {
-    /// The app with the fewest ready groups below its target.
-    fn next_to_build(&self) -> Option<(String, CgroupLimits)> {
+    /// The app with the fewest ready groups below its target, and how many it has.
+    fn next_to_build(&self) -> Option<(String, CgroupLimits, usize)> {
         self.apps
             .iter()
             .filter(|(_, a)| !a.failed && a.ready.len() < a.target)
             .min_by_key(|(_, a)| a.ready.len())
-            .map(|(k, a)| (k.clone(), a.limits.clone()))
+            .map(|(k, a)| (k.clone(), a.limits.clone(), a.ready.len()))
     }
 }
 
@@ -268,11 +268,17 @@ fn builder(shared: &Shared) {
             st = shared.lock();
             continue;
         }
-        let Some((app, limits)) = st.next_to_build() else {
+        let Some((app, limits, ready)) = st.next_to_build() else {
             st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
             continue;
         };
-        let wait = st.quiet.wait(Instant::now());
+        // An app with no group ready would create its next one in the boot anyway: build now.
+        // Otherwise wait for the quiet after boots.
+        let wait = if ready == 0 {
+            std::time::Duration::ZERO
+        } else {
+            st.quiet.wait(Instant::now())
+        };
         if !wait.is_zero() {
             st = shared
                 .wake

@@ -529,6 +529,22 @@ impl Filler {
             .map(|(_, i)| i)
     }
 
+    /// How long to hold off the next build: not at all when the app next in line has no set
+    /// ready (its next boot would be cold anyway), else until the quiet after boots.
+    fn hold(&mut self) -> Duration {
+        let empty = self.next().is_some_and(|i| {
+            self.pools
+                .lock()
+                .map(|m| m.get(&self.wanted[i].0).is_none_or(Vec::is_empty))
+                .unwrap_or(true)
+        });
+        if empty {
+            Duration::ZERO
+        } else {
+            self.quiet.wait(Instant::now())
+        }
+    }
+
     /// Containers that exited release their namespaces (a pidfd polls readable on exit).
     fn reap_retired(&mut self) {
         self.retired.retain(|(pidfd, _)| {
@@ -575,7 +591,7 @@ fn filler(rx: Receiver<FillerMsg>, pools: Pools, target: usize, cap: usize) {
     };
     loop {
         let first = if f.next().is_some() {
-            match f.quiet.wait(Instant::now()) {
+            match f.hold() {
                 wait if wait.is_zero() => match rx.try_recv() {
                     Ok(m) => Some(m),
                     Err(TryRecvError::Empty) => None,
@@ -606,7 +622,7 @@ fn filler(rx: Receiver<FillerMsg>, pools: Pools, target: usize, cap: usize) {
             }
         }
         f.reap_retired();
-        if !f.quiet.wait(Instant::now()).is_zero() {
+        if !f.hold().is_zero() {
             continue;
         }
         if let Some(i) = f.next() {
