@@ -10,6 +10,9 @@ mod profile {
 
 fn main() {
     println!("cargo:rerun-if-changed=src/seccomp_profile.rs");
+    // libseccomp-sys links what these point at, for this script too.
+    println!("cargo:rerun-if-env-changed=LIBSECCOMP_LIB_PATH");
+    println!("cargo:rerun-if-env-changed=LIBSECCOMP_LINK_TYPE");
     println!("cargo:rustc-check-cfg=cfg(hako_prebuilt_seccomp)");
     let host = std::env::var("HOST").unwrap_or_default();
     let target = std::env::var("TARGET").unwrap_or_default();

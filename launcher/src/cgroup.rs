@@ -440,10 +440,22 @@ impl CgroupRoot {
         }
     }
 
-    /// Creates the group `name` in every hierarchy and writes `limits`.
+    /// Creates the group `name` in every hierarchy and writes `limits`. On failure nothing of
+    /// it is left (directories already made in other hierarchies are removed).
     pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<InstanceCgroup, CgroupError> {
         validate_name(name)?;
         let inst = self.instance(name);
+        let made = self
+            .make_dirs(&inst, name)
+            .and_then(|()| inst.set_limits(limits));
+        if let Err(e) = made {
+            let _ = inst.remove();
+            return Err(e);
+        }
+        Ok(inst)
+    }
+
+    fn make_dirs(&self, inst: &InstanceCgroup, name: &str) -> Result<(), CgroupError> {
         match (&inst.rs, &self.layout.rs) {
             (Some(cg), Some(RsHier::V1(_))) => {
                 // v1 `Cgroup::create` logs and swallows mkdir errors: check, and redo a failed
@@ -470,11 +482,7 @@ impl CgroupRoot {
                 }
             }
         }
-        if let Err(e) = inst.set_limits(limits) {
-            let _ = inst.remove();
-            return Err(e);
-        }
-        Ok(inst)
+        Ok(())
     }
 
     /// An existing group (for orphan cleanup); `None` if it does not exist.
@@ -1033,7 +1041,7 @@ impl InstanceCgroup {
             let p = d.join("cgroup.procs");
             let s = match fs::read_to_string(&p) {
                 Ok(s) => s,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) if absent(&e) => continue,
                 Err(e) => {
                     return Err(CgroupError::Io {
                         op: "read",
@@ -1155,7 +1163,7 @@ impl InstanceCgroup {
             };
             match res {
                 Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) if absent(&e) => {}
                 Err(e) => {
                     return Err(CgroupError::Io {
                         op: "rmdir",
@@ -1168,6 +1176,12 @@ impl InstanceCgroup {
         tracing::debug!(name = %self.name, "cgroup removed");
         Ok(())
     }
+}
+
+/// The group is not there: the path, or a directory on it, does not exist (a creation that
+/// failed halfway may leave a hierarchy without the group).
+fn absent(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR)
 }
 
 /// rmdir, retrying while the kernel still counts exiting tasks (EBUSY).
@@ -1316,6 +1330,24 @@ mod tests {
             root.create("../x", &CgroupLimits::default()),
             Err(CgroupError::InvalidName(_))
         ));
+    }
+
+    /// A creation that fails in one hierarchy leaves nothing in the others.
+    #[test]
+    fn failed_v1_creation_leaves_no_directory_behind() {
+        let t = tempfile::tempdir().unwrap();
+        for c in ["cpu", "cpuacct", "memory", "pids"] {
+            fs::create_dir(t.path().join(c)).unwrap();
+        }
+        let root = CgroupRoot::detect(t.path(), "hako").unwrap();
+        // The memory hierarchy's parent turns into a regular file: mkdir fails there.
+        fs::remove_dir(t.path().join("memory/hako")).unwrap();
+        fs::write(t.path().join("memory/hako"), "").unwrap();
+        assert!(root.create("app-1", &CgroupLimits::default()).is_err());
+        for c in ["cpu", "cpuacct", "pids"] {
+            let d = t.path().join(c).join("hako/app-1");
+            assert!(!d.exists(), "{} left behind", d.display());
+        }
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Instance cgroups created ahead of their boots.
 //!
 //! Creating a group and writing its limits is a boot's largest cost after the namespaces
-//! (measured on this project's cgroup v1 test host: 0.3–0.45 ms per boot for the five
-//! hierarchies hako uses there, see `docs/benchmarks.md`). A [`CgroupPool`] keeps a few groups per app ready, built by a
+//! (measured on this project's cgroup v1 test host: 0.3–0.5 ms per boot, see
+//! `docs/benchmarks.md`). A [`CgroupPool`] keeps a few groups per app ready, built by a
 //! background thread at low priority in the quiet after a boot, so that a boot only takes
 //! one. Groups are named `<app>-<id>` like any instance group; the ids come from the caller's
 //! instance-id counter, reserved when the group is made, so a group handed out by
@@ -24,12 +24,13 @@ const BUILDER_NICE: libc::c_int = 19;
 struct AppGroups {
     /// The limits the groups were made with; a claim with other limits takes none of them.
     limits: CgroupLimits,
-    /// Keep this many ready (0 once forgotten: the entry only waits for removal).
+    /// Keep this many ready.
     target: usize,
     ready: Vec<(u64, InstanceCgroup)>,
     /// Creating groups for this app failed: do not retry in a loop (a claim re-arms it).
     failed: bool,
-    /// Last want or claim, to release the least recently used app beyond the cap.
+    /// When the app was first wanted or last claimed (booted), to release the least recently
+    /// used app beyond the cap. A later `want` (a reload) does not refresh it.
     used: Instant,
 }
 
@@ -121,14 +122,12 @@ impl CgroupPool {
             Some(a) if a.limits == *limits => {
                 a.target = self.per_app;
                 a.failed = false;
-                a.used = now;
             }
             Some(a) => {
                 trash.extend(a.ready.drain(..).map(|(_, cg)| cg));
                 a.limits = limits.clone();
                 a.target = self.per_app;
                 a.failed = false;
-                a.used = now;
             }
             None => {
                 while apps.len() >= self.max_apps {
@@ -426,12 +425,20 @@ mod tests {
         let parent = dir.path().join("hako");
         // A regular file where the group would go makes creation fail.
         std::fs::write(parent.join("bad-1"), "").unwrap();
-        let pool = CgroupPool::start(root, Arc::new(AtomicU64::new(1)), 1, 4).unwrap();
+        let ids = Arc::new(AtomicU64::new(1));
+        let pool = CgroupPool::start(root, ids.clone(), 1, 4).unwrap();
         pool.want("bad", &limits(1 << 20));
         eventually("the failure noted", || {
             pool.shared.lock().apps.get("bad").is_some_and(|a| a.failed)
         });
         assert_eq!(pool.ready().get("bad"), Some(&0));
+        // One attempt (id 1), then no retry until a claim or want re-arms it.
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            ids.load(Ordering::Relaxed),
+            2,
+            "creation was retried on its own"
+        );
         drop(pool);
     }
 }

@@ -74,9 +74,11 @@ mod tests {
     #[cfg(hako_prebuilt_seccomp)]
     #[test]
     fn prebuilt_program_matches_a_fresh_compile() {
-        assert_eq!(
-            PREBUILT,
-            profile::compile_profile_bytes().unwrap().as_slice()
+        assert!(
+            PREBUILT == profile::compile_profile_bytes().unwrap().as_slice(),
+            "the embedded program differs from what libseccomp {:?} makes now: \
+             rebuild after a libseccomp upgrade",
+            libseccomp::ScmpVersion::current().ok()
         );
     }
 }

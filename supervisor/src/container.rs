@@ -242,6 +242,12 @@ impl ContainerRuntime {
     }
 }
 
+impl Drop for ContainerRuntime {
+    fn drop(&mut self) {
+        self.release_cgroups();
+    }
+}
+
 impl ContainerRuntime {
     /// Removes the cgroups made ahead of boots (pooled, or claimed by a boot that never
     /// spawned), at shutdown, before the cgroup parent is removed.
@@ -309,11 +315,7 @@ impl Runtime for ContainerRuntime {
         let sockets = self.sockets.clone();
         let state_dir = self.state_dir.clone();
         let held = self.held.clone();
-        let claimed = self
-            .claimed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        let claimed_map = self.claimed.clone();
         Box::pin(async move {
             let name = format!("{}-{}", app.name, id);
             let port = match app.network {
@@ -327,7 +329,13 @@ impl Runtime for ContainerRuntime {
             let limits = cgroup_limits(&app);
             let req_name = name.clone();
             let setup = tokio::task::spawn_blocking(move || {
-                // A group made ahead (named after this instance), or one made now.
+                // A group made ahead (named after this instance), or one made now. Taken from
+                // the map only here, where every path below removes it on failure; left in
+                // the map, `release_cgroups` removes it at shutdown.
+                let claimed = claimed_map
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id);
                 let cgroup = match (claimed, &cgroups) {
                     (Some(cg), _) => Some(cg),
                     (None, Some(root)) => Some(

@@ -165,7 +165,7 @@ pub fn recover_orphans(state_dir: &Path, cgroups: Option<&CgroupRoot>) -> Recove
     }
     Recovered {
         removed,
-        next_id: last_id + 1,
+        next_id: last_id.saturating_add(1),
     }
 }
 
