@@ -7,7 +7,7 @@
 //! one. Groups are named `<app>-<id>` like any instance group; the ids come from the caller's
 //! instance-id counter, reserved when the group is made, so a group handed out by
 //! [`CgroupPool::claim`] comes with the id its instance must use.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -41,6 +41,10 @@ struct State {
     trash: Vec<InstanceCgroup>,
     /// Builds wait for quiet after claims (boots).
     quiet: QuietGate,
+    /// Apps claimed for once outside the pool: a second claim brings them in (an app woken
+    /// only once, as in a thousand apps each booted once, would otherwise cost two groups made
+    /// and later removed per boot).
+    seen: HashSet<String>,
     stop: bool,
 }
 
@@ -165,15 +169,17 @@ impl CgroupPool {
         if let Some(a) = st.apps.remove(app) {
             st.trash.extend(a.ready.into_iter().map(|(_, cg)| cg));
         }
+        st.seen.remove(app);
         drop(st);
         self.shared.wake.notify_one();
     }
 
     /// A ready group for `app` made with exactly `limits`, with the instance id it is named
     /// after (`<app>-<id>`); `None` if there is none. Never blocks on cgroupfs. Also marks the
-    /// app as wanted, so its next boots find groups ready.
+    /// app as wanted (from its second claim on, if it was never wanted), so its next boots find
+    /// groups ready.
     pub fn claim(&self, app: &str, limits: &CgroupLimits) -> Option<(u64, InstanceCgroup)> {
-        let got = {
+        let (got, want) = {
             let mut st = self.shared.lock();
             st.quiet.boot(Instant::now());
             match st.apps.get_mut(app) {
@@ -181,12 +187,14 @@ impl CgroupPool {
                     a.target = self.per_app;
                     a.failed = false;
                     a.used = Instant::now();
-                    a.ready.pop()
+                    (a.ready.pop(), false)
                 }
-                _ => None,
+                // Wanted with other limits (a reload): switch to these.
+                Some(_) => (None, true),
+                None => (None, !st.seen.insert(app.to_owned())),
             }
         };
-        if got.is_none() {
+        if want {
             self.want(app, limits);
         } else {
             self.shared.wake.notify_one();
@@ -360,6 +368,10 @@ mod tests {
             pool.claim("web", &limits(64 << 20)).is_none(),
             "nothing is ready at first"
         );
+        // A first claim of an app never wanted does not bring it in; a second one does.
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(pool.ready().is_empty(), "{:?}", pool.ready());
+        assert!(pool.claim("web", &limits(64 << 20)).is_none());
         eventually("two groups ready", || pool.ready().get("web") == Some(&2));
         assert_eq!(dirs(&parent), vec!["web-7", "web-8"]);
         assert_eq!(
