@@ -14,10 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crate::cgroup::{CgroupError, CgroupLimits, CgroupRoot, InstanceCgroup};
-use crate::quiet::QuietGate;
-
-/// Nice value of the builder thread.
-const BUILDER_NICE: libc::c_int = 19;
+use crate::quiet::{QuietGate, BUILDER_NICE};
 
 /// Ready groups of one app.
 #[derive(Debug)]

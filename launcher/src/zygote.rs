@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::cgroup::CgroupAttach;
 use crate::error::LaunchError;
 use crate::prepare::PreparedSpec;
-use crate::quiet::QuietGate;
+use crate::quiet::{QuietGate, BUILDER_NICE};
 use crate::spawn::{
     create_warm, start_container, wait_pidfd, Launch, Output, Spawned, Started, WarmNs,
 };
@@ -463,9 +463,6 @@ enum FillerMsg {
     Retire(OwnedFd, WarmNs),
 }
 
-/// Nice value of the zygote's helper thread (and the holders it clones).
-const FILLER_NICE: libc::c_int = 19;
-
 type Pools = Arc<Mutex<HashMap<String, Vec<WarmNs>>>>;
 
 /// The helper thread's state: which apps to keep warm, least recently used first.
@@ -579,7 +576,7 @@ fn filler(rx: Receiver<FillerMsg>, pools: Pools, target: usize, cap: usize) {
     // boots themselves (children of the zygote's main thread) come first.
     // SAFETY: setpriority on the calling thread (tid 0 = caller); no pointers involved.
     unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, FILLER_NICE);
+        libc::setpriority(libc::PRIO_PROCESS, 0, BUILDER_NICE);
     }
     let mut f = Filler {
         pools,
