@@ -6,7 +6,7 @@ use std::os::fd::AsFd;
 use common::*;
 use hako_launcher::{
     spawn_prepared, wait_pidfd, CgroupLimits, CgroupRoot, CgroupVersion, ExitStatusInfo,
-    LaunchError, Output, PreparedSpec, SpawnRequest, Zygote,
+    LaunchError, Output, PreparedSpec, SpawnRequest, Spawned, Zygote,
 };
 
 #[test]
@@ -129,6 +129,21 @@ fn wait_for_output(path: &std::path::Path) {
     }
 }
 
+/// Spawns `cat /proc/self/cgroup; sleep 5` in `cg`, logging to a temporary file; returns the
+/// container, the log and the host's view of its `/proc/PID/cgroup`.
+fn spawn_cgroup_reader(fs: &Rootfs, cg: &TestCgroup) -> (Spawned, tempfile::NamedTempFile, String) {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let p = PreparedSpec::new(&fs.spec("cat /proc/self/cgroup; sleep 5")).unwrap();
+    let s = spawn_prepared(
+        &p,
+        Some(&cg.get().attach()),
+        &Output::Append(log.path().to_owned()),
+    )
+    .unwrap();
+    let host_view = std::fs::read_to_string(format!("/proc/{}/cgroup", s.pid)).unwrap();
+    (s, log, host_view)
+}
+
 /// The process is in its group (all hierarchies) before it runs, and its cgroup namespace is
 /// rooted there.
 #[test]
@@ -145,15 +160,7 @@ fn container_runs_in_its_cgroup_with_its_own_cgroup_namespace() {
             ..Default::default()
         },
     );
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let p = PreparedSpec::new(&fs.spec("cat /proc/self/cgroup; sleep 5")).unwrap();
-    let s = spawn_prepared(
-        &p,
-        Some(&cg.get().attach()),
-        &Output::Append(log.path().to_owned()),
-    )
-    .unwrap();
-    let host_view = std::fs::read_to_string(format!("/proc/{}/cgroup", s.pid)).unwrap();
+    let (s, log, host_view) = spawn_cgroup_reader(&fs, &cg);
     assert!(cg.get().pids().unwrap().contains(&s.pid));
     wait_for_output(log.path());
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(s.pid), nix::sys::signal::SIGKILL);
@@ -208,15 +215,7 @@ fn clone_into_cgroup_places_the_child_on_v2() {
     let root = CgroupRoot::detect(std::path::Path::new(mount), "hako-test").unwrap();
     assert_eq!(root.version(), CgroupVersion::V2);
     let cg = TestCgroup::new(&root, &CgroupLimits::default());
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let p = PreparedSpec::new(&fs.spec("cat /proc/self/cgroup; sleep 5")).unwrap();
-    let s = spawn_prepared(
-        &p,
-        Some(&cg.get().attach()),
-        &Output::Append(log.path().to_owned()),
-    )
-    .unwrap();
-    let host_view = std::fs::read_to_string(format!("/proc/{}/cgroup", s.pid)).unwrap();
+    let (s, _log, host_view) = spawn_cgroup_reader(&fs, &cg);
     assert!(
         host_view.contains(&format!("0::/hako-test/{}\n", cg.name)),
         "{host_view}"

@@ -3,9 +3,7 @@
 //! `bench_proxy --listen 127.0.0.1:8081 --upstream 127.0.0.1:8090 [--host NAME]... [--threads N]`
 //! Every `--host` (default: 127.0.0.1 and localhost) routes to the upstream. Ctrl-C stops.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,10 +17,7 @@ impl Upstream for Fixed {
     fn id(&self) -> u64 {
         1
     }
-    fn connect(
-        &self,
-    ) -> Pin<Box<dyn Future<Output = std::io::Result<tokio::net::TcpStream>> + Send + 'static>>
-    {
+    fn connect(&self) -> hako_proxy::ConnectFuture {
         let addr = self.0;
         Box::pin(tokio::net::TcpStream::connect(addr))
     }

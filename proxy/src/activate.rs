@@ -13,10 +13,12 @@ pub trait Upstream: Send + Sync + 'static {
     /// Stable id of the instance, used as the connection-pool key.
     fn id(&self) -> u64;
     /// Opens a new connection to the instance.
-    fn connect(
-        &self,
-    ) -> Pin<Box<dyn Future<Output = std::io::Result<tokio::net::TcpStream>> + Send + 'static>>;
+    fn connect(&self) -> ConnectFuture;
 }
+
+/// Boxed future returned by [`Upstream::connect`].
+pub type ConnectFuture =
+    Pin<Box<dyn Future<Output = std::io::Result<tokio::net::TcpStream>> + Send + 'static>>;
 
 /// A lease on a ready upstream. Dropping it releases the lease (the supervisor's guard inside
 /// does the bookkeeping).

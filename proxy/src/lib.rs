@@ -27,7 +27,7 @@ mod pool;
 mod routes;
 mod server;
 
-pub use activate::{AcquireFuture, ActivateError, Activator, Lease, Upstream};
+pub use activate::{AcquireFuture, ActivateError, Activator, ConnectFuture, Lease, Upstream};
 pub use body::{BoxError, ProxyBody};
 pub use forward::ProxyError;
 pub use headers::HostError;

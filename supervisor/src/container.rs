@@ -14,7 +14,7 @@ use hako_launcher::cgroup_pool::{CgroupPool, DEFAULT_MAX_POOLED_APPS};
 use hako_launcher::spec::{ContainerSpec, NetworkMode, RootfsSpec, DEFAULT_PATH};
 use hako_launcher::zygote::{SpawnRequest, Zygote};
 use hako_policies::{App, Network, Rootfs};
-use hako_proxy::Upstream;
+use hako_proxy::{ConnectFuture, Upstream};
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 
@@ -663,11 +663,7 @@ impl Upstream for NetnsUpstream {
         self.id
     }
 
-    fn connect(
-        &self,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = io::Result<tokio::net::TcpStream>> + Send + 'static>,
-    > {
+    fn connect(&self) -> ConnectFuture {
         let sockets = self.sockets.clone();
         let target = self.target.clone();
         let addr = self.addr;
@@ -690,11 +686,7 @@ impl Upstream for HostUpstream {
         self.id
     }
 
-    fn connect(
-        &self,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = io::Result<tokio::net::TcpStream>> + Send + 'static>,
-    > {
+    fn connect(&self) -> ConnectFuture {
         let addr = self.addr;
         Box::pin(connect_retrying(move || async move {
             let s = tokio::net::TcpStream::connect(addr).await?;

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -272,9 +271,7 @@ impl Upstream for TcpUpstream {
     fn id(&self) -> u64 {
         self.id
     }
-    fn connect(
-        &self,
-    ) -> Pin<Box<dyn Future<Output = std::io::Result<TcpStream>> + Send + 'static>> {
+    fn connect(&self) -> hako_proxy::ConnectFuture {
         let addr = self.addr;
         Box::pin(async move { TcpStream::connect(addr).await })
     }
