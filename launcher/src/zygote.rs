@@ -513,9 +513,9 @@ impl Filler {
         drop(pool);
     }
 
-    /// The app to build a namespace set for next: the one with the fewest ready, the most
-    /// recently used among equals.
-    fn next(&self) -> Option<usize> {
+    /// The app to build a namespace set for next (its index in `wanted`, and how many sets it
+    /// has ready): the one with the fewest ready, the most recently used among equals.
+    fn next(&self) -> Option<(usize, usize)> {
         let pools = self.pools.lock().ok()?;
         self.wanted
             .iter()
@@ -523,19 +523,13 @@ impl Filler {
             .map(|(i, (k, _))| (pools.get(k).map_or(0, Vec::len), i))
             .filter(|(have, _)| *have < self.target)
             .min_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)))
-            .map(|(_, i)| i)
+            .map(|(have, i)| (i, have))
     }
 
     /// How long to hold off the next build: not at all when the app next in line has no set
     /// ready (its next boot would be cold anyway), else until the quiet after boots.
     fn hold(&mut self) -> Duration {
-        let empty = self.next().is_some_and(|i| {
-            self.pools
-                .lock()
-                .map(|m| m.get(&self.wanted[i].0).is_none_or(Vec::is_empty))
-                .unwrap_or(true)
-        });
-        if empty {
+        if self.next().is_some_and(|(_, have)| have == 0) {
             Duration::ZERO
         } else {
             self.quiet.wait(Instant::now())
@@ -622,7 +616,7 @@ fn filler(rx: Receiver<FillerMsg>, pools: Pools, target: usize, cap: usize) {
         if !f.hold().is_zero() {
             continue;
         }
-        if let Some(i) = f.next() {
+        if let Some((i, _)) = f.next() {
             f.build(i);
         }
     }
