@@ -17,7 +17,8 @@ pub mod spec;
 pub mod zygote;
 
 pub use cgroup::{
-    CgroupAttach, CgroupError, CgroupLimits, CgroupRoot, CgroupStats, CgroupVersion, InstanceCgroup,
+    CgroupAttach, CgroupBackend, CgroupError, CgroupLimits, CgroupRoot, CgroupStats, CgroupVersion,
+    InstanceCgroup,
 };
 pub use cgroup_pool::{CgroupPool, DEFAULT_MAX_POOLED_APPS};
 pub use error::LaunchError;

@@ -16,6 +16,10 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
 pub const DEFAULT_STATE_DIR: &str = "/run/hako";
 /// Default name of the cgroup under which every instance cgroup is created.
 pub const DEFAULT_CGROUP_PARENT: &str = "hako";
+/// Parent cgroup of `hako run` containers (and `hako bench-spawn`'s groups), reserved: a
+/// `hako serve` using it as its `cgroup_parent` would remove their groups at start-up as
+/// orphans, killing the running containers.
+pub const RUN_CGROUP_PARENT: &str = "hako-run";
 /// Default memory limit of an instance (256Mi).
 pub const DEFAULT_MEMORY: u64 = 256 << 20;
 /// Smallest accepted memory limit (1Mi): below it no program starts, and `memory: 256`

@@ -132,6 +132,11 @@ impl<'a> Ctx<'a> {
             Some(name) => {
                 if let Err(e) = check_app_name(&name) {
                     self.fault("cgroup_parent", e);
+                } else if name == RUN_CGROUP_PARENT {
+                    self.fault(
+                        "cgroup_parent",
+                        format!("{name:?} is reserved for the containers of `hako run`"),
+                    );
                 }
                 name
             }

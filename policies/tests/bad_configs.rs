@@ -368,6 +368,13 @@ fn cases() -> Vec<Case> {
             &["governor.relax_step", "fraction"],
         ),
         case(
+            "cgroup_parent reserved for hako run",
+            format!("cgroup_parent: hako-run\n{}", app("")),
+            1,
+            16,
+            &["cgroup_parent", "reserved", "hako run"],
+        ),
+        case(
             "app memory above the host budget",
             format!("{}    limits: {{memory: 1Gi}}\ngovernor: {{max_memory: 512Mi}}\n", app("")),
             6,

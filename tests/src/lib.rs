@@ -826,6 +826,16 @@ pub fn cmdline(pid: i32) -> String {
         .unwrap_or_default()
 }
 
+/// kill(2): sends `sig` to `pid`.
+pub fn send_signal(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    if unsafe { libc::kill(pid, sig) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// True on a pure cgroup v2 host (`/sys/fs/cgroup` is cgroup2).
 pub fn cgroup_v2_unified() -> bool {
     Path::new("/sys/fs/cgroup/cgroup.controllers").exists()

@@ -107,7 +107,13 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
     };
     let spec = ContainerSpec::new(RootfsSpec::Dir(args.rootfs.clone()), command);
     let prepared = PreparedSpec::new(&spec)?;
-    let root = CgroupRoot::detect(Path::new("/sys/fs/cgroup"), "hako").context("cgroups")?;
+    // Beside `hako run`'s groups: under `hako serve`'s parent, a serve starting meanwhile
+    // would remove the benchmark's groups as orphans.
+    let root = CgroupRoot::detect(
+        Path::new("/sys/fs/cgroup"),
+        hako_policies::RUN_CGROUP_PARENT,
+    )
+    .context("cgroups")?;
     let limits = CgroupLimits {
         cpu: Some(1.0),
         memory_max: Some(64 << 20),

@@ -1,0 +1,175 @@
+//! `hako run` as a user runs it: the real binary, a busybox rootfs, the host's cgroups. Exit
+//! status, output, a missing command, a forwarded SIGTERM, an OOM kill, and that its group
+//! is gone afterwards on every path.
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use hako_tests::*;
+
+/// Parent group of `hako run` containers (`hako run --help` and docs/operations.md).
+const RUN_PARENT: &str = "hako-run";
+
+fn hako_run(rootfs: &Rootfs, extra: &[&str], cmd: &[&str]) -> Command {
+    let mut c = Command::new(hako_bin());
+    c.arg("run")
+        .arg("--rootfs")
+        .arg(rootfs.path())
+        .args(extra)
+        .arg("--")
+        .args(cmd)
+        .stdin(Stdio::null());
+    c
+}
+
+/// The group directories of the `hako run` process `pid`, in every hierarchy, that exist.
+fn groups_of(pid: u32) -> Vec<PathBuf> {
+    cgroup_parent_dirs(RUN_PARENT)
+        .into_iter()
+        .map(|d| d.join(format!("run-{pid}")))
+        .filter(|d| d.exists())
+        .collect()
+}
+
+/// Runs to the end; asserts that its group is gone.
+fn finish(mut c: Command) -> Output {
+    let child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hako run");
+    let pid = child.id();
+    let out = child.wait_with_output().expect("wait hako run");
+    let left = groups_of(pid);
+    assert!(
+        left.is_empty(),
+        "hako run left its cgroup behind: {left:?}\n{}",
+        output_text(&out)
+    );
+    out
+}
+
+#[test]
+fn exit_status_and_output_pass_through() {
+    require_root!();
+    let _s = serial();
+    let fs = Rootfs::new();
+    let out = finish(hako_run(
+        &fs,
+        &["--memory", "64Mi", "--pids", "32", "--cpu", "0.5"],
+        &["/bin/sh", "-c", "echo out-$((6*7)); echo err >&2; exit 7"],
+    ));
+    assert_eq!(out.status.code(), Some(7), "{}", output_text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out-42\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+
+    let out = finish(hako_run(&fs, &[], &["/bin/true"]));
+    assert_eq!(out.status.code(), Some(0), "{}", output_text(&out));
+}
+
+#[test]
+fn a_missing_command_is_127_and_named() {
+    require_root!();
+    let _s = serial();
+    let fs = Rootfs::new();
+    let out = finish(hako_run(&fs, &[], &["/bin/no-such-tool", "x"]));
+    assert_eq!(out.status.code(), Some(127), "{}", output_text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/bin/no-such-tool"), "{err}");
+    // Found but not executable: 126.
+    fs.write("bin/not-exec", "#!/bin/sh\nexit 0\n");
+    let out = finish(hako_run(&fs, &[], &["/bin/not-exec"]));
+    assert_eq!(out.status.code(), Some(126), "{}", output_text(&out));
+}
+
+#[test]
+fn sigterm_reaches_the_container_and_its_status_comes_back() {
+    require_root!();
+    let _s = serial();
+    let fs = Rootfs::new();
+    let mut child = hako_run(
+        &fs,
+        &[],
+        &[
+            "/bin/sh",
+            "-c",
+            "trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.05; done",
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn hako run");
+    let pid = child.id();
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("ready"));
+    assert!(
+        !groups_of(pid).is_empty(),
+        "a running container has its group"
+    );
+    send_signal(pid as i32, libc::SIGTERM).expect("kill -TERM hako run");
+    let status = wait_until("hako run to exit", Duration::from_secs(10), || {
+        child.try_wait().expect("try_wait")
+    });
+    assert_eq!(
+        lines.next().and_then(Result::ok).as_deref(),
+        Some("got-term")
+    );
+    assert_eq!(status.code(), Some(42));
+    let left = groups_of(pid);
+    assert!(left.is_empty(), "cgroup left behind: {left:?}");
+}
+
+#[test]
+fn an_oom_kill_is_reported_as_such() {
+    require_root!();
+    let _s = serial();
+    let fs = Rootfs::new();
+    let out = finish(hako_run(
+        &fs,
+        &["--memory", "32Mi"],
+        &[
+            "/bin/awk",
+            "BEGIN { s = \"xxxxxxxxxxxxxxxx\"; while (1) s = s s }",
+        ],
+    ));
+    assert_eq!(out.status.code(), Some(137), "{}", output_text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("out of memory") && err.contains(&(32u64 << 20).to_string()),
+        "{err}"
+    );
+
+    // A SIGKILL from elsewhere (here: the host, to the container's init) is 128 + 9 too, but
+    // not called an OOM kill.
+    let mut child = hako_run(
+        &fs,
+        &["--memory", "32Mi"],
+        &["/bin/sh", "-c", "echo ready; sleep 30"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn hako run");
+    let pid = child.id();
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("read ready");
+    assert_eq!(line, "ready\n");
+    let mut killed = 0;
+    for g in groups_of(pid) {
+        let procs = std::fs::read_to_string(g.join("cgroup.procs")).unwrap_or_default();
+        for p in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            let _ = send_signal(p, libc::SIGKILL);
+            killed += 1;
+        }
+    }
+    assert!(killed > 0, "the container's processes are in its group");
+    let out = child.wait_with_output().expect("wait hako run");
+    assert_eq!(out.status.code(), Some(137), "{}", output_text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("out of memory"), "{err}");
+    let left = groups_of(pid);
+    assert!(left.is_empty(), "cgroup left behind: {left:?}");
+}
