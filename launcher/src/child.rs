@@ -137,6 +137,9 @@ pub(crate) struct ChildFds {
     pub listen: c_int,
     /// Pid of the process cloning us (holders check it after setting their death signal).
     pub parent: libc::pid_t,
+    /// SIGKILL when the cloning thread dies (`PR_SET_PDEATHSIG`): a foreground container
+    /// (`hako run`) must not outlive a `hako run` killed with SIGKILL.
+    pub die_with_parent: bool,
 }
 
 #[repr(C)]
@@ -677,6 +680,18 @@ pub(crate) unsafe fn run(p: &PreparedSpec, fds: &ChildFds) -> ! {
                 }
                 cap += 1;
             }
+        }
+
+        // Set after the id change, which clears it. (With vfork semantics the parent is
+        // suspended until our execve; if it was killed meanwhile, the signal never comes.)
+        if fds.die_with_parent {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
         }
 
         // 7. no_new_privs, then seccomp as the very last step before execve.

@@ -172,6 +172,43 @@ pub(crate) struct Started {
     pub pid: i32,
     pub pidfd: OwnedFd,
     pub pipe: ErrorPipe,
+    /// Cloned with vfork semantics: the outcome is final already ([`Started::outcome_now`]).
+    pub vforked: bool,
+}
+
+/// Whether [`clone_vfork_pidfd`] really suspends the caller until `execve` (elsewhere it falls
+/// back to fork semantics).
+const VFORK_SEMANTICS: bool = cfg!(target_arch = "x86_64");
+
+impl Started {
+    /// The outcome of a vfork-semantics clone, without waiting for the pipe's EOF: the child
+    /// released us either by exiting, after writing its whole error record (12 bytes, one
+    /// atomic pipe write), or by reaching `execve`'s point of no return, after which nothing
+    /// can fail back to us (a late failure kills the process, seen as its exit status). The
+    /// pipe's close-on-exec EOF comes a moment later, and waiting for it cost every boot a
+    /// wake-up. `None` when the clone had fork semantics: then the pipe must be waited for.
+    pub fn outcome_now(
+        &mut self,
+        p: &PreparedSpec,
+        cgroup: Option<&CgroupAttach>,
+    ) -> Option<Option<LaunchError>> {
+        if !self.vforked {
+            return None;
+        }
+        let mut pfd = [nix::poll::PollFd::new(
+            self.pipe.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let readable = matches!(
+            nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO),
+            Ok(n) if n > 0
+        );
+        if !readable {
+            return Some(None);
+        }
+        // Readable: the record (complete) or EOF; one read tells which.
+        Some(self.pipe.wait(p, cgroup, self.pid))
+    }
 }
 
 /// Where and how [`start_container`] clones.
@@ -572,6 +609,7 @@ pub(crate) fn start_container(
         ipcns: warm.map_or(-1, |w| w.ipc.as_raw_fd()),
         listen,
         parent: std::process::id() as libc::pid_t,
+        die_with_parent: !clone_parent,
     };
     let mut ns_flags = p.clone_flags;
     if warm.is_some() {
@@ -599,6 +637,7 @@ pub(crate) fn start_container(
     // rootfs source, which can block on a slow filesystem): fork semantics leave the zygote
     // free to serve other boots meanwhile. Every other boot takes the faster vfork path, which
     // holds this thread until the child has called execve.
+    let vforked = !(clone_parent && warm.is_none()) && VFORK_SEMANTICS;
     let cloned = if clone_parent && warm.is_none() {
         // SAFETY: fork semantics; the child only runs `child::run`, which is
         // async-signal-safe and never returns.
@@ -616,6 +655,7 @@ pub(crate) fn start_container(
         pid,
         pidfd,
         pipe: ErrorPipe::new(err_r),
+        vforked,
     })
 }
 
@@ -713,7 +753,11 @@ pub fn spawn_prepared(
     output: &Output,
 ) -> Result<Spawned, LaunchError> {
     let mut s = start_container(p, cgroup, output, Launch::Direct)?;
-    match s.pipe.wait(p, cgroup, s.pid) {
+    let outcome = match s.outcome_now(p, cgroup) {
+        Some(o) => o,
+        None => s.pipe.wait(p, cgroup, s.pid),
+    };
+    match outcome {
         None => Ok(Spawned {
             pid: s.pid,
             pidfd: s.pidfd,
@@ -763,6 +807,7 @@ pub(crate) fn create_warm(p: &PreparedSpec) -> Result<WarmNs, LaunchError> {
         ipcns: -1,
         listen: -1,
         parent: std::process::id() as libc::pid_t,
+        die_with_parent: false,
     };
     let args = CloneArgs {
         flags: p.clone_flags & WARM_NS_FLAGS,

@@ -7,7 +7,8 @@
 //!
 //! A warm boot (prepared namespaces: the child only joins them, mounts `/proc`, drops
 //! privileges and calls `execve`) is cloned the `posix_spawn` way and holds the serving thread
-//! until its `execve`, a fraction of a millisecond. A cold boot, whose child builds the whole
+//! until its `execve`, a fraction of a millisecond; its outcome is then known (an error record
+//! in its pipe, or none) and answered at once. A cold boot, whose child builds the whole
 //! root and could block on a slow filesystem, is cloned with fork semantics and does not hold
 //! it: the zygote keeps such boots in a table of pending boots and polls the request socket
 //! together with every pending child's close-on-exec error pipe (EOF: exec'd; a record:
@@ -710,8 +711,15 @@ fn zygote_main(sock: OwnedFd, parent: i32, options: ZygoteOptions) -> ! {
         };
         let (id, reply) = match handle(&mut cache, &pools, tx.as_ref(), body) {
             Handled::Now(id, reply) => (id, reply),
-            Handled::Started(p) => {
-                pending.push(p);
+            Handled::Started(mut p) => {
+                match p.started.outcome_now(&p.prepared, p.cgroup.as_ref()) {
+                    Some(outcome) => {
+                        if !finish(&sock, tx.as_ref(), p, outcome) {
+                            break;
+                        }
+                    }
+                    None => pending.push(p),
+                }
                 continue;
             }
         };

@@ -173,3 +173,53 @@ fn an_oom_kill_is_reported_as_such() {
     let left = groups_of(pid);
     assert!(left.is_empty(), "cgroup left behind: {left:?}");
 }
+
+#[test]
+fn the_container_dies_with_a_killed_hako_run() {
+    require_root!();
+    let _s = serial();
+    let fs = Rootfs::new();
+    let mut child = hako_run(&fs, &[], &["/bin/sh", "-c", "echo ready; sleep 30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hako run");
+    let pid = child.id();
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("read ready");
+    assert_eq!(line, "ready\n");
+    let groups = groups_of(pid);
+    let procs = |groups: &[PathBuf]| -> Vec<i32> {
+        let mut all: Vec<i32> = groups
+            .iter()
+            .flat_map(|g| {
+                std::fs::read_to_string(g.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| l.trim().parse().ok())
+                    .collect::<Vec<i32>>()
+            })
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    };
+    let inside = procs(&groups);
+    assert!(!inside.is_empty(), "the container runs in {groups:?}");
+    send_signal(pid as i32, libc::SIGKILL).expect("kill -9 hako run");
+    let _ = child.wait();
+    // Nobody is left to remove the group: the kernel's SIGKILL to the container's init
+    // (its parent-death signal) must empty it.
+    let emptied = wait_for(Duration::from_secs(5), || {
+        procs(&groups).is_empty().then_some(())
+    });
+    let left = procs(&groups);
+    for g in &groups {
+        let _ = wait_for(Duration::from_secs(2), || std::fs::remove_dir(g).ok());
+    }
+    assert!(
+        emptied.is_some(),
+        "the container outlived hako run: pids {left:?} still in {groups:?}"
+    );
+}
