@@ -1,9 +1,9 @@
 //! `hako run` as a user runs it: the real binary, a busybox rootfs, the host's cgroups. Exit
 //! status, output, a missing command, a forwarded SIGTERM, an OOM kill, and that its group
 //! is gone afterwards on every path.
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::Duration;
 
 use hako_tests::*;
@@ -30,6 +30,40 @@ fn groups_of(pid: u32) -> Vec<PathBuf> {
         .map(|d| d.join(format!("run-{pid}")))
         .filter(|d| d.exists())
         .collect()
+}
+
+/// Pids in the groups `groups` (sorted, deduplicated over the hierarchies).
+fn pids_in(groups: &[PathBuf]) -> Vec<i32> {
+    let mut all: Vec<i32> = groups
+        .iter()
+        .flat_map(|g| {
+            std::fs::read_to_string(g.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    all
+}
+
+/// Starts `hako run` of a shell `script` that prints `ready` first; returns once it has, with
+/// the rest of the container's stdout.
+fn start_ready(
+    rootfs: &Rootfs,
+    extra: &[&str],
+    script: &str,
+) -> (Child, std::io::Lines<BufReader<ChildStdout>>) {
+    let mut child = hako_run(rootfs, extra, &["/bin/sh", "-c", script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn hako run");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("ready"));
+    (child, lines)
 }
 
 /// Runs to the end; asserts that its group is gone.
@@ -88,22 +122,12 @@ fn sigterm_reaches_the_container_and_its_status_comes_back() {
     require_root!();
     let _s = serial();
     let fs = Rootfs::new();
-    let mut child = hako_run(
+    let (mut child, mut lines) = start_ready(
         &fs,
         &[],
-        &[
-            "/bin/sh",
-            "-c",
-            "trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.05; done",
-        ],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawn hako run");
+        "trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.05; done",
+    );
     let pid = child.id();
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("ready"));
     assert!(
         !groups_of(pid).is_empty(),
         "a running container has its group"
@@ -143,32 +167,24 @@ fn an_oom_kill_is_reported_as_such() {
 
     // A SIGKILL from elsewhere (here: the host, to the container's init) is 128 + 9 too, but
     // not called an OOM kill.
-    let mut child = hako_run(
-        &fs,
-        &["--memory", "32Mi"],
-        &["/bin/sh", "-c", "echo ready; sleep 30"],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawn hako run");
+    let (mut child, _lines) = start_ready(&fs, &["--memory", "32Mi"], "echo ready; sleep 30");
     let pid = child.id();
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    stdout.read_line(&mut line).expect("read ready");
-    assert_eq!(line, "ready\n");
-    let mut killed = 0;
-    for g in groups_of(pid) {
-        let procs = std::fs::read_to_string(g.join("cgroup.procs")).unwrap_or_default();
-        for p in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            let _ = send_signal(p, libc::SIGKILL);
-            killed += 1;
-        }
+    let inside = pids_in(&groups_of(pid));
+    assert!(
+        !inside.is_empty(),
+        "the container's processes are in its group"
+    );
+    for p in inside {
+        let _ = send_signal(p, libc::SIGKILL);
     }
-    assert!(killed > 0, "the container's processes are in its group");
-    let out = child.wait_with_output().expect("wait hako run");
-    assert_eq!(out.status.code(), Some(137), "{}", output_text(&out));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let status = child.wait().expect("wait hako run");
+    let mut err = String::new();
+    let _ = child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err);
+    assert_eq!(status.code(), Some(137), "{err}");
     assert!(!err.contains("out of memory"), "{err}");
     let left = groups_of(pid);
     assert!(left.is_empty(), "cgroup left behind: {left:?}");
@@ -179,42 +195,19 @@ fn the_container_dies_with_a_killed_hako_run() {
     require_root!();
     let _s = serial();
     let fs = Rootfs::new();
-    let mut child = hako_run(&fs, &[], &["/bin/sh", "-c", "echo ready; sleep 30"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn hako run");
+    let (mut child, _lines) = start_ready(&fs, &[], "echo ready; sleep 30");
     let pid = child.id();
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    stdout.read_line(&mut line).expect("read ready");
-    assert_eq!(line, "ready\n");
     let groups = groups_of(pid);
-    let procs = |groups: &[PathBuf]| -> Vec<i32> {
-        let mut all: Vec<i32> = groups
-            .iter()
-            .flat_map(|g| {
-                std::fs::read_to_string(g.join("cgroup.procs"))
-                    .unwrap_or_default()
-                    .lines()
-                    .filter_map(|l| l.trim().parse().ok())
-                    .collect::<Vec<i32>>()
-            })
-            .collect();
-        all.sort_unstable();
-        all.dedup();
-        all
-    };
-    let inside = procs(&groups);
+    let inside = pids_in(&groups);
     assert!(!inside.is_empty(), "the container runs in {groups:?}");
     send_signal(pid as i32, libc::SIGKILL).expect("kill -9 hako run");
     let _ = child.wait();
     // Nobody is left to remove the group: the kernel's SIGKILL to the container's init
     // (its parent-death signal) must empty it.
     let emptied = wait_for(Duration::from_secs(5), || {
-        procs(&groups).is_empty().then_some(())
+        pids_in(&groups).is_empty().then_some(())
     });
-    let left = procs(&groups);
+    let left = pids_in(&groups);
     for g in &groups {
         let _ = wait_for(Duration::from_secs(2), || std::fs::remove_dir(g).ok());
     }
