@@ -329,7 +329,7 @@ impl CgroupRoot {
                 .map(str::to_owned)
                 .collect();
             let dir = mount_root.join(parent);
-            create_dir(&dir)?;
+            let _ = create_dir(&dir)?;
             if !controllers.is_empty() {
                 let line = controllers
                     .iter()
@@ -361,7 +361,7 @@ impl CgroupRoot {
                 };
                 real &= is_cgroupfs(&h);
                 let dir = h.join(parent);
-                create_dir(&dir)?;
+                let _ = create_dir(&dir)?;
                 parents.push(((*c).to_owned(), dir));
             }
             if parents.is_empty() {
@@ -447,9 +447,10 @@ impl CgroupRoot {
     pub fn create(&self, name: &str, limits: &CgroupLimits) -> Result<InstanceCgroup, CgroupError> {
         validate_name(name)?;
         let inst = self.instance(name);
+        // A group that existed already (a leftover) has its limits rewritten in full.
         let made = self
             .make_dirs(&inst, name)
-            .and_then(|()| inst.write_limits(limits, true));
+            .and_then(|fresh| inst.write_limits(limits, fresh));
         if let Err(e) = made {
             let _ = inst.remove();
             return Err(e);
@@ -457,34 +458,43 @@ impl CgroupRoot {
         Ok(inst)
     }
 
-    fn make_dirs(&self, inst: &InstanceCgroup, name: &str) -> Result<(), CgroupError> {
+    /// Makes the group's directories; `true` if none of them existed before (a fresh group,
+    /// whose limits are all still the kernel's defaults).
+    fn make_dirs(&self, inst: &InstanceCgroup, name: &str) -> Result<bool, CgroupError> {
+        // cgroups-rs treats an existing directory as made: look first.
+        let existed = || inst.dirs().iter().any(|d| d.exists());
         match (&inst.rs, &self.layout.rs) {
             (Some(cg), Some(RsHier::V1(_))) => {
+                let fresh = !existed();
                 // v1 `Cgroup::create` logs and swallows mkdir errors: check, and redo a failed
                 // mkdir to report its real error.
                 cg.create().map_err(rs_err("create", &inst.dirs()[0]))?;
                 for s in cg.subsystems() {
                     let p = s.to_controller().path();
                     if !p.is_dir() {
-                        create_dir(p)?;
+                        let _ = create_dir(p)?;
                     }
                 }
+                Ok(fresh)
             }
             (Some(_), _) => {
+                let fresh = !existed();
                 // v2: an empty controller list creates the directory only; the parent's
                 // `cgroup.subtree_control` was written once by `detect` (a list would rewrite
                 // the root's and the parent's on every creation).
                 let path = format!("{}/{name}", self.parent);
                 Cgroup::new_with_specified_controllers(RsHier::V2.boxed(), &path, Some(Vec::new()))
                     .map_err(rs_err("create", &inst.dirs()[0]))?;
+                Ok(fresh)
             }
             (None, _) => {
+                let mut fresh = true;
                 for d in self.layout.unique_dirs(name) {
-                    create_dir(&d)?;
+                    fresh &= create_dir(&d)?;
                 }
+                Ok(fresh)
             }
         }
-        Ok(())
     }
 
     /// An existing group (for orphan cleanup); `None` if it does not exist.
@@ -561,10 +571,11 @@ fn hierarchy_dir(root: &Path, controller: &str) -> Result<Option<PathBuf>, Cgrou
     Ok(dir.is_dir().then_some(dir))
 }
 
-fn create_dir(d: &Path) -> Result<(), CgroupError> {
+/// `mkdir`; an existing directory is fine. `true` if this call made it.
+fn create_dir(d: &Path) -> Result<bool, CgroupError> {
     match fs::create_dir(d) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(CgroupError::Io {
             op: "mkdir",
             path: d.to_owned(),
@@ -1398,6 +1409,42 @@ mod tests {
             root.create("../x", &CgroupLimits::default()),
             Err(CgroupError::InvalidName(_))
         ));
+    }
+
+    /// A group that already existed (left over) gets every limit rewritten, the unset ones to
+    /// "unlimited"; a fresh one only the limits that are set.
+    #[test]
+    fn create_resets_a_leftover_group_in_full() {
+        let (t, root) = fake_v2();
+        let old = t.path().join("hako/left");
+        fs::create_dir(&old).unwrap();
+        for (f, v) in [
+            ("memory.max", "1234"),
+            ("pids.max", "7"),
+            ("cpu.max", "1000 20000"),
+        ] {
+            fs::write(old.join(f), v).unwrap();
+        }
+        let cg = root.create("left", &CgroupLimits::default()).unwrap();
+        assert_eq!(cg.limits().unwrap(), CgroupLimits::default());
+        assert_eq!(read(old.join("memory.max")), "max");
+        assert_eq!(read(old.join("pids.max")), "max");
+        assert!(read(old.join("cpu.max")).starts_with("max "));
+
+        root.create(
+            "new",
+            &CgroupLimits {
+                pids: Some(9),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let new = t.path().join("hako/new");
+        assert_eq!(read(new.join("pids.max")), "9");
+        assert!(
+            !new.join("memory.max").exists(),
+            "an unset limit is not written"
+        );
     }
 
     /// A creation that fails in one hierarchy leaves nothing in the others.

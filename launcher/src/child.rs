@@ -21,7 +21,8 @@
 //!   `chdir`, `unshare`, `setns`, `setsid`, `sethostname`, `socket`, `ioctl`,
 //!   `setsockopt`, `bind`, `listen`, `fcntl`, `setrlimit`, `prctl`, `getppid`, `umask`,
 //!   `sigprocmask`, `faccessat`, `execve`, `pause`, `_exit`, and `syscall(write|close|
-//!   pivot_root|capset|seccomp|close_range|setgroups|setresgid|setresuid|rt_sigaction)`);
+//!   pivot_root|capset|seccomp|close_range|setgroups|setresgid|setresuid|rt_sigaction|
+//!   ppoll)`);
 //!   glibc's wrappers for the former are plain syscall stubs that touch only `errno`, which
 //!   belongs to the one parent thread suspended while we run (or, after a fork, is our own
 //!   copy). `write` and `close` go through `syscall(2)` because glibc's are cancellation
@@ -140,6 +141,9 @@ pub(crate) struct ChildFds {
     /// SIGKILL when the cloning thread dies (`PR_SET_PDEATHSIG`): a foreground container
     /// (`hako run`) must not outlive a `hako run` killed with SIGKILL.
     pub die_with_parent: bool,
+    /// With `die_with_parent`: a pidfd of the cloning process (readable once it has exited),
+    /// to catch a parent that died before the death signal was set; else -1.
+    pub parent_pidfd: c_int,
 }
 
 #[repr(C)]
@@ -409,6 +413,23 @@ pub(crate) unsafe fn close_from_except(first: libc::c_uint, keep: libc::c_uint) 
 /// Size of a holder's readiness record: `R` and a native-endian `c_int` (the listening socket).
 pub(crate) const HOLDER_READY_SIZE: usize = 5;
 
+/// SIGKILL when the thread that cloned us exits (`PR_SET_PDEATHSIG`).
+///
+/// # Safety
+/// Child only (see the module documentation): a raw system call on constants.
+unsafe fn set_death_signal() {
+    // SAFETY: prctl on constants.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+    }
+}
+
 /// A namespace holder: cloned with `CLONE_NEWNS`, `CLONE_NEWUTS`, `CLONE_NEWIPC` (and
 /// `CLONE_NEWNET`), it builds the root (everything but `/proc`), sets the hostname, brings up
 /// `lo` and makes the listening socket if any, reports readiness with a
@@ -479,6 +500,32 @@ pub(crate) unsafe fn run(p: &PreparedSpec, fds: &ChildFds) -> ! {
     // strings and NULL-terminated arrays built by PreparedSpec::new and alive for the whole
     // call) or on local stack values; see the module documentation for the review.
     unsafe {
+        // A foreground container dies with the thread that runs it: set before anything slow,
+        // and again after the id change below, which clears it. A parent that died before
+        // this line sends nothing: its pidfd, readable once it has exited, tells.
+        if fds.die_with_parent {
+            set_death_signal();
+            let mut pfd = libc::pollfd {
+                fd: fds.parent_pidfd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let now = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            let ready = libc::syscall(
+                libc::SYS_ppoll,
+                &mut pfd as *mut libc::pollfd,
+                1 as libc::nfds_t,
+                &now as *const libc::timespec,
+                std::ptr::null::<libc::sigset_t>(),
+                8usize,
+            );
+            if ready != 0 {
+                libc::_exit(1);
+            }
+        }
         // 0. Signals: default dispositions (SIG_IGN survives execve, and until execve a
         // parent's handler would run here), then an empty mask. In this order: the parent
         // blocked every signal around clone3, so none is delivered before the reset.
@@ -682,16 +729,9 @@ pub(crate) unsafe fn run(p: &PreparedSpec, fds: &ChildFds) -> ! {
             }
         }
 
-        // Set after the id change, which clears it. (With vfork semantics the parent is
-        // suspended until our execve; if it was killed meanwhile, the signal never comes.)
+        // Again: the id change cleared it.
         if fds.die_with_parent {
-            libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            );
+            set_death_signal();
         }
 
         // 7. no_new_privs, then seccomp as the very last step before execve.

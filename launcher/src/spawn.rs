@@ -199,12 +199,11 @@ impl Started {
             self.pipe.as_fd(),
             nix::poll::PollFlags::POLLIN,
         )];
-        let readable = matches!(
-            nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO),
-            Ok(n) if n > 0
-        );
-        if !readable {
-            return Some(None);
+        match nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO) {
+            Ok(0) => return Some(None),
+            Ok(_) => {}
+            // Unknown: let the caller wait for the pipe.
+            Err(_) => return None,
         }
         // Readable: the record (complete) or EOF; one read tells which.
         Some(self.pipe.wait(p, cgroup, self.pid))
@@ -594,6 +593,12 @@ pub(crate) fn start_container(
     };
     let (err_r, err_w) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| LaunchError::sys("pipe2", "", e))?;
+    // A direct (foreground) container dies with the calling thread; see `ChildFds`.
+    let parent_pidfd = if clone_parent {
+        None
+    } else {
+        Some(pidfd_open_self()?)
+    };
     let mut fds = ChildFds {
         stdin: stdin.as_raw_fd(),
         stdout,
@@ -609,7 +614,8 @@ pub(crate) fn start_container(
         ipcns: warm.map_or(-1, |w| w.ipc.as_raw_fd()),
         listen,
         parent: std::process::id() as libc::pid_t,
-        die_with_parent: !clone_parent,
+        die_with_parent: parent_pidfd.is_some(),
+        parent_pidfd: parent_pidfd.as_ref().map_or(-1, |f| f.as_raw_fd()),
     };
     let mut ns_flags = p.clone_flags;
     if warm.is_some() {
@@ -650,13 +656,36 @@ pub(crate) fn start_container(
     let (pid, pidfd) =
         cloned.map_err(|e| LaunchError::sys("clone3", p.exec_names[0].as_str(), e))?;
     drop(err_w);
-    drop((stdin, out_owned, cgroup_dir, procs, own_listen));
+    drop((
+        stdin,
+        out_owned,
+        cgroup_dir,
+        procs,
+        own_listen,
+        parent_pidfd,
+    ));
     Ok(Started {
         pid,
         pidfd,
         pipe: ErrorPipe::new(err_r),
         vforked,
     })
+}
+
+/// A pidfd of this process (close-on-exec, as every pidfd).
+fn pidfd_open_self() -> Result<OwnedFd, LaunchError> {
+    // SAFETY: pidfd_open takes plain integers; on success the result is a new descriptor
+    // owned by nobody else.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+    if fd < 0 {
+        return Err(LaunchError::sys(
+            "pidfd_open",
+            "self",
+            nix::errno::Errno::last(),
+        ));
+    }
+    // SAFETY: see above.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Turns a child's error record into a message naming the step and the path.
@@ -746,7 +775,9 @@ fn describe(p: &PreparedSpec, cgroup: Option<&CgroupAttach>, e: ChildError) -> L
 }
 
 /// Prepares nothing, spawns directly from the calling process (no zygote): for `hako run`
-/// and single-threaded callers. The container is the caller's child.
+/// and single-threaded callers. The container is the caller's child, and gets SIGKILL when
+/// the calling *thread* exits (`PR_SET_PDEATHSIG`): spawn from a thread that outlives the
+/// container (the one that waits for it), not from a short-lived worker.
 pub fn spawn_prepared(
     p: &PreparedSpec,
     cgroup: Option<&CgroupAttach>,
@@ -808,6 +839,7 @@ pub(crate) fn create_warm(p: &PreparedSpec) -> Result<WarmNs, LaunchError> {
         listen: -1,
         parent: std::process::id() as libc::pid_t,
         die_with_parent: false,
+        parent_pidfd: -1,
     };
     let args = CloneArgs {
         flags: p.clone_flags & WARM_NS_FLAGS,

@@ -290,12 +290,16 @@ fn without_unified_mount<T>(
             source: e.into(),
         }
     };
-    let original =
-        std::fs::File::open("/proc/self/ns/mnt").map_err(|source| LauncherError::MountNs {
-            op: "open /proc/self/ns/mnt",
+    let open = |what: &'static str| {
+        std::fs::File::open(what).map_err(|source| LauncherError::MountNs {
+            op: what,
             path: unified.display().to_string(),
             source,
-        })?;
+        })
+    };
+    let original = open("/proc/self/ns/mnt")?;
+    // `setns` back resets the working directory to `/`: return to this one afterwards.
+    let cwd = open(".")?;
     unshare(CloneFlags::CLONE_NEWNS).map_err(err("unshare"))?;
     let res = mount(
         None::<&str>,
@@ -309,6 +313,7 @@ fn without_unified_mount<T>(
     .and_then(|()| f());
     // Back to the host's view even if the samples failed.
     setns(&original, CloneFlags::CLONE_NEWNS).map_err(err("setns back"))?;
+    nix::unistd::fchdir(std::os::fd::AsRawFd::as_raw_fd(&cwd)).map_err(err("fchdir back"))?;
     res
 }
 
