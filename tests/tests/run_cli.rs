@@ -23,6 +23,25 @@ fn hako_run(rootfs: &Rootfs, extra: &[&str], cmd: &[&str]) -> Command {
     c
 }
 
+/// The serial lock of this file's tests; on release, removes the `hako-run` parent if nothing
+/// is left in it (`hako run` keeps it for the next run; the suite leaves nothing behind).
+struct Serial {
+    _lock: std::sync::MutexGuard<'static, ()>,
+}
+
+fn serial_run() -> Serial {
+    Serial { _lock: serial() }
+}
+
+impl Drop for Serial {
+    fn drop(&mut self) {
+        for d in cgroup_parent_dirs(RUN_PARENT) {
+            // Busy if someone else's `hako run` is in it: then it stays, rightly.
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
 /// The group directories of the `hako run` process `pid`, in every hierarchy, that exist.
 fn groups_of(pid: u32) -> Vec<PathBuf> {
     cgroup_parent_dirs(RUN_PARENT)
@@ -113,7 +132,7 @@ fn finish(mut c: Command) -> Output {
 #[test]
 fn exit_status_and_output_pass_through() {
     require_root!();
-    let _s = serial();
+    let _s = serial_run();
     let fs = Rootfs::new();
     let out = finish(hako_run(
         &fs,
@@ -131,7 +150,7 @@ fn exit_status_and_output_pass_through() {
 #[test]
 fn a_missing_command_is_127_and_named() {
     require_root!();
-    let _s = serial();
+    let _s = serial_run();
     let fs = Rootfs::new();
     let out = finish(hako_run(&fs, &[], &["/bin/no-such-tool", "x"]));
     assert_eq!(out.status.code(), Some(127), "{}", output_text(&out));
@@ -146,7 +165,7 @@ fn a_missing_command_is_127_and_named() {
 #[test]
 fn sigterm_reaches_the_container_and_its_status_comes_back() {
     require_root!();
-    let _s = serial();
+    let _s = serial_run();
     let fs = Rootfs::new();
     let (mut run, mut lines) = start_ready(
         &fs,
@@ -183,7 +202,7 @@ fn an_oom_kill_is_reported_as_such() {
         println!("skipped: swap without memory+swap accounting (swapaccount=0)");
         return;
     }
-    let _s = serial();
+    let _s = serial_run();
     let fs = Rootfs::new();
     let out = finish(hako_run(
         &fs,
@@ -229,7 +248,7 @@ fn an_oom_kill_is_reported_as_such() {
 #[test]
 fn the_container_dies_with_a_killed_hako_run() {
     require_root!();
-    let _s = serial();
+    let _s = serial_run();
     let fs = Rootfs::new();
     let (mut run, _lines) = start_ready(&fs, &[], "echo ready; sleep 30");
     let pid = run.pid;
