@@ -242,6 +242,14 @@ struct LauncherArgs {
     /// starts. A second row, hako-launcher-b2b, boots back to back without it.
     #[arg(long, value_name = "MS", default_value_t = 10)]
     pace_ms: u64,
+    /// Split the samples into this many rounds, each taking its share of every runtime in
+    /// turn, so that a machine drifting during the run skews every row alike.
+    #[arg(long, value_name = "R", default_value_t = 5)]
+    rounds: usize,
+    /// Also time this lower-bound program, run as `FLOOR ROOTFS` (build bench/floor/floor.c:
+    /// the same kernel work as one `hako run` in plain C): the row `floor`.
+    #[arg(long, value_name = "BIN")]
+    floor: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -479,12 +487,25 @@ fn cmd_launcher(a: LauncherArgs) -> Result<()> {
     if a.n == 0 {
         bail!("-n must be at least 1");
     }
+    if a.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
+    if let Some(f) = &a.floor {
+        if !f.is_file() {
+            bail!(
+                "--floor {}: no such file (build bench/floor/floor.c first)",
+                f.display()
+            );
+        }
+    }
     let spec = launcher::LauncherSpec {
         hako: a.hako,
         rootfs: a.rootfs,
         n: a.n,
+        rounds: a.rounds,
         pace_ms: a.pace_ms,
         cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+        floor: a.floor,
     };
     let r = launcher::run(&spec);
     if a.json {

@@ -252,13 +252,20 @@ impl Drop for DeleteGuard<'_> {
     }
 }
 
-fn oci_samples(runtime: &Path, bundle: &Bundle, n: usize) -> Result<Vec<f64>, LauncherError> {
+/// `n` samples of `runtime run` of the bundle; container ids `hako-bench-<pid>-<name>-<i>`
+/// from `first` on.
+fn oci_samples(
+    runtime: &Path,
+    bundle: &Bundle,
+    first: usize,
+    n: usize,
+) -> Result<Vec<f64>, LauncherError> {
     let mut out = Vec::with_capacity(n);
     let name = runtime
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    for i in 0..n {
+    for i in first..first + n {
         let id = format!("hako-bench-{}-{name}-{i}", std::process::id());
         let _guard = DeleteGuard {
             runtime,
@@ -326,84 +333,113 @@ pub struct LauncherSpec {
     pub rootfs: PathBuf,
     /// Samples per runtime.
     pub n: usize,
+    /// Rounds the samples are split into; each round takes its share of every runtime in
+    /// turn, so a machine that drifts during the run skews all rows alike.
+    pub rounds: usize,
     /// Pause between two hako-launcher boots (0: only the back-to-back row).
     pub pace_ms: u64,
     /// cgroup mount root (normally `/sys/fs/cgroup`).
     pub cgroup_root: PathBuf,
+    /// A lower-bound program run as `FLOOR ROOTFS` (`bench/floor/floor.c`, built by the user),
+    /// timed as a whole process: the row `floor`.
+    pub floor: Option<PathBuf>,
+}
+
+/// One row being measured: its samples so far, or why it was dropped.
+struct Row {
+    name: &'static str,
+    measures: String,
+    samples: Vec<f64>,
+    skipped: Option<String>,
+}
+
+impl Row {
+    fn new(name: &'static str, measures: impl Into<String>) -> Row {
+        Row {
+            name,
+            measures: measures.into(),
+            samples: Vec::new(),
+            skipped: None,
+        }
+    }
+
+    /// Adds a round's samples, or drops the row for good on the first failure.
+    fn add(&mut self, got: Result<Vec<f64>, String>) {
+        if self.skipped.is_some() {
+            return;
+        }
+        match got {
+            Ok(ms) => self.samples.extend(ms),
+            Err(e) => {
+                self.skipped = Some(e);
+                self.samples.clear();
+            }
+        }
+    }
+}
+
+/// `n` runs of `cmd` as a whole process each.
+fn process_samples(n: usize, mut cmd: impl FnMut() -> Command) -> Result<Vec<f64>, String> {
+    (0..n)
+        .map(|_| timed(cmd()).map(|(t, _)| t).map_err(|e| e.to_string()))
+        .collect()
+}
+
+/// The sizes of `rounds` chunks of `n` samples (the first ones one larger when it does not
+/// divide).
+fn chunks(n: usize, rounds: usize) -> Vec<usize> {
+    let rounds = rounds.clamp(1, n.max(1));
+    (0..rounds)
+        .map(|r| n / rounds + usize::from(r < n % rounds))
+        .collect()
 }
 
 /// Runs the comparison. Missing or failing runtimes are skipped with a note.
 pub fn run(spec: &LauncherSpec) -> LauncherReport {
-    let mut runtimes = Vec::new();
-    let mut notes = Vec::new();
     let rootfs = spec.rootfs.display().to_string();
-    let n = spec.n.to_string();
+    let mut notes = Vec::new();
 
     // (1) hako's launcher measured from inside: paced (as cold starts come), then back to
     // back (a boot storm of one app, where the helpers have no quiet to refill in).
-    let mut rows = Vec::new();
+    let mut launcher_rows = Vec::new();
     if spec.pace_ms > 0 {
-        rows.push((
-            "hako-launcher",
-            spec.pace_ms,
-            format!(
-                "spawn to exit inside hako (bench-spawn), pooled cgroup, a boot every {} ms",
-                spec.pace_ms
+        launcher_rows.push((
+            Row::new(
+                "hako-launcher",
+                format!(
+                    "spawn to exit inside hako (bench-spawn), pooled cgroup, a boot every {} ms",
+                    spec.pace_ms
+                ),
             ),
+            spec.pace_ms,
         ));
     }
-    rows.push((
-        if spec.pace_ms > 0 {
-            "hako-launcher-b2b"
-        } else {
-            "hako-launcher"
-        },
-        0,
-        "spawn to exit inside hako (bench-spawn), pooled cgroup if ready, back to back".to_owned(),
-    ));
-    for (name, pace, measures) in rows {
-        let mut c = Command::new(&spec.hako);
-        let pace = pace.to_string();
-        c.args([
-            "bench-spawn",
-            "--rootfs",
-            &rootfs,
-            "-n",
-            &n,
-            "--interval-ms",
-            &pace,
-        ]);
-        match timed(c) {
-            Ok((_, stdout)) => match parse_bench_spawn(&stdout) {
-                Some(ms) if !ms.is_empty() => runtimes.push(result(name, &measures, ms)),
-                _ => notes.push(format!(
-                    "{name} skipped: no samples_us line in bench-spawn output {:?}",
-                    stdout.chars().take(200).collect::<String>()
-                )),
+    launcher_rows.push((
+        Row::new(
+            if spec.pace_ms > 0 {
+                "hako-launcher-b2b"
+            } else {
+                "hako-launcher"
             },
-            Err(e) => notes.push(format!("{name} skipped: {e}")),
-        }
-    }
-
-    // (2) `hako run`, whole process.
-    let mut ms = Vec::new();
-    for _ in 0..spec.n {
-        let mut c = Command::new(&spec.hako);
-        c.args(["run", "--rootfs", &rootfs, "--", "/bin/true"]);
-        match timed(c) {
-            Ok((t, _)) => ms.push(t),
-            Err(e) => {
-                notes.push(format!("hako-run skipped: {e}"));
-                ms.clear();
-                break;
-            }
-        }
-    }
-    if !ms.is_empty() {
-        runtimes.push(result("hako-run", "whole process", ms));
-    }
-
-    // (3), (4) crun and runc with an OCI bundle.
+            "spawn to exit inside hako (bench-spawn), pooled cgroup if ready, back to back",
+        ),
+        0,
+    ));
+    // (2) `hako run` and (3) the floor, whole processes.
+    let mut hako_run = Row::new("hako-run", "whole process");
+    let mut floor = spec.floor.as_ref().map(|f| {
+        (
+            Row::new(
+                "floor",
+                format!(
+                    "whole process: {} (plain C, no caps, no seccomp)",
+                    f.display()
+                ),
+            ),
+            f.clone(),
+        )
+    });
+    // (4), (5) crun and runc with an OCI bundle.
     let spec_tool = which("runc").or_else(|| which("crun"));
     let bundle = match spec_tool {
         Some(t) => match Bundle::create(&t, &spec.rootfs) {
@@ -418,31 +454,90 @@ pub fn run(spec: &LauncherSpec) -> LauncherReport {
             None
         }
     };
-    if let Some(b) = &bundle {
+    let mut oci = Vec::new();
+    if bundle.is_some() {
         for name in ["crun", "runc"] {
             let Some(path) = which(name) else {
                 notes.push(format!("{name} skipped: not installed"));
                 continue;
             };
             let unshare = name == "crun" && crun_needs_unshare(&spec.cgroup_root);
-            let samples = if unshare {
-                without_unified_mount(&spec.cgroup_root.join("unified"), || {
-                    oci_samples(&path, b, spec.n)
-                })
+            let how = if unshare {
+                "whole process (from a private mount namespace without the v2 mount, entered once per round)"
             } else {
-                oci_samples(&path, b, spec.n)
+                "whole process"
             };
-            match samples {
-                Ok(ms) => {
-                    let how = if unshare {
-                        "whole process (from a private mount namespace without the v2 mount, set up once)"
-                    } else {
-                        "whole process"
-                    };
-                    runtimes.push(result(name, how, ms));
-                }
-                Err(e) => notes.push(format!("{name} skipped: {e}")),
+            oci.push((Row::new(name, how), path, unshare));
+        }
+    }
+
+    let mut done = 0;
+    for n in chunks(spec.n, spec.rounds) {
+        let count = n.to_string();
+        for (row, pace) in &mut launcher_rows {
+            let mut c = Command::new(&spec.hako);
+            let pace = pace.to_string();
+            c.args([
+                "bench-spawn",
+                "--rootfs",
+                &rootfs,
+                "-n",
+                &count,
+                "--interval-ms",
+                &pace,
+            ]);
+            row.add(match timed(c) {
+                Ok((_, stdout)) => match parse_bench_spawn(&stdout) {
+                    Some(ms) if !ms.is_empty() => Ok(ms),
+                    _ => Err(format!(
+                        "no samples_us line in bench-spawn output {:?}",
+                        stdout.chars().take(200).collect::<String>()
+                    )),
+                },
+                Err(e) => Err(e.to_string()),
+            });
+        }
+        hako_run.add(process_samples(n, || {
+            let mut c = Command::new(&spec.hako);
+            c.args(["run", "--rootfs", &rootfs, "--", "/bin/true"]);
+            c
+        }));
+        if let Some((row, bin)) = &mut floor {
+            row.add(process_samples(n, || {
+                let mut c = Command::new(&*bin);
+                c.arg(&spec.rootfs);
+                c
+            }));
+        }
+        if let Some(b) = &bundle {
+            for (row, path, unshare) in &mut oci {
+                let got = if *unshare {
+                    without_unified_mount(&spec.cgroup_root.join("unified"), || {
+                        oci_samples(path, b, done, n)
+                    })
+                } else {
+                    oci_samples(path, b, done, n)
+                };
+                row.add(got.map_err(|e| e.to_string()));
             }
+        }
+        done += n;
+    }
+
+    let all = launcher_rows
+        .into_iter()
+        .map(|(r, _)| r)
+        .chain([hako_run])
+        .chain(floor.map(|(r, _)| r))
+        .chain(oci.into_iter().map(|(r, _, _)| r));
+    let mut runtimes = Vec::new();
+    for row in all {
+        match row.skipped {
+            Some(why) => notes.push(format!("{} skipped: {why}", row.name)),
+            None if row.samples.is_empty() => {
+                notes.push(format!("{} skipped: no samples", row.name))
+            }
+            None => runtimes.push(result(row.name, &row.measures, row.samples)),
         }
     }
     let ratios_p50 = ratios(&runtimes);
@@ -458,7 +553,7 @@ pub fn ratios(rs: &[RuntimeResult]) -> BTreeMap<String, f64> {
     let get = |n: &str| rs.iter().find(|r| r.runtime == n).map(|r| r.p50_ms);
     let mut m = BTreeMap::new();
     for other in ["crun", "runc"] {
-        for base in ["hako-run", "hako-launcher", "hako-launcher-b2b"] {
+        for base in ["hako-run", "hako-launcher", "hako-launcher-b2b", "floor"] {
             if let (Some(o), Some(b)) = (get(other), get(base)) {
                 if b > 0.0 {
                     m.insert(format!("{other}/{base}"), o / b);
@@ -547,12 +642,41 @@ mod tests {
             result("hako-launcher", "", vec![1.0]),
             result("hako-launcher-b2b", "", vec![4.0]),
             result("hako-run", "", vec![2.0]),
+            result("floor", "", vec![1.6]),
             result("crun", "", vec![8.0]),
         ];
         let m = ratios(&rs);
         assert_eq!(m["crun/hako-run"], 4.0);
         assert_eq!(m["crun/hako-launcher"], 8.0);
         assert_eq!(m["crun/hako-launcher-b2b"], 2.0);
+        assert_eq!(m["crun/floor"], 5.0);
         assert!(!m.contains_key("runc/hako-run"));
+    }
+
+    #[test]
+    fn rounds_split_every_sample_and_never_make_empty_ones() {
+        assert_eq!(chunks(200, 5), vec![40; 5]);
+        assert_eq!(chunks(7, 3), vec![3, 2, 2]);
+        assert_eq!(chunks(2, 5), vec![1, 1]);
+        assert_eq!(chunks(5, 1), vec![5]);
+        for (n, r) in [(1, 1), (13, 4), (100, 7), (3, 9)] {
+            let c = chunks(n, r);
+            assert_eq!(c.iter().sum::<usize>(), n, "{n} in {r} rounds: {c:?}");
+            assert!(c.iter().all(|&k| k > 0), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn a_row_failing_in_any_round_is_dropped_with_its_reason() {
+        let mut r = Row::new("crun", "whole process");
+        r.add(Ok(vec![1.0, 2.0]));
+        r.add(Err("crun failed".into()));
+        r.add(Ok(vec![3.0]));
+        assert!(r.samples.is_empty());
+        assert_eq!(r.skipped.as_deref(), Some("crun failed"));
+        let mut ok = Row::new("runc", "whole process");
+        ok.add(Ok(vec![1.0]));
+        ok.add(Ok(vec![2.0, 3.0]));
+        assert_eq!(ok.samples, vec![1.0, 2.0, 3.0]);
     }
 }

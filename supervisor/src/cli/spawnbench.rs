@@ -39,7 +39,7 @@ pub struct BenchSpawnArgs {
     /// Root filesystem directory containing the command (default /bin/true).
     #[arg(long, value_name = "DIR")]
     pub rootfs: PathBuf,
-    /// Number of spawns.
+    /// Number of recorded spawns (after 3 unrecorded warm-up boots of a fresh process).
     #[arg(short = 'n', long, default_value_t = 200)]
     pub n: usize,
     /// Spawn directly from this process instead of through the zygote.
@@ -89,6 +89,9 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     let i = ((sorted.len() - 1) as f64 * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
+
+/// Boots run before the recorded ones (see the loop in [`run`]).
+const WARMUP_BOOTS: usize = 3;
 
 pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
     // The zygote first, while this process is still single-threaded.
@@ -149,13 +152,17 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
     let mut pooled = 0usize;
     let mut removal_us = Vec::with_capacity(args.n);
     let mut create_us = Vec::with_capacity(args.n);
-    for i in 0..args.n {
+    // The first boots of a fresh process take paths nothing has taken yet (the vfork child
+    // stack, the first pooled group, cold code pages): 3-8 ms each, not the steady state of a
+    // running hako. They are run like the others and not recorded.
+    for i in 0..args.n + WARMUP_BOOTS {
+        let record = i >= WARMUP_BOOTS;
         if args.interval_ms > 0 {
             std::thread::sleep(std::time::Duration::from_millis(args.interval_ms));
         }
         let t0 = Instant::now();
         let claimed = pool.as_ref().and_then(|p| p.claim(&base, &limits));
-        pooled += usize::from(claimed.is_some());
+        pooled += usize::from(record && claimed.is_some());
         let cg = match (claimed, args.cgroups) {
             (_, CgroupMode::None) => None,
             (Some((_, cg)), _) => Some(cg),
@@ -163,7 +170,9 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
                 let t = Instant::now();
                 let id = ids.fetch_add(1, Ordering::Relaxed);
                 let cg = root.create(&format!("{base}-{id}"), &limits)?;
-                create_us.push(t.elapsed().as_micros() as u64);
+                if record {
+                    create_us.push(t.elapsed().as_micros() as u64);
+                }
                 Some(cg)
             }
         };
@@ -177,13 +186,15 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
             None => spawn_prepared(&prepared, attach.as_ref(), &Output::Null)?,
         };
         let status = wait_pidfd(spawned.pidfd.as_fd(), false)?;
-        samples.push(t0.elapsed().as_micros() as u64);
-        warm_boots += usize::from(spawned.warm);
+        if record {
+            samples.push(t0.elapsed().as_micros() as u64);
+            warm_boots += usize::from(spawned.warm);
+        }
         if status != Some(ExitStatusInfo::Exited(0)) {
             anyhow::bail!("iteration {i}: container ended with {status:?}");
         }
         let t1 = Instant::now();
-        if cg.remove_all()? {
+        if cg.remove_all()? && record {
             removal_us.push(t1.elapsed().as_micros() as u64);
         }
     }
