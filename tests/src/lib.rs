@@ -860,6 +860,14 @@ pub fn cgroup_parent_dirs(parent: &str) -> Vec<PathBuf> {
     out
 }
 
+/// Removes `<parent>` from every hierarchy where it is empty (`hako run` keeps its parent for
+/// the next run; a test suite leaves nothing). One that is busy stays.
+pub fn remove_empty_cgroup_parent(parent: &str) {
+    for d in cgroup_parent_dirs(parent) {
+        let _ = fs::remove_dir(d);
+    }
+}
+
 /// Child cgroups (instance cgroups) under `<cgroup_parent>` in any hierarchy.
 pub fn child_cgroups(parent: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();

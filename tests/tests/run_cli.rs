@@ -35,10 +35,7 @@ fn serial_run() -> Serial {
 
 impl Drop for Serial {
     fn drop(&mut self) {
-        for d in cgroup_parent_dirs(RUN_PARENT) {
-            // Busy if someone else's `hako run` is in it: then it stays, rightly.
-            let _ = std::fs::remove_dir(d);
-        }
+        remove_empty_cgroup_parent(RUN_PARENT);
     }
 }
 
