@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crate::cgroup::{CgroupError, CgroupLimits, CgroupRoot, InstanceCgroup};
-use crate::quiet::{QuietGate, BUILDER_NICE};
+use crate::quiet::{lower_builder_priority, QuietGate};
 
 /// Ready groups of one app.
 #[derive(Debug)]
@@ -254,10 +254,7 @@ fn build(
 /// The builder thread: removes trash, then tops up the app with the fewest ready groups,
 /// one group at a time, in the quiet between boots.
 fn builder(shared: &Shared) {
-    // SAFETY: setpriority on the calling thread (who = 0); no pointers involved.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, BUILDER_NICE);
-    }
+    lower_builder_priority();
     let mut st = shared.lock();
     loop {
         if st.stop {
@@ -276,13 +273,7 @@ fn builder(shared: &Shared) {
             st = shared.wake.wait(st).unwrap_or_else(|p| p.into_inner());
             continue;
         };
-        // An app with no group ready would create its next one in the boot anyway: build now.
-        // Otherwise wait for the quiet after boots.
-        let wait = if ready == 0 {
-            std::time::Duration::ZERO
-        } else {
-            st.quiet.wait(Instant::now())
-        };
+        let wait = st.quiet.hold(Instant::now(), ready);
         if !wait.is_zero() {
             st = shared
                 .wake

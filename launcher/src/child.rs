@@ -413,11 +413,12 @@ pub(crate) unsafe fn close_from_except(first: libc::c_uint, keep: libc::c_uint) 
 /// Size of a holder's readiness record: `R` and a native-endian `c_int` (the listening socket).
 pub(crate) const HOLDER_READY_SIZE: usize = 5;
 
-/// SIGKILL when the thread that cloned us exits (`PR_SET_PDEATHSIG`).
+/// SIGKILL when the thread that cloned us exits (`PR_SET_PDEATHSIG`). Async-signal-safe: the
+/// zygote uses it too.
 ///
 /// # Safety
-/// Child only (see the module documentation): a raw system call on constants.
-unsafe fn set_death_signal() {
+/// A raw system call on constants; `unsafe` because it is called in the child.
+pub(crate) unsafe fn set_death_signal() {
     // SAFETY: prctl on constants.
     unsafe {
         libc::prctl(
@@ -442,13 +443,7 @@ unsafe fn set_death_signal() {
 pub(crate) unsafe fn run_holder(p: &PreparedSpec, fds: &ChildFds) -> ! {
     // SAFETY: raw system calls only, as in `run`.
     unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
+        set_death_signal();
         // The zygote may have died before the line above ran: then nobody would kill us.
         if libc::getppid() != fds.parent {
             libc::_exit(0);

@@ -16,6 +16,15 @@ pub(crate) const BUILD_MAX_DEFER: Duration = Duration::from_millis(10);
 /// unloaded no difference beyond the noise.
 pub(crate) const BUILDER_NICE: libc::c_int = 10;
 
+/// Lowers the calling thread to [`BUILDER_NICE`] (a builder thread, at its start).
+pub(crate) fn lower_builder_priority() {
+    // SAFETY: setpriority on the calling thread (who = 0 on Linux: the caller's tid); no
+    // pointers involved.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, BUILDER_NICE);
+    }
+}
+
 /// Tracks boots and answers how long a helper should still wait.
 #[derive(Debug, Default)]
 pub(crate) struct QuietGate {
@@ -27,6 +36,17 @@ impl QuietGate {
     /// A boot started now.
     pub fn boot(&mut self, now: Instant) {
         self.last_boot = Some(now);
+    }
+
+    /// How long to hold off building for an app with `ready` sets (namespaces, groups) made:
+    /// not at all when it has none (its next boot would build its own anyway, slower), else
+    /// [`wait`](Self::wait).
+    pub fn hold(&mut self, now: Instant, ready: usize) -> Duration {
+        if ready == 0 {
+            Duration::ZERO
+        } else {
+            self.wait(now)
+        }
     }
 
     /// How long to hold off building: zero when no boot started in the last [`BUILD_QUIET`],
@@ -60,6 +80,14 @@ mod tests {
         g.boot(t0);
         assert_eq!(g.wait(t0), BUILD_QUIET);
         assert_eq!(g.wait(t0 + BUILD_QUIET), Duration::ZERO, "quiet reached");
+        let mut h = QuietGate::default();
+        h.boot(t0);
+        assert_eq!(
+            h.hold(t0, 0),
+            Duration::ZERO,
+            "nothing ready: build at once"
+        );
+        assert_eq!(h.hold(t0, 1), BUILD_QUIET);
         // Boots every 2 ms: the wait never ends on its own, but is capped.
         let mut now = t0 + Duration::from_millis(20);
         let first_deferral = now;

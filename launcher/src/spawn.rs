@@ -368,35 +368,21 @@ unsafe extern "C" fn vfork_child(arg: *const VforkArg) -> ! {
     }
 }
 
-/// Blocks every signal of the calling thread with the raw system call (glibc's
-/// `pthread_sigmask` silently keeps its two internal signals unblocked); returns the old mask.
-fn block_all_signals() -> u64 {
-    let all: u64 = !0;
+/// Sets the calling thread's signal mask with the raw system call (glibc's `pthread_sigmask`
+/// silently keeps its two internal signals unblocked); returns the old mask.
+fn set_signal_mask(mask: u64) -> u64 {
     let mut old: u64 = 0;
     // SAFETY: rt_sigprocmask with 8-byte kernel masks on our stack.
     unsafe {
         libc::syscall(
             libc::SYS_rt_sigprocmask,
             libc::SIG_SETMASK,
-            &all as *const u64,
+            &mask as *const u64,
             &mut old as *mut u64,
             8usize,
         );
     }
     old
-}
-
-fn restore_signals(old: u64) {
-    // SAFETY: as in `block_all_signals`.
-    unsafe {
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            &old as *const u64,
-            std::ptr::null_mut::<u64>(),
-            8usize,
-        );
-    }
 }
 
 /// Spawns a container the way `posix_spawn` does: `clone3` with `CLONE_VM | CLONE_VFORK` on
@@ -428,7 +414,7 @@ unsafe fn clone_vfork_pidfd(
     fds: &ChildFds,
 ) -> Result<(i32, OwnedFd), nix::errno::Errno> {
     let _serial = VFORK_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let old_mask = block_all_signals();
+    let old_mask = set_signal_mask(!0);
     // SAFETY: prctl on constants.
     let dumpable = unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) };
     #[cfg(target_arch = "x86_64")]
@@ -489,7 +475,7 @@ unsafe fn clone_vfork_pidfd(
         }
     }
     // Failing to restore the mask changes nothing for the child that now exists.
-    restore_signals(old_mask);
+    set_signal_mask(old_mask);
     cloned
 }
 
@@ -531,8 +517,9 @@ unsafe fn clone_pidfd(
 }
 
 /// Clones a container from `p`; the caller learns the outcome from [`Started::pipe`]. A cold
-/// boot from the zygote returns without waiting for the child's setup; every other boot returns once the child has called `execve` or failed (see
-/// `clone_vfork_pidfd`), so its outcome is already in the pipe. Every descriptor the child
+/// boot from the zygote returns without waiting for the child's setup; every other boot
+/// returns once the child has called `execve` or failed (see `clone_vfork_pidfd`), so its
+/// outcome is already in the pipe. Every descriptor the child
 /// needs (warm namespaces, listening socket) has been copied into it when this returns.
 pub(crate) fn start_container(
     p: &PreparedSpec,
@@ -643,8 +630,9 @@ pub(crate) fn start_container(
     // rootfs source, which can block on a slow filesystem): fork semantics leave the zygote
     // free to serve other boots meanwhile. Every other boot takes the faster vfork path, which
     // holds this thread until the child has called execve.
-    let vforked = !(clone_parent && warm.is_none()) && VFORK_SEMANTICS;
-    let cloned = if clone_parent && warm.is_none() {
+    let fork_semantics = clone_parent && warm.is_none();
+    let vforked = !fork_semantics && VFORK_SEMANTICS;
+    let cloned = if fork_semantics {
         // SAFETY: fork semantics; the child only runs `child::run`, which is
         // async-signal-safe and never returns.
         unsafe { clone_pidfd(args, child::run, p, &fds) }

@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use crate::cgroup::CgroupAttach;
 use crate::error::LaunchError;
 use crate::prepare::PreparedSpec;
-use crate::quiet::{QuietGate, BUILDER_NICE};
+use crate::quiet::{lower_builder_priority, QuietGate};
 use crate::spawn::{
     create_warm, start_container, wait_pidfd, Launch, Output, Spawned, Started, WarmNs,
 };
@@ -530,11 +530,8 @@ impl Filler {
     /// How long to hold off the next build: not at all when the app next in line has no set
     /// ready (its next boot would be cold anyway), else until the quiet after boots.
     fn hold(&mut self) -> Duration {
-        if self.next().is_some_and(|(_, have)| have == 0) {
-            Duration::ZERO
-        } else {
-            self.quiet.wait(Instant::now())
-        }
+        let ready = self.next().map_or(usize::MAX, |(_, have)| have);
+        self.quiet.hold(Instant::now(), ready)
     }
 
     /// Containers that exited release their namespaces (a pidfd polls readable on exit).
@@ -569,10 +566,7 @@ impl Filler {
 fn filler(rx: Receiver<FillerMsg>, pools: Pools, target: usize, cap: usize) {
     // Building ahead is worth only the CPU that boots leave over: under a boot storm the
     // boots themselves (children of the zygote's main thread) come first.
-    // SAFETY: setpriority on the calling thread (tid 0 = caller); no pointers involved.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, BUILDER_NICE);
-    }
+    lower_builder_priority();
     let mut f = Filler {
         pools,
         target,
@@ -627,13 +621,7 @@ fn filler(rx: Receiver<FillerMsg>, pools: Pools, target: usize, cap: usize) {
 fn zygote_main(sock: OwnedFd, parent: i32, options: ZygoteOptions) -> ! {
     // SAFETY: prctl/signal/getppid/_exit/close_range are plain syscalls on constants.
     unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGKILL as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
+        crate::child::set_death_signal();
         if libc::getppid() != parent {
             libc::_exit(0);
         }

@@ -1267,14 +1267,10 @@ impl Hako {
     /// Sends a signal to hako.
     pub fn signal(&self, sig: i32) {
         let pid = self.pid();
-        // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
-        let rc = unsafe { libc::kill(pid, sig) };
-        assert_eq!(
-            rc,
-            0,
-            "kill({pid}, {sig}) failed: {}",
-            io::Error::last_os_error()
-        );
+        // A pid we spawned and still own (not yet reaped).
+        if let Err(e) = send_signal(pid, sig) {
+            panic!("kill({pid}, {sig}) failed: {e}");
+        }
     }
 
     /// SIGKILLs hako (a crash); its containers are left to the next start's orphan recovery.
@@ -1293,8 +1289,8 @@ impl Hako {
         self.track();
         let _ = self.instances_quiet();
         let mut c = self.child.take().expect("hako is running");
-        // SAFETY: kill(2) on our own, not yet reaped child.
-        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        // Our own, not yet reaped child.
+        let _ = send_signal(c.id() as i32, libc::SIGTERM);
         let end = Instant::now() + Duration::from_secs(20);
         let st = loop {
             if let Some(st) = c.try_wait().expect("wait hako") {
@@ -1425,14 +1421,14 @@ impl Hako {
             .unwrap_or_else(|p| p.into_inner())
             .iter()
         {
+            // A pid whose start time was verified just now.
             if alive(*pid, *start) {
-                // SAFETY: kill(2) on a pid whose start time we verified just above.
-                unsafe { libc::kill(*pid, libc::SIGKILL) };
+                let _ = send_signal(*pid, libc::SIGKILL);
             }
         }
         for (pid, _) in processes_in_cgroup_parent(&self.cgroup_parent) {
-            // SAFETY: kill(2); the process is in this run's private cgroup parent.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // The process is in this run's private cgroup parent.
+            let _ = send_signal(pid, libc::SIGKILL);
         }
         std::thread::sleep(Duration::from_millis(100));
         let mut paths: Vec<&Path> = vec![self.state_dir.as_path()];

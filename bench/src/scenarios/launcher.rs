@@ -428,15 +428,12 @@ pub fn run(spec: &LauncherSpec) -> LauncherReport {
     // (2) `hako run` and (3) the floor, whole processes.
     let mut hako_run = Row::new("hako-run", "whole process");
     let mut floor = spec.floor.as_ref().map(|f| {
-        (
-            Row::new(
-                "floor",
-                format!(
-                    "whole process: {} (plain C, no caps, no seccomp)",
-                    f.display()
-                ),
+        Row::new(
+            "floor",
+            format!(
+                "whole process: {} (plain C, no caps, no seccomp)",
+                f.display()
             ),
-            f.clone(),
         )
     });
     // (4), (5) crun and runc with an OCI bundle.
@@ -502,9 +499,9 @@ pub fn run(spec: &LauncherSpec) -> LauncherReport {
             c.args(["run", "--rootfs", &rootfs, "--", "/bin/true"]);
             c
         }));
-        if let Some((row, bin)) = &mut floor {
+        if let (Some(row), Some(bin)) = (&mut floor, &spec.floor) {
             row.add(process_samples(n, || {
-                let mut c = Command::new(&*bin);
+                let mut c = Command::new(bin);
                 c.arg(&spec.rootfs);
                 c
             }));
@@ -528,7 +525,7 @@ pub fn run(spec: &LauncherSpec) -> LauncherReport {
         .into_iter()
         .map(|(r, _)| r)
         .chain([hako_run])
-        .chain(floor.map(|(r, _)| r))
+        .chain(floor)
         .chain(oci.into_iter().map(|(r, _, _)| r));
     let mut runtimes = Vec::new();
     for row in all {

@@ -21,8 +21,6 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-/// Where the cgroup hierarchies are mounted.
-const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
 // Parent group of `hako run` containers (one group `run-<pid>` each), not `hako serve`'s.
 use hako_policies::RUN_CGROUP_PARENT;
 
@@ -171,7 +169,7 @@ pub(super) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // cgroups-rs sets up first (parsing /proc/self/mountinfo, resolving every hierarchy, a
     // handle per controller), which cost this one-shot process about 0.1 ms per run.
     let root = CgroupRoot::detect_with_backend(
-        Path::new(CGROUP_MOUNT),
+        Path::new(hako_launcher::cgroup::SYS_FS_CGROUP),
         RUN_CGROUP_PARENT,
         CgroupBackend::Files,
     )

@@ -113,7 +113,7 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
     // Beside `hako run`'s groups: under `hako serve`'s parent, a serve starting meanwhile
     // would remove the benchmark's groups as orphans.
     let root = CgroupRoot::detect(
-        Path::new("/sys/fs/cgroup"),
+        Path::new(hako_launcher::cgroup::SYS_FS_CGROUP),
         hako_policies::RUN_CGROUP_PARENT,
     )
     .context("cgroups")?;
