@@ -18,7 +18,7 @@ fn stops(h: &Hako, app: &str, reason: &str) -> f64 {
     )
 }
 
-/// (Item 8) idle_timeout 1s: the instance stops about 1 s after its last request; the next request
+/// idle_timeout 1s: the instance stops about 1 s after its last request; the next request
 /// boots a new one.
 #[test]
 fn idle_instance_stops_and_next_request_boots_again() {
@@ -75,7 +75,7 @@ fn idle_instance_stops_and_next_request_boots_again() {
     );
 }
 
-/// (Item 9) max_lifetime 2s with a prestarted successor under continuous traffic: instances are
+/// max_lifetime 2s with a prestarted successor under continuous traffic: instances are
 /// replaced several times and not one request fails.
 #[test]
 fn lifetime_replacement_loses_no_request() {
@@ -184,7 +184,7 @@ fn boot_crashy(h: &Hako) -> (String, i32) {
     )
 }
 
-/// (Item 10a) An app whose main process dies on a request: the crash is counted and the next
+/// An app whose main process dies on a request: the crash is counted and the next
 /// request is served by a new instance.
 #[test]
 fn crashed_instance_is_counted_and_replaced() {
@@ -243,7 +243,7 @@ fn crashed_instance_is_counted_and_replaced() {
     );
 }
 
-/// (Item 10c) A request sent the moment the app's process has died (before hako noticed) is
+/// A request sent the moment the app's process has died (before hako noticed) is
 /// still served, by a new instance: a refused connection to a dead upstream carries no request
 /// bytes, so it is safe to retry. Five crash cycles, the request racing each death.
 #[test]
@@ -283,7 +283,7 @@ fn request_racing_a_crash_is_served_by_a_new_instance() {
     );
 }
 
-/// (Item 10b) An instance whose main process exceeds the memory limit is counted as `oom`.
+/// An instance whose main process exceeds the memory limit is counted as `oom`.
 ///
 /// The OOM killer picks the biggest task of the cgroup, so the hog must be the main process
 /// itself: PID 1 is a shell that runs httpd in the background and waits for a marker file; a
@@ -329,7 +329,7 @@ fn oom_killed_instance_is_counted() {
     assert_eq!(r.status, 200, "request after the OOM kill: {}", r.text());
 }
 
-/// (Item 11) kill -9 of hako with 5 live instances, then a restart with the same config: within 2 s
+/// kill -9 of hako with 5 live instances, then a restart with the same config: within 2 s
 /// no orphan remains and the new hako serves.
 #[test]
 fn restart_after_kill9_removes_orphans() {
@@ -405,7 +405,7 @@ fn restart_after_kill9_removes_orphans() {
     assert_eq!(r.text(), INDEX_BODY);
 }
 
-/// (Item 12) SIGHUP with a broken file keeps the old configuration; a valid change applies to new
+/// SIGHUP with a broken file keeps the old configuration; a valid change applies to new
 /// instances; serving never stops.
 #[test]
 fn sighup_reload_rejects_broken_and_applies_valid_config() {

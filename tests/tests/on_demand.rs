@@ -20,7 +20,7 @@ fn assert_one_boot(m: &Metrics) {
     );
 }
 
-/// (Item 1) The first request to a cold app returns the app's body; later ones reuse the instance.
+/// The first request to a cold app returns the app's body; later ones reuse the instance.
 #[test]
 fn cold_request_boots_then_instance_is_reused() {
     require_root!();
@@ -88,7 +88,7 @@ fn cold_request_boots_then_instance_is_reused() {
     );
 }
 
-/// (Item 2) 500 concurrent requests to a cold app all succeed with exactly one boot.
+/// 500 concurrent requests to a cold app all succeed with exactly one boot.
 #[test]
 fn five_hundred_concurrent_cold_requests_share_one_boot() {
     require_root!();
@@ -143,7 +143,7 @@ fn five_hundred_concurrent_cold_requests_share_one_boot() {
     assert_eq!(h.instances_of("web").len(), 1);
 }
 
-/// (Item 3) concurrency 10, max_instances 3: a burst scales to exactly 3 instances, never more.
+/// concurrency 10, max_instances 3: a burst scales to exactly 3 instances, never more.
 #[test]
 fn burst_scales_to_max_instances_and_no_further() {
     require_root!();
@@ -210,7 +210,7 @@ fn burst_scales_to_max_instances_and_no_further() {
     );
 }
 
-/// (Item 4) A missing program gives 502 naming it, with few boots; an app that never listens gives
+/// A missing program gives 502 naming it, with few boots; an app that never listens gives
 /// 504 after readiness.timeout and is killed.
 #[test]
 fn boot_failures_are_reported_and_cleaned_up() {
@@ -349,7 +349,7 @@ fn boot_failures_are_reported_and_cleaned_up() {
     );
 }
 
-/// (Item 5) Unknown Host → 404 (nothing booted); no Host → 400; a Host with a port still routes.
+/// Unknown Host → 404 (nothing booted); no Host → 400; a Host with a port still routes.
 #[test]
 fn routing_errors() {
     require_root!();
@@ -377,7 +377,7 @@ fn routing_errors() {
     assert_eq!(r.text(), INDEX_BODY);
 }
 
-/// (Item 6) 100 MiB down and up through the proxy, streamed: intact, and hako's RSS barely grows.
+/// 100 MiB down and up through the proxy, streamed: intact, and hako's RSS barely grows.
 #[test]
 fn large_bodies_stream_through_the_proxy() {
     require_root!();
@@ -438,7 +438,7 @@ fn large_bodies_stream_through_the_proxy() {
     );
 }
 
-/// (Item 7) SIGTERM under load: every request sent before the signal gets its 200; hako exits 0 and
+/// SIGTERM under load: every request sent before the signal gets its 200; hako exits 0 and
 /// leaves nothing behind.
 #[test]
 fn sigterm_under_load_drains_in_flight_requests() {
@@ -536,7 +536,7 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// (Item 13) An HTTP upgrade (101 Switching Protocols) is tunnelled both ways through hako.
+/// An HTTP upgrade (101 Switching Protocols) is tunnelled both ways through hako.
 ///
 /// The app is `nc -ll -e /bin/upgrade`: the script reads the request head, answers 101 and then
 /// echoes every byte (`cat`).
