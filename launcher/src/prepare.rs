@@ -44,8 +44,9 @@ pub(crate) enum Op {
     },
 }
 
-/// A spec prepared for fast, allocation-free boots. Not `Send`: it holds raw pointers into its
-/// own strings; keep it in the thread (or zygote) that boots from it.
+/// A spec prepared for fast, allocation-free boots. It holds raw pointers into its own heap
+/// strings, which never move and are never mutated after `new`, so it is `Send` and `Sync`
+/// (see the impls below); a child process reads it between clone and execve.
 #[derive(Debug)]
 pub struct PreparedSpec {
     strings: Vec<CString>,

@@ -74,7 +74,7 @@ pub fn spec_key(app_name: &str, spec: &ContainerSpec) -> String {
     format!(
         "{}:{:016x}",
         app_name,
-        fxhash(&serde_json::to_vec(spec).unwrap_or_default())
+        fnv1a(&serde_json::to_vec(spec).unwrap_or_default())
     )
 }
 
@@ -445,7 +445,7 @@ impl Runtime for ContainerRuntime {
 }
 
 /// FNV-1a: a stable cache key for a spec (not security relevant).
-fn fxhash(bytes: &[u8]) -> u64 {
+fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in bytes {
         h ^= u64::from(*b);
