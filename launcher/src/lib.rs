@@ -6,7 +6,6 @@
 //! - [`CgroupRoot`] / [`InstanceCgroup`] manage the per-instance cgroups (v1 and v2), and
 //!   [`CgroupPool`] keeps some created ahead of their boots.
 pub mod cgroup;
-pub mod cgroup_pool;
 mod child;
 pub mod error;
 pub mod prepare;
@@ -20,7 +19,7 @@ pub use cgroup::{
     CgroupAttach, CgroupBackend, CgroupError, CgroupLimits, CgroupRoot, CgroupStats, CgroupVersion,
     InstanceCgroup,
 };
-pub use cgroup_pool::{CgroupPool, DEFAULT_MAX_POOLED_APPS};
+pub use cgroup::pool::{CgroupPool, DEFAULT_MAX_POOLED_APPS};
 pub use error::LaunchError;
 pub use prepare::PreparedSpec;
 pub use spawn::{pidfd_signal, spawn_prepared, wait_pidfd, ExitStatusInfo, Output, Spawned};

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use hako_launcher::cgroup::{CgroupLimits, CgroupRoot, InstanceCgroup};
-use hako_launcher::cgroup_pool::{CgroupPool, DEFAULT_MAX_POOLED_APPS};
+use hako_launcher::cgroup::pool::{CgroupPool, DEFAULT_MAX_POOLED_APPS};
 use hako_launcher::spec::{ContainerSpec, NetworkMode, RootfsSpec, DEFAULT_PATH};
 use hako_launcher::zygote::{SpawnRequest, Zygote};
 use hako_policies::{App, Network, Rootfs};

@@ -30,6 +30,8 @@ use cgroups_rs::pid::PidController;
 use cgroups_rs::{Cgroup, CgroupPid, Controller, MaxValue};
 use serde::{Deserialize, Serialize};
 
+pub mod pool;
+
 /// CPU period written with every quota, in microseconds. 20 ms rather than the kernel's
 /// default 100 ms: a throttled tenant then runs in short slices instead of monopolising a core
 /// for up to 100 ms at a time, which is what its neighbours' tail latency feels (measured
