@@ -2,7 +2,7 @@
 //! carrying the per-request bookkeeping ([`RequestGuard`]) until the body has ended.
 
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -12,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::activate::Lease;
+use crate::conn::InFlight;
 use crate::pool::{Pool, Sender};
 use crate::server::Shared;
 
@@ -27,17 +28,20 @@ pub(crate) struct RequestGuard {
     pub(crate) status: u16,
     start: Instant,
     pub(crate) lease: Option<Lease>,
+    /// Keeps the client connection out of its idle/header timers until the response ended.
+    in_flight: Option<InFlight>,
     done: bool,
 }
 
 impl RequestGuard {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, in_flight: InFlight) -> Self {
         RequestGuard {
             shared,
             app: None,
             status: 499,
             start: Instant::now(),
             lease: None,
+            in_flight: Some(in_flight),
             done: false,
         }
     }
@@ -48,6 +52,7 @@ impl RequestGuard {
         }
         self.done = true;
         drop(self.lease.take());
+        drop(self.in_flight.take());
         let elapsed = self.start.elapsed();
         self.shared
             .activator
@@ -77,6 +82,8 @@ pub(crate) struct PooledConn {
     pub(crate) pool: Arc<Pool>,
     pub(crate) id: u64,
     pub(crate) sender: Sender,
+    /// Set when the client's request body failed (see [`ClientBody`]).
+    pub(crate) client_failed: Arc<AtomicBool>,
 }
 
 enum Kind {
@@ -138,7 +145,13 @@ impl ProxyBody {
 
     /// The upstream body failed: drop the connection, report, release lease, record.
     fn fail(&mut self, error: &hyper::Error) {
-        let id = self.conn.take().map(|c| c.id);
+        // A response cut short because the client's request body was malformed is the
+        // client's fault, not the instance's.
+        let id = self
+            .conn
+            .take()
+            .filter(|c| !c.client_failed.load(Ordering::Acquire))
+            .map(|c| c.id);
         if let (Some(id), Some(g)) = (id, self.guard.as_ref()) {
             tracing::warn!(
                 app = g.app.as_deref().unwrap_or("-"),
@@ -205,5 +218,51 @@ impl Drop for ProxyBody {
         }
         // Otherwise the client went away: the connection is dropped (not reusable), and the
         // guard records on drop.
+    }
+}
+
+/// The client's request body on its way to the upstream; notes when reading it from the
+/// client failed (malformed chunked framing, client gone), so that the failed exchange is
+/// answered 400 and not blamed on the instance.
+pub(crate) struct ClientBody {
+    inner: Incoming,
+    failed: Arc<AtomicBool>,
+}
+
+impl ClientBody {
+    pub(crate) fn new(inner: Incoming) -> (Self, Arc<AtomicBool>) {
+        let failed = Arc::new(AtomicBool::new(false));
+        (
+            ClientBody {
+                inner,
+                failed: Arc::clone(&failed),
+            },
+            failed,
+        )
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            this.failed.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

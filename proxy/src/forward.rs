@@ -6,15 +6,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::activate::{ActivateError, Upstream};
-use crate::body::{PooledConn, ProxyBody, RequestGuard};
+use crate::body::{ClientBody, PooledConn, ProxyBody, RequestGuard};
+use crate::conn::InFlight;
 use crate::headers::{self, HostError};
 use crate::pool::{ConnectError, Pool, Sender};
 use crate::server::{Phase, Shared};
+
+/// Methods `Allow` names when a `CONNECT` is refused: every method is forwarded but
+/// `CONNECT` (hako is not a tunnelling proxy).
+pub(crate) const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS";
 
 /// Why a request was answered by the proxy itself rather than by the app.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +27,19 @@ pub enum ProxyError {
     /// No usable `Host`: 400.
     #[error("{0}")]
     BadHost(#[from] HostError),
+    /// `CONNECT`: never forwarded; 405 with `Allow`.
+    #[error("CONNECT is not supported (hako is not a forward proxy)")]
+    ConnectMethod,
+    /// Reading the client's request body failed (malformed chunked framing, body cut short):
+    /// 400. The instance is not blamed.
+    #[error("app '{app}': invalid request body from the client: {source}")]
+    ClientBody {
+        /// The app.
+        app: String,
+        /// hyper's error.
+        #[source]
+        source: hyper::Error,
+    },
     /// No route for this host and path: 404.
     #[error("no app for host '{host}' and path '{path}'")]
     UnknownHost {
@@ -65,7 +83,8 @@ impl ProxyError {
     /// The HTTP status the client sees.
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadHost(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadHost(_) | ProxyError::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            ProxyError::ConnectMethod => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::UnknownHost { .. } => StatusCode::NOT_FOUND,
             ProxyError::Activate(e) => match e {
                 ActivateError::UnknownApp(_) => StatusCode::NOT_FOUND,
@@ -97,6 +116,14 @@ impl ProxyError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let ProxyError::ConnectMethod = &self {
+            h.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+        }
+        if let ProxyError::ClientBody { .. } = &self {
+            // The request's framing is broken: nothing after it on this connection can be
+            // trusted.
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let ProxyError::Activate(ActivateError::QueueFull { retry_after, .. }) = &self {
             h.insert(
                 header::RETRY_AFTER,
@@ -135,9 +162,10 @@ pub(crate) fn connection_failure(error: &hyper::Error) -> Option<std::io::Error>
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     peer: SocketAddr,
+    in_flight: InFlight,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let mut guard = Some(RequestGuard::new(Arc::clone(&shared)));
+    let mut guard = Some(RequestGuard::new(Arc::clone(&shared), in_flight));
     let resp = match forward(&shared, peer, req, &mut guard).await {
         Ok(resp) => resp,
         Err(error) => {
@@ -170,6 +198,9 @@ async fn forward(
     mut req: Request<Incoming>,
     guard_slot: &mut Option<RequestGuard>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::ConnectMethod);
+    }
     let host = headers::request_host(&req)?;
     let app = shared
         .routes
@@ -238,7 +269,10 @@ async fn forward(
     if client_version == Version::HTTP_2 {
         headers::join_cookies(&mut parts.headers);
     }
-    if !parts.headers.contains_key(header::HOST) {
+    // The request-target's authority (HTTP/1.1 absolute-form, HTTP/2 `:authority`) chose the
+    // route, so the app gets it as `Host` too, whatever `Host` the client sent
+    // (RFC 9112 §3.2.2).
+    if parts.uri.authority().is_some() || !parts.headers.contains_key(header::HOST) {
         if let Ok(v) = HeaderValue::from_str(&host) {
             parts.headers.insert(header::HOST, v);
         }
@@ -250,6 +284,7 @@ async fn forward(
         .map(|pq| Uri::from(pq.clone()))
         .unwrap_or_else(|| Uri::from_static("/"));
     parts.version = Version::HTTP_11;
+    let (body, client_failed) = ClientBody::new(body);
     let upstream_req = Request::from_parts(parts, body);
 
     let timeout = shared.opts.upstream_timeout;
@@ -265,6 +300,14 @@ async fn forward(
             Ok(Err(SendError::Connect(source))) => {
                 connect_failed(shared, id, &source);
                 return Err(ProxyError::Connect {
+                    app: app.to_string(),
+                    source,
+                });
+            }
+            Ok(Err(SendError::Request(source)))
+                if client_failed.load(std::sync::atomic::Ordering::Acquire) =>
+            {
+                return Err(ProxyError::ClientBody {
                     app: app.to_string(),
                     source,
                 });
@@ -305,6 +348,7 @@ async fn forward(
         pool: Arc::clone(&shared.pool),
         id,
         sender,
+        client_failed,
     };
     Ok(Response::from_parts(parts, ProxyBody::stream(body, conn)))
 }
@@ -334,7 +378,7 @@ enum SendError {
 async fn send(
     shared: &Shared,
     upstream: &dyn Upstream,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     first: Sender,
 ) -> Result<(Response<Incoming>, Sender), SendError> {
     let id = upstream.id();

@@ -89,6 +89,11 @@ pub enum HostError {
 /// (HTTP/2 `:authority`, HTTP/1.1 absolute-form) or else the `Host` header.
 pub(crate) fn request_host<B>(req: &Request<B>) -> Result<String, HostError> {
     if let Some(auth) = req.uri().authority() {
+        // `user@host` in an http(s) URI is deprecated and a known spoofing trick
+        // (RFC 9110 §4.2.4): refuse it rather than route by something the app reads otherwise.
+        if auth.as_str().contains('@') {
+            return Err(HostError::Invalid);
+        }
         return Ok(auth.as_str().to_string());
     }
     let mut values = req.headers().get_all(header::HOST).iter();

@@ -21,6 +21,7 @@
 
 mod activate;
 mod body;
+mod conn;
 mod forward;
 mod headers;
 mod pool;

@@ -4,14 +4,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 use crate::activate::Upstream;
+use crate::body::ClientBody;
 
 /// Sender half of one upstream connection.
-pub(crate) type Sender = SendRequest<Incoming>;
+pub(crate) type Sender = SendRequest<ClientBody>;
 
 struct Idle {
     sender: Sender,

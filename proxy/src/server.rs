@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -13,14 +14,26 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 
 use crate::activate::Activator;
+use crate::conn::{Activity, Limiter, RateLimitedLog, Refusal, Slot, Watched};
 use crate::pool::Pool;
 use crate::routes::RoutesHandle;
 
 /// Tunables of [`serve`].
 #[derive(Debug, Clone)]
 pub struct ProxyOptions {
-    /// Time a client has to send complete request headers (HTTP/1). Default 10 s.
+    /// Time a client has to send a complete request head: from accept until its first
+    /// request (HTTP/1 and HTTP/2), and from the first byte of each later HTTP/1 request head.
+    /// The connection is closed when it runs out. Default 10 s.
     pub header_read_timeout: Duration,
+    /// A client connection with no request in flight (HTTP/2: no open stream) for this long
+    /// after its last response ended is closed. Default 60 s.
+    pub client_idle_timeout: Duration,
+    /// Open connections one client address may hold; further ones are closed at accept.
+    /// Default 256.
+    pub max_connections_per_client: usize,
+    /// Open client connections in all; further ones are closed at accept. Default unlimited
+    /// (`usize::MAX`); `hako serve` sets it below its open-files limit.
+    pub max_connections: usize,
     /// Time the upstream has to send response headers (connect included); then 504.
     /// Default 60 s.
     pub upstream_timeout: Duration,
@@ -34,6 +47,9 @@ impl Default for ProxyOptions {
     fn default() -> Self {
         ProxyOptions {
             header_read_timeout: Duration::from_secs(10),
+            client_idle_timeout: Duration::from_secs(60),
+            max_connections_per_client: 256,
+            max_connections: usize::MAX,
             upstream_timeout: Duration::from_secs(60),
             max_idle_per_upstream: 32,
             idle_conn_timeout: Duration::from_secs(90),
@@ -52,6 +68,11 @@ pub struct ServeReport {
     pub completed_during_drain: u64,
     /// Connections and tunnels still open when `grace` ran out, closed by force.
     pub forced_closes: u64,
+    /// Connections closed at accept: over `max_connections_per_client` or `max_connections`,
+    /// or accepted from the spare descriptor while the process was out of descriptors.
+    pub refused: u64,
+    /// Connections closed by the header-read or idle timeout.
+    pub timed_out: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -72,6 +93,8 @@ pub(crate) struct Stats {
     pub(crate) requests: AtomicU64,
     pub(crate) completed_during_drain: AtomicU64,
     pub(crate) forced_closes: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
     pub(crate) draining: AtomicBool,
 }
 
@@ -160,10 +183,13 @@ pub async fn serve<A: Activator>(
     });
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's header_read_timeout is off: it starts only after `auto` saw the first bytes and
+    // would also cut idle keep-alive connections at the header timeout; `conn::Activity`
+    // times both.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout)
+        .header_read_timeout(None)
         .keep_alive(true)
         .http2()
         .timer(TokioTimer::new());
@@ -185,6 +211,15 @@ pub async fn serve<A: Activator>(
 
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, "proxy listening");
+    let limiter = Limiter::new(opts.max_connections_per_client, opts.max_connections);
+    // One descriptor kept in reserve: out of descriptors, it is given up to accept the
+    // waiting connection and close it at once, instead of leaving clients hanging in the
+    // backlog while the accept loop retries.
+    let mut spare = open_spare();
+    let mut out_of_fds_log =
+        RateLimitedLog::new("accept: out of file descriptors; connections closed at accept");
+    let mut accept_error_log = RateLimitedLog::new("accept failed");
+    let mut refused_log = RateLimitedLog::new("client connection refused at accept");
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -193,11 +228,43 @@ pub async fn serve<A: Activator>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     shared.stats.connections.fetch_add(1, Ordering::Relaxed);
-                    spawn_connection(&shared, &builder, stream, peer);
+                    match limiter.admit(peer.ip()) {
+                        Ok(slot) => spawn_connection(&shared, &builder, stream, peer, slot),
+                        Err(why) => {
+                            shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                            let what = match why {
+                                Refusal::PerClient => "max_connections_per_client reached",
+                                Refusal::Total => "max_connections reached",
+                            };
+                            refused_log.hit(&format_args!("{what} (last from {})", peer.ip()));
+                            drop(stream);
+                        }
+                    }
+                }
+                Err(error) if is_out_of_fds(&error) => {
+                    out_of_fds_log.hit(&error);
+                    match spare.take() {
+                        Some(file) => {
+                            drop(file);
+                            // The connection that could not be accepted is still queued: take
+                            // it with the freed descriptor and close it.
+                            if let Some(Ok((stream, _))) = listener.accept().now_or_never() {
+                                shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                                drop(stream);
+                            }
+                            spare = open_spare();
+                        }
+                        None => spare = open_spare(),
+                    }
+                    if spare.is_none() {
+                        // Not even one descriptor came back: wait for connections to close
+                        // rather than spin on accept.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                 }
                 Err(error) => {
-                    // EMFILE/ENFILE/ECONNABORTED and friends: log, back off briefly, go on.
-                    tracing::warn!(%error, "accept failed");
+                    // ECONNABORTED, ENOBUFS and friends: log, back off briefly, go on.
+                    accept_error_log.hit(&error);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             },
@@ -226,9 +293,23 @@ pub async fn serve<A: Activator>(
         requests: s.requests.load(Ordering::Relaxed),
         completed_during_drain: s.completed_during_drain.load(Ordering::Relaxed),
         forced_closes: s.forced_closes.load(Ordering::Relaxed),
+        refused: s.refused.load(Ordering::Relaxed),
+        timed_out: s.timed_out.load(Ordering::Relaxed),
     };
     tracing::info!(?report, "proxy stopped");
     Ok(report)
+}
+
+/// `EMFILE` (process) or `ENFILE` (system): out of file descriptors (Linux numbers).
+fn is_out_of_fds(error: &std::io::Error) -> bool {
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    matches!(error.raw_os_error(), Some(EMFILE | ENFILE))
+}
+
+/// The reserve descriptor (see the accept loop).
+fn open_spare() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
 }
 
 fn spawn_connection(
@@ -236,20 +317,36 @@ fn spawn_connection(
     builder: &Arc<auto::Builder<TokioExecutor>>,
     stream: TcpStream,
     peer: SocketAddr,
+    slot: Slot,
 ) {
     let token = shared.tracker.token();
     let shared = Arc::clone(shared);
     let builder = Arc::clone(builder);
     tokio::spawn(async move {
         let _token = token;
+        let _slot = slot;
         let _ = stream.set_nodelay(true);
         let mut drain_rx = shared.phase.clone();
         let mut force_rx = shared.phase.clone();
+        let activity = Activity::new(
+            shared.opts.header_read_timeout,
+            shared.opts.client_idle_timeout,
+        );
         let svc_shared = Arc::clone(&shared);
-        let svc = service_fn(move |req| crate::forward::handle(Arc::clone(&svc_shared), peer, req));
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+        let svc_activity = Arc::clone(&activity);
+        let svc = service_fn(move |req| {
+            crate::forward::handle(Arc::clone(&svc_shared), peer, svc_activity.begin(), req)
+        });
+        let io = TokioIo::new(Watched::new(stream, Arc::clone(&activity)));
+        let conn = builder.serve_connection_with_upgrades(io, svc);
         tokio::pin!(conn);
         let mut draining = false;
+        let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+        tokio::pin!(timer);
+        let mut deadline = activity.deadline();
+        if let Some(at) = deadline {
+            timer.as_mut().reset(at);
+        }
         loop {
             tokio::select! {
                 res = conn.as_mut() => {
@@ -257,6 +354,29 @@ fn spawn_connection(
                         tracing::debug!(%peer, %error, "client connection ended with error");
                     }
                     break;
+                }
+                () = activity.changed() => {
+                    deadline = activity.deadline();
+                    if let Some(at) = deadline {
+                        timer.as_mut().reset(at);
+                    }
+                }
+                () = timer.as_mut(), if deadline.is_some() => {
+                    deadline = activity.deadline();
+                    match deadline {
+                        Some(at) if at <= tokio::time::Instant::now() => {
+                            shared.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                            let why = if activity.is_between_requests() {
+                                "idle timeout"
+                            } else {
+                                "header read timeout"
+                            };
+                            tracing::debug!(%peer, why, "client connection closed");
+                            break;
+                        }
+                        Some(at) => timer.as_mut().reset(at),
+                        None => {}
+                    }
                 }
                 () = wait_phase(&mut drain_rx, Phase::Draining), if !draining => {
                     conn.as_mut().graceful_shutdown();
