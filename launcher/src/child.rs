@@ -17,6 +17,9 @@
 //!   the only new data are plain stack values (`sigset_t`, `Ifreq`, `sock_fprog`, `CapData`);
 //! - no locks, no `std` I/O, no `tracing`, no panics on any path: no indexing that can fail
 //!   (loops are bounded by slice lengths), no `unwrap`, no formatting;
+//! - the container's `/proc` gets read-only and masked entries (`PreparedSpec::proc_masks`,
+//!   runc's defaults) right after it is mounted, on the cold path after `pivot_root` and on
+//!   the warm path after the child's own `/proc` mount; a holder has no `/proc` to mask;
 //! - only system calls through `libc` (`dup2`, `mount`, `mkdir`, `mknod`, `symlink`,
 //!   `chdir`, `unshare`, `setns`, `setsid`, `sethostname`, `socket`, `ioctl`,
 //!   `setsockopt`, `bind`, `listen`, `fcntl`, `setrlimit`, `prctl`, `getppid`, `umask`,
@@ -214,8 +217,62 @@ fn fail(fds: &ChildFds, stage: u32, index: u32, err: i32) -> ! {
     }
 }
 
-/// Runs the mount table (without the `/proc` mount when `skip_proc`) and pivots into the new
-/// root with the old one detached.
+/// Runs `p.ops[i]`, reporting a failure as [`stage::MOUNT`] with index `i`. An existing
+/// directory and, for an optional mount, a missing target count as success.
+///
+/// # Safety
+/// Child only (see the module documentation).
+unsafe fn run_op(fds: &ChildFds, i: usize, op: &Op) {
+    // SAFETY: raw system calls on C strings owned by the prepared spec; see the module documentation.
+    unsafe {
+        let r = match *op {
+            Op::Mount {
+                src,
+                target,
+                fstype,
+                flags,
+                data,
+                optional,
+            } => {
+                let r = libc::mount(src, target, fstype, flags, data);
+                if r != 0 && optional && errno() == libc::ENOENT {
+                    0
+                } else {
+                    r
+                }
+            }
+            Op::Mkdir { path, mode } => {
+                let r = libc::mkdir(path, mode);
+                if r != 0 && errno() == libc::EEXIST {
+                    0
+                } else {
+                    r
+                }
+            }
+            Op::Mknod { path, mode, dev } => libc::mknod(path, mode, dev),
+            Op::Symlink { target, link } => libc::symlink(target, link),
+        };
+        if r != 0 {
+            fail(fds, stage::MOUNT, i as u32, errno());
+        }
+    }
+}
+
+/// Makes `/proc` entries read-only or masks them (`p.ops[p.proc_masks..]`), once the root is
+/// pivoted and this pid namespace's `/proc` is mounted.
+///
+/// # Safety
+/// Child only (see the module documentation).
+unsafe fn mask_proc(p: &PreparedSpec, fds: &ChildFds) {
+    let first = p.proc_masks;
+    for (i, op) in p.ops.iter().enumerate().skip(first) {
+        // SAFETY: as in `run_op`.
+        unsafe { run_op(fds, i, op) };
+    }
+}
+
+/// Runs the mount table (without the `/proc` mount and its masks when `skip_proc`) and pivots
+/// into the new root with the old one detached.
 ///
 /// # Safety
 /// Child only (see the module documentation).
@@ -223,32 +280,11 @@ unsafe fn build_root(p: &PreparedSpec, fds: &ChildFds, skip_proc: bool) {
     // SAFETY: raw system calls on C strings owned by `p`; see the module documentation.
     unsafe {
         libc::umask(0);
-        for (i, op) in p.ops.iter().enumerate() {
+        for (i, op) in p.ops.iter().enumerate().take(p.proc_masks) {
             if skip_proc && i == p.proc_op {
                 continue;
             }
-            let r = match *op {
-                Op::Mount {
-                    src,
-                    target,
-                    fstype,
-                    flags,
-                    data,
-                } => libc::mount(src, target, fstype, flags, data),
-                Op::Mkdir { path, mode } => {
-                    let r = libc::mkdir(path, mode);
-                    if r != 0 && errno() == libc::EEXIST {
-                        0
-                    } else {
-                        r
-                    }
-                }
-                Op::Mknod { path, mode, dev } => libc::mknod(path, mode, dev),
-                Op::Symlink { target, link } => libc::symlink(target, link),
-            };
-            if r != 0 {
-                fail(fds, stage::MOUNT, i as u32, errno());
-            }
+            run_op(fds, i, op);
         }
         let dot = c".".as_ptr();
         if libc::chdir(p.new_root) != 0 {
@@ -262,6 +298,9 @@ unsafe fn build_root(p: &PreparedSpec, fds: &ChildFds, skip_proc: bool) {
         }
         if libc::chdir(c"/".as_ptr()) != 0 {
             fail(fds, stage::PIVOT, 3, errno());
+        }
+        if !skip_proc {
+            mask_proc(p, fds);
         }
         libc::umask(0o022);
     }
@@ -600,6 +639,7 @@ pub(crate) unsafe fn run(p: &PreparedSpec, fds: &ChildFds) -> ! {
             {
                 fail(fds, stage::MOUNT, p.proc_op as u32, errno());
             }
+            mask_proc(p, fds);
         } else {
             build_root(p, fds, false);
             if p.loopback {

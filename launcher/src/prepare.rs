@@ -19,6 +19,42 @@ const HOST_ENTRIES: &[&str] = &[
     "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc",
 ];
 
+/// Entries of the container's `/proc` made read-only (bound over themselves, then remounted
+/// `ro,nosuid,nodev,noexec`): runc's default `readonlyPaths`. `/proc/sys` holds every host-wide
+/// sysctl (`kernel.core_pattern` runs a program as root on the host at the next crash).
+/// With an isolated network, `/proc/sys/net` (only the container's own network namespace's
+/// sysctls) is made writable again afterwards.
+pub const PROC_READONLY: &[&str] = &["sys", "sysrq-trigger", "irq", "bus", "fs"];
+
+/// Files of the container's `/proc` masked by the container's `/dev/null` (they read empty):
+/// runc's default `maskedPaths` files, plus `interrupts` (host-wide interrupt counts, a known
+/// side channel) and `kpagecount`, `kpageflags`, `kpagecgroup` (physical page information).
+pub const PROC_MASKED_FILES: &[&str] = &[
+    "kcore",
+    "keys",
+    "timer_list",
+    "timer_stats",
+    "sched_debug",
+    "latency_stats",
+    "interrupts",
+    "kpagecount",
+    "kpageflags",
+    "kpagecgroup",
+];
+
+/// Directories of the container's `/proc` masked by an empty read-only tmpfs (runc's default
+/// `maskedPaths` directories).
+pub const PROC_MASKED_DIRS: &[&str] = &["acpi", "asound", "scsi"];
+
+/// Host files masked by the container's `/dev/null` with `rootfs: host` unless the spec sets
+/// `expose_host_secrets` (besides these, every `/etc/ssh/ssh_host_*_key`, the SSH host
+/// private keys, found when the spec is prepared).
+pub const HOST_SECRETS: &[&str] = &["etc/shadow", "etc/shadow-", "etc/gshadow", "etc/gshadow-"];
+
+/// Host directories masked by an empty read-only tmpfs with `rootfs: host` unless the spec
+/// sets `expose_host_secrets`.
+pub const HOST_SECRET_DIRS: &[&str] = &["etc/ssl/private"];
+
 /// One step of the mount table. Pointers point into `PreparedSpec::strings`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Op {
@@ -28,6 +64,8 @@ pub(crate) enum Op {
         fstype: *const c_char,
         flags: c_ulong,
         data: *const c_void,
+        /// `ENOENT` (a `/proc` entry this kernel lacks) skips the op instead of failing.
+        optional: bool,
     },
     Mkdir {
         path: *const c_char,
@@ -58,6 +96,11 @@ pub struct PreparedSpec {
     pub(crate) proc_op: usize,
     /// `/proc`, the proc mount target inside a warm (already pivoted) mount namespace.
     pub(crate) proc_in_root: *const c_char,
+    /// Index in `ops` of the first op run once the root is pivoted and `/proc` mounted:
+    /// `ops[proc_masks..]` makes `/proc` entries read-only or masks them, with paths as seen
+    /// inside the container. A cold child runs them after `pivot_root`, a warm child after its
+    /// `/proc` mount, a namespace holder (no `/proc`) never.
+    pub(crate) proc_masks: usize,
     pub(crate) workdir: *const c_char,
     pub(crate) hostname: CString,
     pub(crate) exec_candidates: Vec<*const c_char>,
@@ -157,12 +200,24 @@ impl Builder {
         flags: c_ulong,
         data: Option<&str>,
     ) -> Result<(), LaunchError> {
+        self.mount_maybe(src, target, fstype, flags, data, false)
+    }
+    fn mount_maybe(
+        &mut self,
+        src: Option<&str>,
+        target: &Path,
+        fstype: Option<&str>,
+        flags: c_ulong,
+        data: Option<&str>,
+        optional: bool,
+    ) -> Result<(), LaunchError> {
         let op = Op::Mount {
             src: self.opt(src)?,
             target: self.s(target.as_os_str().as_bytes())?,
             fstype: self.opt(fstype)?,
             flags,
             data: self.opt(data)?.cast(),
+            optional,
         };
         self.ops.push(op);
         self.op_names
@@ -214,6 +269,97 @@ impl Builder {
             None,
         )
     }
+    /// Makes `path` read-only (bound over itself, then remounted `ro,nosuid,nodev,noexec`);
+    /// skipped if it does not exist.
+    fn readonly_in_place(&mut self, path: &Path) -> Result<(), LaunchError> {
+        let s = utf8(path)?;
+        self.mount_maybe(
+            Some(s),
+            path,
+            None,
+            libc::MS_BIND | libc::MS_REC,
+            None,
+            true,
+        )?;
+        self.mount_maybe(None, path, None, RO_REMOUNT, None, true)
+    }
+    /// Writable again (bound over itself, then remounted `nosuid,nodev,noexec` without `ro`);
+    /// skipped if it does not exist.
+    fn writable_in_place(&mut self, path: &Path) -> Result<(), LaunchError> {
+        let s = utf8(path)?;
+        self.mount_maybe(Some(s), path, None, libc::MS_BIND, None, true)?;
+        self.mount_maybe(None, path, None, RO_REMOUNT & !libc::MS_RDONLY, None, true)
+    }
+    /// Hides the file `path` behind `null` (the container's `/dev/null`: reads empty, writes
+    /// vanish); skipped if it does not exist.
+    fn mask_file(&mut self, null: &Path, path: &Path) -> Result<(), LaunchError> {
+        let s = utf8(null)?;
+        self.mount_maybe(Some(s), path, None, libc::MS_BIND, None, true)
+    }
+    /// Hides the directory `path` behind an empty read-only tmpfs; skipped if it does not
+    /// exist.
+    fn mask_dir(&mut self, path: &Path) -> Result<(), LaunchError> {
+        self.mount_maybe(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            Some("mode=555,size=4k"),
+            true,
+        )
+    }
+}
+
+/// `MS_REMOUNT` flags of a read-only bind mount without suid, devices or executables.
+const RO_REMOUNT: c_ulong = libc::MS_BIND
+    | libc::MS_REMOUNT
+    | libc::MS_RDONLY
+    | libc::MS_NOSUID
+    | libc::MS_NODEV
+    | libc::MS_NOEXEC;
+
+fn utf8(path: &Path) -> Result<&str, LaunchError> {
+    path.to_str()
+        .ok_or_else(|| LaunchError::InvalidSpec(format!("non-UTF-8 path {}", path.display())))
+}
+
+/// The host's secrets hidden with `rootfs: host` (paths relative to `/`): [`HOST_SECRETS`]
+/// and the SSH host private keys, each as (path, is a directory). A symlink is refused: its
+/// target, resolved before `pivot_root`, would be the host's path, not the container's.
+fn host_secrets(host_root: &Path) -> Result<Vec<(PathBuf, bool)>, LaunchError> {
+    let mut files: Vec<PathBuf> = HOST_SECRETS.iter().map(PathBuf::from).collect();
+    if let Ok(dir) = std::fs::read_dir(host_root.join("etc/ssh")) {
+        let mut keys: Vec<PathBuf> = dir
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with("ssh_host_") && n.ends_with("_key"))
+            .map(|n| Path::new("etc/ssh").join(n))
+            .collect();
+        keys.sort();
+        files.extend(keys);
+    }
+    let mut out = Vec::new();
+    let all = files
+        .into_iter()
+        .map(|f| (f, false))
+        .chain(HOST_SECRET_DIRS.iter().map(|d| (PathBuf::from(d), true)));
+    for (rel, dir) in all {
+        let host = host_root.join(&rel);
+        let Ok(meta) = std::fs::symlink_metadata(&host) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            return Err(LaunchError::InvalidSpec(format!(
+                "{} is a symlink: cannot hide it with rootfs: host (set expose_host_secrets to \
+                 show it)",
+                host.display()
+            )));
+        }
+        if meta.is_dir() == dir {
+            out.push((rel, dir));
+        }
+    }
+    Ok(out)
 }
 
 impl PreparedSpec {
@@ -339,6 +485,16 @@ impl PreparedSpec {
             libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             Some("mode=1777,size=65536k"),
         )?;
+        // The host's secrets, behind the container's /dev/null (made just above).
+        if spec.rootfs == RootfsSpec::Host && !spec.expose_host_secrets {
+            for (rel, dir) in host_secrets(Path::new("/"))? {
+                if dir {
+                    b.mask_dir(&root.join(rel))?;
+                } else {
+                    b.mask_file(&dev.join("null"), &root.join(rel))?;
+                }
+            }
+        }
         for (link, target) in [
             ("fd", "/proc/self/fd"),
             ("stdin", "/proc/self/fd/0"),
@@ -372,6 +528,24 @@ impl PreparedSpec {
         )?;
         let new_root = b.s(root.as_os_str().as_bytes())?;
         let proc_in_root = b.s("/proc")?;
+
+        // Once pivoted with /proc mounted (paths inside the container): read-only and masked
+        // /proc entries, as runc's defaults. Entries this kernel lacks are skipped.
+        let proc_masks = b.ops.len();
+        let proc = Path::new("/proc");
+        for e in PROC_READONLY {
+            b.readonly_in_place(&proc.join(e))?;
+        }
+        if spec.network == NetworkMode::Isolated {
+            // Only this network namespace's own sysctls live there.
+            b.writable_in_place(&proc.join("sys/net"))?;
+        }
+        for e in PROC_MASKED_FILES {
+            b.mask_file(Path::new("/dev/null"), &proc.join(e))?;
+        }
+        for e in PROC_MASKED_DIRS {
+            b.mask_dir(&proc.join(e))?;
+        }
 
         let workdir = b.s(spec.workdir.as_os_str().as_bytes())?;
         let argv_storage: Vec<*const c_char> = spec
@@ -456,6 +630,7 @@ impl PreparedSpec {
             new_root,
             proc_op,
             proc_in_root,
+            proc_masks,
             workdir,
             hostname,
             exec_candidates,

@@ -86,6 +86,11 @@ pub struct ContainerSpec {
     /// A listening socket handed to the app as fd 3 (`LISTEN_FDS`), if any.
     #[serde(default)]
     pub listen: Option<ListenSpec>,
+    /// With [`RootfsSpec::Host`]: `false` (the default) masks the host's secrets
+    /// ([`crate::prepare::HOST_SECRETS`]: `/etc/shadow`, SSH host keys, ...) with an empty
+    /// file; `true` shows them as they are. Meaningless with a directory rootfs.
+    #[serde(default)]
+    pub expose_host_secrets: bool,
 }
 
 impl ContainerSpec {
@@ -112,6 +117,7 @@ impl ContainerSpec {
                 .collect(),
             seccomp: true,
             listen: None,
+            expose_host_secrets: false,
         }
     }
 }
@@ -125,9 +131,11 @@ mod tests {
         let spec = ContainerSpec::new(RootfsSpec::Host, vec!["x".into()]);
         let mut json: serde_json::Value = serde_json::to_value(&spec).unwrap();
         json.as_object_mut().unwrap().remove("listen");
+        json.as_object_mut().unwrap().remove("expose_host_secrets");
         let back: ContainerSpec = serde_json::from_value(json).unwrap();
         assert_eq!(back, spec);
         assert_eq!(back.listen, None);
+        assert!(!back.expose_host_secrets);
         let l: ListenSpec = serde_json::from_str(r#"{"port": 8080}"#).unwrap();
         assert_eq!(l, ListenSpec::new(8080));
         assert_eq!(l.backlog, DEFAULT_LISTEN_BACKLOG);

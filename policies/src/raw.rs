@@ -45,6 +45,7 @@ pub(crate) struct RawApp {
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum RawNetwork {
+    pub expose_host_secrets: Option<bool>,
     Isolated,
     Host,
 }

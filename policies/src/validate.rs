@@ -525,6 +525,14 @@ impl<'a> Ctx<'a> {
         };
         if list.is_empty() {
             self.fault(&path, "must list at least one hostname");
+        let expose_host_secrets = raw.expose_host_secrets.unwrap_or(false);
+        if raw.expose_host_secrets.is_some() && matches!(rootfs, Some(Rootfs::Dir(_))) {
+            self.fault(
+                &p("expose_host_secrets"),
+                "only meaningful with `rootfs: host`; a directory rootfs has no host secrets \
+                 to show or hide: remove the key",
+            );
+        }
         }
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut out = Vec::new();
@@ -544,6 +552,7 @@ impl<'a> Ctx<'a> {
                     &hp,
                     format!("`{lower}` is listed twice (also {path}[{first}])"),
                 );
+            expose_host_secrets,
                 continue;
             }
             seen.insert(lower.clone(), i);

@@ -340,6 +340,13 @@ fn cases() -> Vec<Case> {
             &["apps[0].spike", "neither"],
         ),
         case(
+            "expose_host_secrets with a directory rootfs",
+            "apps:\n  - name: web\n    hosts: [web.test]\n    rootfs: /\n    command: [sh]\n    expose_host_secrets: false\n".to_owned(),
+            6,
+            26,
+            &["apps[0].expose_host_secrets", "rootfs: host"],
+        ),
+        case(
             "unknown capability",
             app("    capabilities: [CAP_NET_BIND_SERVICE, CAP_FLY]\n"),
             6,
