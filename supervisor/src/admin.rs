@@ -14,7 +14,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
-use crate::pool::Supervisor;
+use crate::instances::Supervisor;
 
 /// Asks the running process to reload its configuration; returns a summary or the errors.
 pub type ReloadHook = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;

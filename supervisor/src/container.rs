@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use hako_launcher::cgroup::{CgroupLimits, CgroupRoot, InstanceCgroup};
 use hako_launcher::cgroup::pool::{CgroupPool, DEFAULT_MAX_POOLED_APPS};
+use hako_launcher::cgroup::{CgroupLimits, CgroupRoot, InstanceCgroup};
 use hako_launcher::spec::{ContainerSpec, NetworkMode, RootfsSpec, DEFAULT_PATH};
 use hako_launcher::zygote::{SpawnRequest, Zygote};
 use hako_policies::{App, Network, Rootfs};
@@ -18,8 +18,8 @@ use hako_proxy::{ConnectFuture, Upstream};
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 
+use crate::instances::{BoxFuture, EffectiveLimits, ExitInfo, Running, Runtime, Usage};
 use crate::netns::{NetnsSockets, NetnsTarget};
-use crate::pool::{BoxFuture, EffectiveLimits, ExitInfo, Running, Runtime, Usage};
 
 /// What `state_dir/instances/<name>.json` records about a live instance, so that a restart
 /// after `kill -9` can find and remove what the previous process left.

@@ -12,7 +12,7 @@ use hako_policies::{App, Config};
 use crate::governor::{
     read_host_pressure, Governor, GovernorParams, InstanceSample, Limits, Sample, SpikeRule,
 };
-use crate::pool::Supervisor;
+use crate::instances::Supervisor;
 
 /// Maps the configuration's governor section onto the governor's parameters.
 pub fn params_of(cfg: &Config) -> GovernorParams {
@@ -289,10 +289,10 @@ mod tests {
 
     use super::*;
     use crate::container::HostUpstream;
-    use crate::metrics::Metrics;
-    use crate::pool::{
+    use crate::instances::{
         BoxFuture, EffectiveLimits, ExitInfo, Running, Runtime, SupervisorOptions, Usage,
     };
+    use crate::metrics::Metrics;
 
     /// The one instance's knobs, shared by the test and the fake.
     #[derive(Default)]

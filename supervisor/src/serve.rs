@@ -11,8 +11,8 @@ use hako_proxy::{ProxyOptions, Route, Routes, RoutesHandle};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::container::{ContainerRuntime, InstanceRecord};
+use crate::instances::{Supervisor, SupervisorOptions};
 use crate::metrics::Metrics;
-use crate::pool::{Supervisor, SupervisorOptions};
 
 /// The built-in demo: one app, busybox httpd on a read-only view of the host, booted on the
 /// first request to http://127.0.0.1:8080/.

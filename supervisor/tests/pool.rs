@@ -9,10 +9,10 @@ use std::time::Duration;
 use hako_policies::{App, Rootfs};
 use hako_proxy::{ActivateError, Activator};
 use hako_supervisor::container::HostUpstream;
-use hako_supervisor::metrics::Metrics;
-use hako_supervisor::pool::{
+use hako_supervisor::instances::{
     BoxFuture, ExitInfo, Running, Runtime, State, Supervisor, SupervisorOptions,
 };
+use hako_supervisor::metrics::Metrics;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;

@@ -1,0 +1,254 @@
+//! Handing out leases: the least loaded ready instance with a free slot, else a boot (one
+//! per burst: single flight, more only for demand the booting instances will not absorb, up
+//! to `max_instances`), a bounded wait queue, crash-loop backoff answers, and the host-wide
+//! budget with least-recently-used eviction.
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hako_policies::App;
+use hako_proxy::{ActivateError, Lease};
+use tokio::time::Instant;
+
+use super::instance::Instance;
+use super::state::State;
+use super::{AppPool, BootFailure, PoolState, Supervisor};
+use crate::metrics::StopReason;
+
+/// How long a host-wide budget refusal tells the client to wait.
+const BUDGET_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How often a request blocked by the host-wide budget looks again (room freed in another
+/// app's pool does not wake this one).
+const BUDGET_RECHECK: Duration = Duration::from_millis(25);
+
+/// A request's place in its pool's wait queue. It is counted in `PoolState::waiters` (and
+/// the `hako_queue_depth` gauge) from [`Waiter::join`] until [`Waiter::leave`] or until it is
+/// dropped, whichever way the request ends: served, refused, timed out or abandoned by its
+/// client.
+struct Waiter {
+    pool: Arc<AppPool>,
+    queued: bool,
+}
+
+impl Waiter {
+    fn new(pool: Arc<AppPool>) -> Self {
+        Waiter {
+            pool,
+            queued: false,
+        }
+    }
+
+    /// Joins the queue (no-op when already in it); false when the queue is full. Called with
+    /// the pool locked.
+    fn join(&mut self, st: &mut PoolState, limit: usize) -> bool {
+        if self.queued {
+            return true;
+        }
+        if st.waiters >= limit {
+            return false;
+        }
+        st.waiters += 1;
+        self.queued = true;
+        self.pool.publish_gauges(st);
+        true
+    }
+
+    /// Leaves the queue (no-op when not in it). Called with the pool locked, so the count
+    /// changes together with the decision made under that lock.
+    fn leave(&mut self, st: &mut PoolState) {
+        if std::mem::take(&mut self.queued) {
+            st.waiters -= 1;
+            self.pool.publish_gauges(st);
+        }
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        if self.queued {
+            let pool = self.pool.clone();
+            self.leave(&mut pool.lock());
+        }
+    }
+}
+
+/// The guard inside a [`Lease`]: releases the instance's concurrency slot when dropped.
+struct LeaseGuard {
+    instance: Arc<Instance>,
+    pool: Arc<AppPool>,
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        self.instance.touch();
+        if self.instance.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.instance.idle.notify_waiters();
+        }
+        self.pool.changed.notify_waiters();
+    }
+}
+
+/// The least loaded ready instance with a free slot.
+fn pick(st: &PoolState) -> Option<Arc<Instance>> {
+    st.instances
+        .iter()
+        .filter(|i| i.state() == State::Ready)
+        .filter(|i| i.in_flight() < i.policy.scaling.concurrency)
+        .min_by_key(|i| i.in_flight())
+        .cloned()
+}
+
+/// The answer while the app is in its crash-loop backoff window, if it is.
+fn backing_off(st: &PoolState, app: &str) -> Option<ActivateError> {
+    let (until, failure) = (st.backoff_until?, st.last_failure.as_ref()?);
+    let now = Instant::now();
+    if now >= until {
+        return None;
+    }
+    let retry = until.saturating_duration_since(now);
+    Some(match failure {
+        BootFailure::Failed(reason) => ActivateError::BootFailed {
+            app: app.to_string(),
+            reason: format!(
+                "{reason} (next boot attempt in {:.1}s)",
+                retry.as_secs_f64()
+            ),
+        },
+        BootFailure::NotReady(waited) => ActivateError::NotReady {
+            app: app.to_string(),
+            waited: *waited,
+        },
+    })
+}
+
+impl Supervisor {
+    pub(super) async fn acquire_inner(
+        self: Arc<Self>,
+        app: String,
+    ) -> Result<Lease, ActivateError> {
+        let pool = match self.pools.get(&app) {
+            Some(p) => p.value().clone(),
+            None => return Err(ActivateError::UnknownApp(app)),
+        };
+        let policy = pool.policy();
+        let deadline = Instant::now() + policy.scaling.queue_timeout.max(policy.readiness.timeout);
+        let queue_full = |app: String| ActivateError::QueueFull {
+            app,
+            retry_after: BUDGET_RETRY_AFTER,
+        };
+        // Declared before every pool lock taken below, so it is dropped after them.
+        let mut waiter = Waiter::new(pool.clone());
+        loop {
+            let notified = pool.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let blocked_by_budget;
+            let nothing_coming;
+            {
+                let mut st = pool.lock();
+                if self.shutting_down.load(Ordering::Acquire) {
+                    return Err(ActivateError::ShuttingDown);
+                }
+                if let Some(inst) = pick(&st) {
+                    inst.in_flight.fetch_add(1, Ordering::AcqRel);
+                    inst.requests.fetch_add(1, Ordering::Relaxed);
+                    waiter.leave(&mut st);
+                    drop(st);
+                    let guard = LeaseGuard {
+                        instance: inst,
+                        pool: pool.clone(),
+                    };
+                    match guard.instance.running() {
+                        Some(r) => {
+                            return Ok(Lease {
+                                upstream: r.upstream(),
+                                guard: Box::new(guard),
+                            })
+                        }
+                        // Died between the state check and now: release and retry.
+                        None => continue,
+                    }
+                }
+                let booting = st.booting();
+                let live = st.live();
+                if booting == 0 {
+                    if let Some(refusal) = backing_off(&st, &app) {
+                        return Err(refusal);
+                    }
+                }
+                // Demand that the booting instances will not absorb → boot another.
+                let demand = st.waiters + usize::from(!waiter.queued);
+                let capacity = booting * policy.scaling.concurrency as usize;
+                blocked_by_budget =
+                    if live < policy.scaling.max_instances as usize && demand > capacity {
+                        let over = self.over_budget(&policy);
+                        if !over {
+                            self.start_boot(&pool, &mut st);
+                        }
+                        over
+                    } else {
+                        false
+                    };
+                if !waiter.join(&mut st, policy.scaling.queue as usize) {
+                    return Err(queue_full(app));
+                }
+                nothing_coming = booting == 0 && live == 0;
+            }
+            if blocked_by_budget {
+                // Make room outside our pool's lock (eviction locks the other pools).
+                let evicted = self.evict_lru();
+                if !evicted && nothing_coming {
+                    tracing::warn!(app = %app, "host-wide instance budget exhausted and nothing idle to evict");
+                    return Err(queue_full(app));
+                }
+                if evicted {
+                    continue;
+                }
+            }
+            let mut remaining = deadline.saturating_duration_since(Instant::now());
+            if blocked_by_budget {
+                remaining = remaining.min(BUDGET_RECHECK);
+            }
+            if tokio::time::timeout(remaining, notified).await.is_err() {
+                if blocked_by_budget && Instant::now() < deadline {
+                    continue;
+                }
+                return Err(ActivateError::NotReady {
+                    app,
+                    waited: policy.scaling.queue_timeout,
+                });
+            }
+        }
+    }
+
+    /// Whether booting one more instance of `policy` would exceed the host-wide budget.
+    fn over_budget(&self, policy: &App) -> bool {
+        let opts = self.options.lock().expect("options lock");
+        let count = self.budget.instances.load(Ordering::Acquire) as usize;
+        let memory = self.budget.memory.load(Ordering::Acquire);
+        opts.max_live_instances.is_some_and(|max| count >= max)
+            || opts
+                .max_memory
+                .is_some_and(|max| memory + policy.limits.memory > max)
+    }
+
+    /// Evicts the least recently used idle instance of any app to make room. Returns true if
+    /// one was asked to stop.
+    fn evict_lru(&self) -> bool {
+        let mut best: Option<(u64, Arc<Instance>)> = None;
+        for pool in self.pools.iter() {
+            for i in &pool.lock().instances {
+                if i.state() == State::Ready && i.in_flight() == 0 {
+                    let used = i.last_used_ms.load(Ordering::Relaxed);
+                    if best.as_ref().is_none_or(|(u, _)| used < *u) {
+                        best = Some((used, i.clone()));
+                    }
+                }
+            }
+        }
+        match best {
+            Some((_, i)) => i.request_stop(StopReason::Evicted),
+            None => false,
+        }
+    }
+}

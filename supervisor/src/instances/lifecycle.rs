@@ -1,0 +1,290 @@
+//! The life of one instance: spawn, readiness, serving, draining, stop and cleanup; crash
+//! handling and the crash-loop backoff of failed boots.
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hako_policies::{App, Probe};
+use hako_proxy::Upstream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::instance::Instance;
+use super::runtime::{ExitInfo, Running};
+use super::state::State;
+use super::{AppPool, BootFailure, PoolState, Supervisor};
+use crate::metrics::StopReason;
+
+/// Crash-loop backoff after `failures` consecutive failed boots: 1 s, doubling, at most 30 s.
+fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(5);
+    Duration::from_millis(1000u64 << exp).min(Duration::from_secs(30))
+}
+
+/// What a process that vanished without a recorded status is reported as.
+const UNKNOWN_EXIT: ExitInfo = ExitInfo {
+    code: None,
+    signal: None,
+    oom: false,
+};
+
+impl Supervisor {
+    /// Starts a boot of a new instance; the caller holds the pool lock and has checked limits.
+    pub(super) fn start_boot(self: &Arc<Self>, pool: &Arc<AppPool>, st: &mut PoolState) {
+        let policy = pool.policy();
+        let id = self
+            .runtime
+            .claim_id(&policy)
+            .unwrap_or_else(|| self.next_id.fetch_add(1, Ordering::Relaxed));
+        let inst = Arc::new(Instance::booting(
+            id,
+            policy.clone(),
+            self.epoch,
+            self.budget.clone(),
+        ));
+        st.instances.push(inst.clone());
+        pool.publish_gauges(st);
+        let this = self.clone();
+        let pool = pool.clone();
+        self.tasks
+            .spawn(async move { this.run_instance(pool, inst, policy).await });
+    }
+
+    /// The whole life of one instance: spawn, readiness, serve, stop, cleanup.
+    async fn run_instance(
+        self: Arc<Self>,
+        pool: Arc<AppPool>,
+        inst: Arc<Instance>,
+        policy: Arc<App>,
+    ) {
+        let boot_start = Instant::now();
+        let running = match self.runtime.spawn(policy.clone(), inst.id).await {
+            Ok(r) => r,
+            Err(reason) => {
+                tracing::warn!(app = %inst.app, instance = inst.id, %reason, "boot failed");
+                pool.metrics.boot("failed", None);
+                self.forget(&pool, &inst, Some(BootFailure::Failed(reason)));
+                return;
+            }
+        };
+        let spawned_after = boot_start.elapsed();
+        *inst.running.lock().expect("instance lock") = Some(running.clone());
+        let (exit_tx, mut exit_rx) = watch::channel(None::<ExitInfo>);
+        {
+            let r = running.clone();
+            tokio::spawn(async move {
+                let info = r.wait().await;
+                let _ = exit_tx.send(Some(info));
+            });
+        }
+
+        // Readiness.
+        let timeout = policy.readiness.timeout;
+        let probe = policy.readiness.probe.clone();
+        let upstream = running.upstream();
+        let ready = tokio::select! {
+            r = tokio::time::timeout(timeout, wait_ready(upstream.as_ref(), &probe)) => match r {
+                Ok(()) => Ok(()),
+                Err(_) => Err(BootFailure::NotReady(timeout)),
+            },
+            _ = exit_rx.changed() => {
+                let info = (*exit_rx.borrow()).unwrap_or(UNKNOWN_EXIT);
+                Err(BootFailure::Failed(format!("app {info} before it was ready")))
+            }
+            _ = inst.stop.notified() => Err(BootFailure::Failed("stopped while booting".into())),
+        };
+        if let Err(failure) = ready {
+            let result = match failure {
+                BootFailure::NotReady(_) => "not_ready",
+                BootFailure::Failed(_) => "failed",
+            };
+            pool.metrics.boot(result, None);
+            tracing::warn!(app = %inst.app, instance = inst.id, reason = ?failure, "instance failed to become ready");
+            // The stop path below kills it; it counts as a boot failure, not a stop.
+            let exit = stop_process(running.as_ref(), &mut exit_rx, Duration::ZERO).await;
+            running.cleanup().await;
+            pool.metrics.stop(StopReason::BootFailed);
+            tracing::info!(app = %inst.app, instance = inst.id, %exit, "instance removed");
+            self.forget(&pool, &inst, Some(failure));
+            return;
+        }
+        let took = boot_start.elapsed();
+        pool.metrics.boot("ok", Some(took));
+        tracing::info!(app = %inst.app, instance = inst.id, pid = running.pid(),
+            boot_ms = took.as_secs_f64() * 1e3,
+            spawn_ms = spawned_after.as_secs_f64() * 1e3, "instance ready");
+        {
+            let mut st = pool.lock();
+            inst.transition(State::Ready);
+            st.clear_failures();
+            inst.touch();
+            pool.publish_gauges(&st);
+        }
+        pool.changed.notify_waiters();
+
+        // Serve until asked to stop or the process dies.
+        let reason = tokio::select! {
+            _ = exit_rx.changed() => None,
+            _ = inst.stop.notified() => *inst.stop_reason.lock().expect("stop lock"),
+        };
+        // Asked to stop or dead: never hand it out again, even while its cgroup is removed.
+        {
+            let st = pool.lock();
+            inst.transition(State::Draining);
+            inst.uncharge();
+            pool.publish_gauges(&st);
+        }
+        let (reason, exit) = match reason {
+            Some(reason) => {
+                pool.changed.notify_waiters();
+                drain(&inst, policy.lifetime.grace).await;
+                let exit =
+                    stop_process(running.as_ref(), &mut exit_rx, policy.lifetime.stop_timeout)
+                        .await;
+                // An instance stopped as suspect (refused connections) may really have been
+                // OOM-killed.
+                let reason = if reason == StopReason::Crashed && exit.oom {
+                    StopReason::Oom
+                } else {
+                    reason
+                };
+                (reason, exit)
+            }
+            None => {
+                let exit = (*exit_rx.borrow()).unwrap_or(UNKNOWN_EXIT);
+                let reason = if exit.oom {
+                    StopReason::Oom
+                } else {
+                    StopReason::Crashed
+                };
+                (reason, exit)
+            }
+        };
+        running.cleanup().await;
+        pool.metrics.stop(reason);
+        let age = inst.started.elapsed().as_secs_f64();
+        match reason {
+            StopReason::Crashed | StopReason::Oom => {
+                tracing::warn!(app = %inst.app, instance = inst.id,
+                %reason, %exit, age_s = age, requests = inst.requests(), "instance died")
+            }
+            _ => tracing::info!(app = %inst.app, instance = inst.id, %reason, %exit, age_s = age,
+                requests = inst.requests(), "instance stopped"),
+        }
+        self.forget(&pool, &inst, None);
+    }
+
+    /// Removes an instance from its pool and wakes waiters; a boot `failure` extends the
+    /// crash-loop backoff.
+    fn forget(&self, pool: &Arc<AppPool>, inst: &Arc<Instance>, failure: Option<BootFailure>) {
+        let mut st = pool.lock();
+        st.instances.retain(|i| i.id != inst.id);
+        inst.transition(State::Stopped);
+        inst.uncharge();
+        if let Some(f) = failure {
+            st.consecutive_failures += 1;
+            st.backoff_until = Some(Instant::now() + backoff(st.consecutive_failures));
+            st.last_failure = Some(f);
+        }
+        pool.publish_gauges(&st);
+        drop(st);
+        *inst.running.lock().expect("instance lock") = None;
+        pool.changed.notify_waiters();
+    }
+}
+
+/// Waits until the instance has no request in flight, at most `grace`.
+async fn drain(inst: &Instance, grace: Duration) {
+    let drained = tokio::time::timeout(grace, async {
+        loop {
+            let n = inst.idle.notified();
+            tokio::pin!(n);
+            n.as_mut().enable();
+            if inst.in_flight() == 0 {
+                break;
+            }
+            n.await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(app = %inst.app, instance = inst.id, in_flight = inst.in_flight(),
+            "grace period over with requests still in flight");
+    }
+}
+
+/// SIGTERM, wait up to `timeout`, then SIGKILL; returns how the process ended.
+async fn stop_process(
+    running: &dyn Running,
+    exit_rx: &mut watch::Receiver<Option<ExitInfo>>,
+    timeout: Duration,
+) -> ExitInfo {
+    if let Some(info) = *exit_rx.borrow() {
+        return info;
+    }
+    // Draining is over by now, so an app that cannot hear SIGTERM gets SIGKILL at once
+    // (busybox httpd as PID 1, for one, would otherwise cost the whole stop timeout).
+    if !timeout.is_zero() && running.handles_signal(libc::SIGTERM) != Some(false) {
+        running.signal(libc::SIGTERM);
+        if tokio::time::timeout(timeout, exit_rx.wait_for(Option::is_some))
+            .await
+            .is_ok()
+        {
+            if let Some(info) = *exit_rx.borrow() {
+                return info;
+            }
+        }
+    }
+    running.signal(libc::SIGKILL);
+    let _ = exit_rx.wait_for(Option::is_some).await;
+    let exit = (*exit_rx.borrow()).unwrap_or(ExitInfo {
+        code: None,
+        signal: Some(libc::SIGKILL),
+        oom: false,
+    });
+    exit
+}
+
+/// Waits until the upstream accepts a connection (and answers HTTP for `Probe::Http`); ready at
+/// once for `Probe::ListenFds` (socket activation). Connect attempts back off from 100 µs to
+/// 5 ms, so a fast app is seen ready within a fraction of a millisecond of listening.
+async fn wait_ready(upstream: &dyn Upstream, probe: &Probe) {
+    if matches!(probe, Probe::ListenFds) {
+        // The socket was created and is listening before the app started: nothing to wait
+        // for, a connection made now is queued by the kernel until the app accepts it.
+        return;
+    }
+    let mut delay = Duration::from_micros(100);
+    loop {
+        if let Ok(mut stream) = upstream.connect().await {
+            match probe {
+                Probe::Http { path } => {
+                    if http_probe(&mut stream, path).await {
+                        return;
+                    }
+                }
+                _ => return,
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(5));
+    }
+}
+
+async fn http_probe(stream: &mut tokio::net::TcpStream, path: &str) -> bool {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: hako-probe\r\nConnection: close\r\n\r\n");
+    if stream.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    let mut n = 0;
+    while n < 12 {
+        match stream.read(&mut buf[n..]).await {
+            Ok(0) | Err(_) => return false,
+            Ok(k) => n += k,
+        }
+    }
+    // "HTTP/1.x NNN": any status below 500 means the app is serving.
+    buf.starts_with(b"HTTP/1.") && (b'1'..=b'4').contains(&buf[9])
+}

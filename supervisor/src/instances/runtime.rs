@@ -1,0 +1,118 @@
+//! The seam between the supervisor's decisions and the processes: a [`Runtime`] starts
+//! instances and hands back a [`Running`] handle. Production uses containers
+//! (`crate::container`), tests plain in-process servers.
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use hako_policies::App;
+use hako_proxy::Upstream;
+use serde::Serialize;
+
+/// A boxed future, the currency of the [`Runtime`] seam.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// How an instance's process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ExitInfo {
+    /// Exit code when the process exited normally.
+    pub code: Option<i32>,
+    /// Signal number when it was killed by a signal.
+    pub signal: Option<i32>,
+    /// The cgroup recorded an OOM kill.
+    pub oom: bool,
+}
+
+impl std::fmt::Display for ExitInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.code, self.signal) {
+            (_, Some(s)) if self.oom => write!(f, "killed by signal {s} (out of memory)"),
+            (_, Some(s)) => write!(f, "killed by signal {s}"),
+            (Some(c), _) => write!(f, "exited with status {c}"),
+            _ => f.write_str("exited"),
+        }
+    }
+}
+
+/// Effective resource limits of an instance, as shown by `/v1/instances`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct EffectiveLimits {
+    pub cpu: Option<f64>,
+    pub memory_max: Option<u64>,
+    pub memory_high: Option<u64>,
+    pub pids: Option<u64>,
+}
+
+/// Resource usage sampled from an instance's cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub cpu_usage_usec: u64,
+    pub memory_current: u64,
+}
+
+/// A process started by a [`Runtime`].
+pub trait Running: Send + Sync + 'static {
+    fn pid(&self) -> i32;
+    fn upstream(&self) -> Arc<dyn Upstream>;
+    /// Resolves when the process has exited and was reaped. Called exactly once.
+    fn wait(&self) -> BoxFuture<'static, ExitInfo>;
+    /// Sends a signal to the process (it is not reaped before `wait` resolved, so the pid is
+    /// still ours).
+    fn signal(&self, signal: i32);
+    /// Removes what the instance left behind (cgroup, state record). Called after `wait`.
+    fn cleanup(&self) -> BoxFuture<'static, ()>;
+    /// Current usage; `None` when unavailable.
+    fn usage(&self) -> Option<Usage> {
+        None
+    }
+    /// Effective limits read back from the kernel.
+    fn limits(&self) -> Option<EffectiveLimits> {
+        None
+    }
+    /// Whether the process has a handler for `signal` (`None`: unknown). PID 1 of a pid
+    /// namespace never gets a signal it does not handle, so SIGTERM to an app without a
+    /// handler is pointless and the stop goes straight to SIGKILL.
+    fn handles_signal(&self, signal: i32) -> Option<bool> {
+        let _ = signal;
+        None
+    }
+    /// Changes cpu quota (cores) and memory.high (bytes) live; used by the governor.
+    fn set_soft_limits(&self, cpu: f64, memory_high: Option<u64>) -> Result<(), String> {
+        let _ = (cpu, memory_high);
+        Err("not supported by this runtime".into())
+    }
+}
+
+/// Creates instance processes: real containers in production, plain processes in tests.
+pub trait Runtime: Send + Sync + 'static {
+    /// Starts an instance of `app`. Resolves once the process exists (it may not be ready).
+    fn spawn(&self, app: Arc<App>, id: u64)
+        -> BoxFuture<'static, Result<Arc<dyn Running>, String>>;
+
+    /// The counter instance ids are taken from, when the runtime reserves ids ahead of boots
+    /// (see [`Runtime::claim_id`]); `None`: the supervisor keeps its own.
+    fn instance_ids(&self) -> Option<Arc<AtomicU64>> {
+        None
+    }
+
+    /// An id reserved ahead for the next instance of `app` (the runtime prepared resources
+    /// named after it, e.g. a cgroup), or `None` to take a fresh one. Called with the app's
+    /// pool locked: must not block.
+    fn claim_id(&self, app: &App) -> Option<u64> {
+        let _ = app;
+        None
+    }
+
+    /// Why no instance can boot right now (e.g. the launcher's zygote is being restarted or
+    /// could not be), one line each; empty when boots can start. Served by `/healthz`.
+    fn cannot_boot(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Called once by [`crate::instances::Supervisor::new`] with the supervisor's metrics, for
+    /// the runtime's own (e.g. `hako_zygote_restarts_total`).
+    fn attach_metrics(&self, metrics: &crate::metrics::Metrics) {
+        let _ = metrics;
+    }
+}
