@@ -44,6 +44,13 @@ pub enum LaunchError {
     /// The zygote is gone or answered something unexpected.
     #[error("zygote: {0}")]
     Zygote(String),
+    /// The zygote died while it handled the request (transient: a new zygote is started,
+    /// and the request may be retried).
+    #[error("zygote (pid {pid}) died during the request; it is being restarted")]
+    ZygoteDied { pid: i32 },
+    /// No zygote can take requests (it could not be restarted, or the launcher is stopping).
+    #[error("no zygote: {0}")]
+    ZygoteUnavailable(String),
 }
 
 impl LaunchError {

@@ -27,4 +27,7 @@ pub use spec::{
     ContainerSpec, ListenSpec, NetworkMode, RootfsSpec, DEFAULT_CAPABILITIES,
     DEFAULT_LISTEN_BACKLOG,
 };
-pub use zygote::{SpawnRequest, Zygote, ZygoteOptions, ZygoteStats, DEFAULT_MAX_PREPARED_APPS};
+pub use zygote::{
+    zygote_mode, SpawnRequest, Zygote, ZygoteMode, ZygoteOptions, ZygoteRestart, ZygoteStats,
+    ZygoteStatus, DEFAULT_MAX_PREPARED_APPS,
+};

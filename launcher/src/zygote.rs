@@ -170,37 +170,484 @@ fn lock_waiters(w: &Mutex<Waiters>) -> std::sync::MutexGuard<'_, Waiters> {
     w.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Handle on the zygote. `Send + Sync`; calls are blocking, and calls from several threads are
-/// served concurrently (a boot's setup does not hold up the others).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The argument that runs a re-exec'd binary as a restarted zygote: `<exe> __zygote PARENT_PID
+/// WARM_NAMESPACES MAX_PREPARED_APPS`, its socket on descriptor [`ZYGOTE_FD`]. A binary that
+/// starts a [`Zygote`] calls [`zygote_mode`] first thing in `main`, because a dead zygote is
+/// restarted from `/proc/self/exe`.
+pub const ZYGOTE_MODE_ARG: &str = "__zygote";
+
+/// The descriptor a re-exec'd zygote finds its socket on.
+pub const ZYGOTE_FD: RawFd = 3;
+
+/// A zygote that dies again and again is given up on (calls fail at once, [`Zygote::status`]
+/// says why) after this many failures (deaths or failed starts) within [`GIVE_UP_WINDOW`];
+/// it is still retried every [`GIVE_UP_RETRY`].
+pub const GIVE_UP_FAILURES: usize = 5;
+/// See [`GIVE_UP_FAILURES`].
+pub const GIVE_UP_WINDOW: Duration = Duration::from_secs(10);
+/// See [`GIVE_UP_FAILURES`].
+pub const GIVE_UP_RETRY: Duration = Duration::from_secs(1);
+
+/// How long a call made while the zygote is being restarted waits for the new one.
+const RESTART_WAIT: Duration = Duration::from_secs(5);
+
+/// How long a restarted zygote may take to answer its first request.
+const READY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Test-only: delays each restart by this many milliseconds (so that end-to-end tests can
+/// observe the gap); read once when the zygote starts.
+pub const RESTART_DELAY_ENV: &str = "HAKO_TEST_ZYGOTE_RESTART_DELAY_MS";
+
+/// One zygote process and the connection to it.
 #[derive(Debug)]
-pub struct Zygote {
+struct Conn {
+    pid: i32,
+    /// Readable once the zygote has exited; the keeper reaps it through this.
+    pidfd: OwnedFd,
     sock: Arc<OwnedFd>,
     /// Held only while one request datagram is sent.
     send_lock: Mutex<()>,
-    next_id: AtomicU64,
     waiters: SharedWaiters,
-    reader: Option<JoinHandle<()>>,
-    pid: i32,
+    reader: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What one call on a connection came to.
+enum CallError {
+    /// The request never reached this zygote (it was gone already): safe to retry elsewhere.
+    NotSent,
+    /// Sent, but the zygote died before it answered.
+    Died,
+    Other(LaunchError),
+}
+
+impl Conn {
+    fn new(pid: i32, pidfd: OwnedFd, sock: OwnedFd) -> Result<Conn, LaunchError> {
+        let sock = Arc::new(sock);
+        let waiters = SharedWaiters::default();
+        let reader = {
+            let (sock, waiters) = (sock.clone(), waiters.clone());
+            std::thread::Builder::new()
+                .name("hako-zygote-rx".into())
+                .spawn(move || read_replies(&sock, &waiters))
+                .map_err(|e| LaunchError::Zygote(format!("start the reply thread: {e}")))?
+        };
+        Ok(Conn {
+            pid,
+            pidfd,
+            sock,
+            send_lock: Mutex::new(()),
+            waiters,
+            reader: Mutex::new(Some(reader)),
+        })
+    }
+
+    fn call(&self, id: u64, body: &[u8], timeout: Option<Duration>) -> Result<Delivery, CallError> {
+        let (tx, rx) = channel();
+        {
+            let mut w = lock_waiters(&self.waiters);
+            if w.closed {
+                return Err(CallError::NotSent);
+            }
+            w.by_id.insert(id, tx);
+        }
+        let sent = {
+            let _send = lock(&self.send_lock);
+            send(self.sock.as_raw_fd(), body, None)
+        };
+        if let Err(e) = sent {
+            lock_waiters(&self.waiters).by_id.remove(&id);
+            return Err(match e {
+                nix::errno::Errno::EPIPE
+                | nix::errno::Errno::ECONNRESET
+                | nix::errno::Errno::ENOTCONN => CallError::NotSent,
+                e => CallError::Other(LaunchError::Zygote(format!("send: {e}"))),
+            });
+        }
+        // The reader drops every sender when the zygote is gone.
+        match timeout {
+            None => rx.recv().map_err(|_| CallError::Died),
+            Some(t) => rx.recv_timeout(t).map_err(|e| match e {
+                RecvTimeoutError::Timeout => {
+                    lock_waiters(&self.waiters).by_id.remove(&id);
+                    CallError::Other(LaunchError::Zygote(format!(
+                        "no answer within {} ms",
+                        t.as_millis()
+                    )))
+                }
+                RecvTimeoutError::Disconnected => CallError::Died,
+            }),
+        }
+    }
+
+    /// Closes our end (the zygote exits on EOF; the reader thread stops) and joins the reader.
+    fn close(&self) {
+        let _ = nix::sys::socket::shutdown(self.sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        if let Some(r) = lock(&self.reader).take() {
+            let _ = r.join();
+        }
+    }
+
+    /// Whether the process has exited (its pidfd polls readable).
+    fn exited(&self) -> bool {
+        let mut pfd = [PollFd::new(self.pidfd.as_fd(), PollFlags::POLLIN)];
+        matches!(poll(&mut pfd, PollTimeout::ZERO), Ok(n) if n > 0)
+    }
+}
+
+/// Whether a zygote is there to serve boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZygoteStatus {
+    /// Serving, as this pid.
+    Running { pid: i32 },
+    /// The zygote died (this pid) and a new one is being started.
+    Restarting { pid: i32 },
+    /// No zygote could be started: failed [`GIVE_UP_FAILURES`] times within
+    /// [`GIVE_UP_WINDOW`] (still retried every [`GIVE_UP_RETRY`]); the last error.
+    Failed { reason: String },
+    /// The handle is being dropped.
+    Stopped,
+}
+
+/// A restart, as reported to [`Zygote::on_restart`] hooks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZygoteRestart {
+    pub old_pid: i32,
+    pub new_pid: i32,
+    /// From noticing the death to the new zygote answering.
+    pub took: Duration,
+    /// Restarts so far, this one included.
+    pub restarts: u64,
+}
+
+/// Called on the keeper thread after each restart: must not block for long.
+pub type RestartHook = Arc<dyn Fn(&ZygoteRestart) + Send + Sync>;
+
+#[derive(Debug)]
+enum ConnState {
+    Up(Arc<Conn>),
+    Restarting { pid: i32 },
+    Failed { reason: String },
+    Stopped,
+}
+
+/// What the handle and its keeper thread share.
+struct Shared {
+    state: Mutex<ConnState>,
+    changed: std::sync::Condvar,
+    next_id: AtomicU64,
+    restarts: AtomicU64,
+    hooks: Mutex<Vec<RestartHook>>,
+}
+
+impl Shared {
+    fn set(&self, s: ConnState) {
+        *lock(&self.state) = s;
+        self.changed.notify_all();
+    }
+
+    /// The live connection other than `not` (a pid that died under a caller): waits while a
+    /// restart is under way, up to [`RESTART_WAIT`].
+    fn conn(&self, not: Option<i32>) -> Result<Arc<Conn>, LaunchError> {
+        let deadline = Instant::now() + RESTART_WAIT;
+        let mut st = lock(&self.state);
+        loop {
+            match &*st {
+                ConnState::Up(c) if Some(c.pid) != not => return Ok(c.clone()),
+                ConnState::Failed { reason } => {
+                    return Err(LaunchError::ZygoteUnavailable(reason.clone()))
+                }
+                ConnState::Stopped => {
+                    return Err(LaunchError::ZygoteUnavailable("shutting down".into()))
+                }
+                // A restart is under way (or the keeper has not noticed the death yet).
+                _ => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(LaunchError::ZygoteUnavailable(format!(
+                    "no zygote within {} ms of a restart",
+                    RESTART_WAIT.as_millis()
+                )));
+            }
+            st = self
+                .changed
+                .wait_timeout(st, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Handle on the zygote. `Send + Sync`; calls are blocking, and calls from several threads are
+/// served concurrently (a boot's setup does not hold up the others).
+///
+/// A keeper thread watches the zygote: when it dies (killed, crashed), the keeper reaps it and
+/// starts a new one by re-executing `/proc/self/exe` in zygote mode ([`ZYGOTE_MODE_ARG`]),
+/// from the keeper thread itself, which lives as long as the handle (the zygote's
+/// `PR_SET_PDEATHSIG` follows the thread that started it). Calls that were in flight on the
+/// dead zygote fail with [`LaunchError::ZygoteDied`]; calls made during the restart wait for
+/// the new zygote. The new zygote holds no prepared specs nor warm namespaces: boots rebuild
+/// them lazily, and [`Zygote::on_restart`] hooks can prepare apps again.
+pub struct Zygote {
+    shared: Arc<Shared>,
+    keeper: Option<JoinHandle<()>>,
+    /// Written to stop the keeper.
+    stop: Option<OwnedFd>,
+}
+
+impl std::fmt::Debug for Zygote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Zygote")
+            .field("status", &self.status())
+            .field("restarts", &self.restarts())
+            .finish_non_exhaustive()
+    }
+}
+
+fn pidfd_open(pid: i32) -> Result<OwnedFd, LaunchError> {
+    // SAFETY: pidfd_open takes plain integers; on success the result is a new descriptor owned
+    // by nobody else.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(LaunchError::sys(
+            "pidfd_open",
+            format!("zygote {pid}"),
+            nix::errno::Errno::last(),
+        ));
+    }
+    // SAFETY: a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+fn zygote_socketpair() -> Result<(OwnedFd, OwnedFd), LaunchError> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| LaunchError::sys("socketpair", "", e))
+}
+
+/// Kills and reaps a zygote that will not be used.
+fn discard(pid: i32, pidfd: &OwnedFd) {
+    let _ = crate::spawn::pidfd_signal(pidfd.as_raw_fd(), libc::SIGKILL);
+    let _ = wait_pidfd(pidfd.as_fd(), false);
+    tracing::debug!(pid, "unusable zygote discarded");
+}
+
+/// Starts a zygote by re-executing `/proc/self/exe` in zygote mode, from the calling thread
+/// (its death signal follows this thread), and waits until it answers.
+fn start_exec(options: &ZygoteOptions) -> Result<Conn, LaunchError> {
+    use std::os::unix::process::CommandExt;
+    let (ours, theirs) = zygote_socketpair()?;
+    let theirs_fd = theirs.as_raw_fd();
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.arg(ZYGOTE_MODE_ARG)
+        .arg(std::process::id().to_string())
+        .arg(options.warm_namespaces.to_string())
+        .arg(options.max_prepared_apps.to_string());
+    // SAFETY: the closure runs in the forked child before execve and makes only
+    // async-signal-safe system calls (prctl, dup2, fcntl) on integers: no allocation, no lock.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Dies with the thread that starts it (again in zygote_main, after the exec).
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            if theirs_fd == ZYGOTE_FD {
+                // dup2 onto itself keeps close-on-exec: clear it.
+                if libc::fcntl(ZYGOTE_FD, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(theirs_fd, ZYGOTE_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| LaunchError::io("exec zygote", "/proc/self/exe", &e))?;
+    drop(theirs);
+    let pid = child.id() as i32;
+    // Reaped through its pidfd (the `Child` is dropped without waiting).
+    drop(child);
+    let pidfd = pidfd_open(pid)?;
+    let conn = match Conn::new(pid, pidfd, ours) {
+        Ok(c) => c,
+        Err(e) => {
+            // SAFETY: kill and waitpid on the pid of our own unreaped child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+            }
+            return Err(e);
+        }
+    };
+    let body = serde_json::to_vec(&Tagged {
+        id: 0,
+        msg: Request::Stats,
+    })
+    .map_err(|e| LaunchError::Zygote(format!("encode request: {e}")))?;
+    match conn.call(0, &body, Some(READY_TIMEOUT)) {
+        Ok((Reply::Stats(_), _)) => Ok(conn),
+        other => {
+            let why = match other {
+                Ok((r, _)) => format!("unexpected first reply {r:?}"),
+                Err(CallError::Other(e)) => e.to_string(),
+                Err(_) => "exited before answering".to_owned(),
+            };
+            conn.close();
+            discard(pid, &conn.pidfd);
+            Err(LaunchError::Zygote(format!(
+                "restarted zygote {pid}: {why}"
+            )))
+        }
+    }
+}
+
+/// The keeper thread: waits for the zygote's death (or `stop`), reaps it and starts another.
+fn keeper(shared: Arc<Shared>, stop: OwnedFd, options: ZygoteOptions, delay: Duration) {
+    let mut failures: std::collections::VecDeque<Instant> = Default::default();
+    loop {
+        let conn = match &*lock(&shared.state) {
+            ConnState::Up(c) => c.clone(),
+            _ => return,
+        };
+        {
+            let mut fds = [
+                PollFd::new(conn.pidfd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    tracing::error!(error = %e, "zygote keeper: poll failed; the zygote is no longer watched");
+                    return;
+                }
+            }
+            if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+                return;
+            }
+            if fds[0].revents().is_none_or(|r| r.is_empty()) {
+                continue;
+            }
+        }
+        let noticed = Instant::now();
+        let old_pid = conn.pid;
+        shared.set(ConnState::Restarting { pid: old_pid });
+        let status = wait_pidfd(conn.pidfd.as_fd(), false);
+        // In-flight calls fail now (their replies will never come).
+        conn.close();
+        drop(conn);
+        tracing::error!(pid = old_pid, status = ?status, "launcher zygote died; restarting it");
+        failures.push_back(noticed);
+        let mut last = format!("pid {old_pid} exited ({})", describe_exit(&status));
+        let mut backoff = Duration::from_millis(10);
+        let mut attempt = 0u32;
+        let new = loop {
+            while failures
+                .front()
+                .is_some_and(|t| t.elapsed() > GIVE_UP_WINDOW)
+            {
+                failures.pop_front();
+            }
+            let given_up = failures.len() >= GIVE_UP_FAILURES;
+            if given_up {
+                let reason = format!(
+                    "zygote restart failed: {} failures within {} s; last: {last}",
+                    failures.len(),
+                    GIVE_UP_WINDOW.as_secs()
+                );
+                if attempt == 0 {
+                    tracing::error!(%reason, "launcher zygote given up on; retrying every second");
+                }
+                shared.set(ConnState::Failed { reason });
+            }
+            let wait = if given_up {
+                GIVE_UP_RETRY
+            } else if attempt == 0 {
+                delay
+            } else {
+                backoff
+            };
+            if !wait.is_zero() && wait_stop(&stop, wait) {
+                shared.set(ConnState::Stopped);
+                return;
+            }
+            attempt += 1;
+            match start_exec(&options) {
+                Ok(c) => break c,
+                Err(e) => {
+                    failures.push_back(Instant::now());
+                    backoff = (backoff * 2).min(GIVE_UP_RETRY);
+                    tracing::error!(error = %e, failures = failures.len(), "cannot restart the launcher zygote");
+                    last = e.to_string();
+                }
+            }
+        };
+        let new_pid = new.pid;
+        shared.set(ConnState::Up(Arc::new(new)));
+        let restarts = shared.restarts.fetch_add(1, Ordering::SeqCst) + 1;
+        let took = noticed.elapsed();
+        tracing::warn!(
+            old_pid,
+            new_pid,
+            took_ms = took.as_secs_f64() * 1000.0,
+            restarts,
+            "launcher zygote restarted"
+        );
+        let info = ZygoteRestart {
+            old_pid,
+            new_pid,
+            took,
+            restarts,
+        };
+        let hooks = lock(&shared.hooks).clone();
+        for h in hooks {
+            h(&info);
+        }
+    }
+}
+
+fn describe_exit(status: &Result<Option<crate::ExitStatusInfo>, LaunchError>) -> String {
+    match status {
+        Ok(Some(st)) => format!("{st:?}"),
+        Ok(None) => "still running".to_owned(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Waits up to `t` for the stop pipe; `true` if stopping.
+fn wait_stop(stop: &OwnedFd, t: Duration) -> bool {
+    let mut fds = [PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
+    let ms = t.as_millis().min(i32::MAX as u128) as i32;
+    matches!(poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)), Ok(n) if n > 0)
 }
 
 impl Zygote {
     /// Forks the single-threaded zygote. MUST be called while the process is single-threaded
     /// (from `main()`, before tokio), and from the thread that lives as long as the process
-    /// (the zygote dies with that thread through `PR_SET_PDEATHSIG`). Also starts the thread
-    /// that receives the zygote's replies.
+    /// (the first zygote dies with that thread through `PR_SET_PDEATHSIG`). Also starts the
+    /// thread that receives the zygote's replies and the keeper thread that restarts it (see
+    /// [`Zygote`]): the binary must call [`zygote_mode`] first thing in `main`.
     pub fn start() -> Result<Zygote, LaunchError> {
         Self::start_with(ZygoteOptions::default())
     }
 
     /// [`Zygote::start`] with options.
     pub fn start_with(options: ZygoteOptions) -> Result<Zygote, LaunchError> {
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| LaunchError::sys("socketpair", "", e))?;
+        let (ours, theirs) = zygote_socketpair()?;
         let parent = std::process::id() as i32;
         // SAFETY: fork in a process the caller guarantees to be single-threaded (and even with
         // other threads, glibc's fork keeps malloc usable in the child).
@@ -218,36 +665,75 @@ impl Zygote {
         }
         drop(theirs);
         tracing::debug!(pid, "zygote started");
-        let sock = Arc::new(ours);
-        let waiters = SharedWaiters::default();
-        let reader = {
-            let (sock, waiters) = (sock.clone(), waiters.clone());
-            std::thread::Builder::new()
-                .name("hako-zygote-rx".into())
-                .spawn(move || read_replies(&sock, &waiters))
-        };
-        let reader = match reader {
-            Ok(r) => r,
+        let conn = pidfd_open(pid).and_then(|pidfd| Conn::new(pid, pidfd, ours));
+        let conn = match conn {
+            Ok(c) => c,
             Err(e) => {
-                let _ =
-                    nix::sys::socket::shutdown(sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
-                let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-                return Err(LaunchError::Zygote(format!("start the reply thread: {e}")));
+                // SAFETY: kill and waitpid on the pid of our own unreaped child.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, std::ptr::null_mut(), 0);
+                }
+                return Err(e);
             }
         };
-        Ok(Zygote {
-            sock,
-            send_lock: Mutex::new(()),
+        let delay = std::env::var(RESTART_DELAY_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(Duration::ZERO, Duration::from_millis);
+        let shared = Arc::new(Shared {
+            state: Mutex::new(ConnState::Up(Arc::new(conn))),
+            changed: std::sync::Condvar::new(),
             next_id: AtomicU64::new(1),
-            waiters,
-            reader: Some(reader),
-            pid,
-        })
+            restarts: AtomicU64::new(0),
+            hooks: Mutex::new(Vec::new()),
+        });
+        let mut zygote = Zygote {
+            shared: shared.clone(),
+            keeper: None,
+            stop: None,
+        };
+        let (stop_r, stop_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| LaunchError::sys("pipe2", "zygote keeper", e))?;
+        zygote.stop = Some(stop_w);
+        let keeper = std::thread::Builder::new()
+            .name("hako-zygote-keeper".into())
+            .spawn(move || keeper(shared, stop_r, options, delay))
+            .map_err(|e| LaunchError::Zygote(format!("start the keeper thread: {e}")))?;
+        zygote.keeper = Some(keeper);
+        Ok(zygote)
     }
 
-    /// The zygote's pid.
+    /// The zygote's pid (the dead one's while a restart is under way; 0 if none).
     pub fn pid(&self) -> i32 {
-        self.pid
+        match &*lock(&self.shared.state) {
+            ConnState::Up(c) => c.pid,
+            ConnState::Restarting { pid } => *pid,
+            _ => 0,
+        }
+    }
+
+    /// Whether a zygote serves boots now.
+    pub fn status(&self) -> ZygoteStatus {
+        match &*lock(&self.shared.state) {
+            ConnState::Up(c) if c.exited() => ZygoteStatus::Restarting { pid: c.pid },
+            ConnState::Up(c) => ZygoteStatus::Running { pid: c.pid },
+            ConnState::Restarting { pid } => ZygoteStatus::Restarting { pid: *pid },
+            ConnState::Failed { reason } => ZygoteStatus::Failed {
+                reason: reason.clone(),
+            },
+            ConnState::Stopped => ZygoteStatus::Stopped,
+        }
+    }
+
+    /// How many times the zygote was restarted.
+    pub fn restarts(&self) -> u64 {
+        self.shared.restarts.load(Ordering::SeqCst)
+    }
+
+    /// Adds a hook run (on the keeper thread) after every restart.
+    pub fn on_restart(&self, hook: RestartHook) {
+        lock(&self.shared.hooks).push(hook);
     }
 
     /// Spawns one container; blocking until it exec'd or failed. On a setup or exec failure
@@ -308,9 +794,10 @@ impl Zygote {
     }
 
     /// One request, one reply (with at most one descriptor), which the reader thread hands
-    /// over when it arrives.
+    /// over when it arrives. A request that could not reach a dead zygote goes to its
+    /// successor; one that reached it fails with [`LaunchError::ZygoteDied`].
     fn call(&self, req: &Request) -> Result<Delivery, LaunchError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let body = serde_json::to_vec(&Tagged { id, msg: req })
             .map_err(|e| LaunchError::Zygote(format!("encode request: {e}")))?;
         if body.len() > MAX_MESSAGE {
@@ -319,25 +806,16 @@ impl Zygote {
                 body.len()
             )));
         }
-        let (tx, rx) = channel();
-        {
-            let mut w = lock_waiters(&self.waiters);
-            if w.closed {
-                return Err(LaunchError::Zygote("zygote exited".into()));
+        let mut not = None;
+        loop {
+            let conn = self.shared.conn(not)?;
+            match conn.call(id, &body, None) {
+                Ok(d) => return Ok(d),
+                Err(CallError::NotSent) => not = Some(conn.pid),
+                Err(CallError::Died) => return Err(LaunchError::ZygoteDied { pid: conn.pid }),
+                Err(CallError::Other(e)) => return Err(e),
             }
-            w.by_id.insert(id, tx);
         }
-        let sent = {
-            let _send = self.send_lock.lock().unwrap_or_else(|p| p.into_inner());
-            send(self.sock.as_raw_fd(), &body, None)
-        };
-        if let Err(e) = sent {
-            lock_waiters(&self.waiters).by_id.remove(&id);
-            return Err(LaunchError::Zygote(format!("send: {e}")));
-        }
-        // The reader drops every sender when the zygote is gone.
-        rx.recv()
-            .map_err(|_| LaunchError::Zygote("zygote exited".into()))
     }
 }
 
@@ -390,12 +868,27 @@ fn unexpected(reply: &Reply) -> LaunchError {
 }
 
 impl Drop for Zygote {
-    /// Closes the socket (the zygote exits on EOF), reaps it and stops the reader thread.
+    /// Stops the keeper, closes the socket (the zygote exits on EOF), reaps the zygote and
+    /// stops the reader thread.
     fn drop(&mut self) {
-        let _ = nix::sys::socket::shutdown(self.sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
-        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(self.pid), None);
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
+        if let Some(stop) = self.stop.take() {
+            let _ = nix::unistd::write(&stop, b"x");
+            // The last handle may be dropped by a restart hook's work on the keeper itself.
+            if let Some(k) = self
+                .keeper
+                .take()
+                .filter(|k| k.thread().id() != std::thread::current().id())
+            {
+                let _ = k.join();
+            }
+        }
+        let state = std::mem::replace(&mut *lock(&self.shared.state), ConnState::Stopped);
+        self.shared.changed.notify_all();
+        if let ConnState::Up(conn) = state {
+            let _ =
+                nix::sys::socket::shutdown(conn.sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+            let _ = wait_pidfd(conn.pidfd.as_fd(), false);
+            conn.close();
         }
     }
 }
@@ -883,4 +1376,53 @@ fn spawn(
         cgroup: req.cgroup,
         warm,
     })
+}
+
+/// A restarted zygote's command line ([`ZYGOTE_MODE_ARG`]), parsed by [`zygote_mode`].
+#[derive(Debug)]
+pub struct ZygoteMode {
+    parent: i32,
+    options: ZygoteOptions,
+}
+
+/// `Ok(Some(_))` when this process was started as a restarted zygote (`<exe> __zygote ...`);
+/// then the caller runs [`ZygoteMode::run`] before doing anything else (no threads, no
+/// runtime). `Ok(None)` for any other command line.
+pub fn zygote_mode() -> Result<Option<ZygoteMode>, LaunchError> {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_none_or(|a| a != ZYGOTE_MODE_ARG) {
+        return Ok(None);
+    }
+    let bad = |what: &str| LaunchError::Zygote(format!("{ZYGOTE_MODE_ARG}: bad {what}"));
+    let mut num = |what: &str| -> Result<usize, LaunchError> {
+        args.next()
+            .and_then(|a| a.to_str().and_then(|s| s.parse().ok()))
+            .ok_or_else(|| bad(what))
+    };
+    let parent = i32::try_from(num("parent pid")?).map_err(|_| bad("parent pid"))?;
+    let warm_namespaces = num("warm_namespaces")?;
+    let max_prepared_apps = num("max_prepared_apps")?;
+    // SAFETY: F_GETFD on a plain integer only reads the descriptor's flags.
+    if unsafe { libc::fcntl(ZYGOTE_FD, libc::F_GETFD) } < 0 {
+        return Err(LaunchError::Zygote(format!(
+            "{ZYGOTE_MODE_ARG}: no socket on descriptor {ZYGOTE_FD}"
+        )));
+    }
+    Ok(Some(ZygoteMode {
+        parent,
+        options: ZygoteOptions {
+            warm_namespaces,
+            max_prepared_apps,
+        },
+    }))
+}
+
+impl ZygoteMode {
+    /// Serves as the zygote until the supervisor closes the socket; never returns.
+    pub fn run(self) -> ! {
+        // SAFETY: descriptor ZYGOTE_FD was checked open by `zygote_mode` and is the socket the
+        // starting process placed there for us; nothing else in this process uses it.
+        let sock = unsafe { OwnedFd::from_raw_fd(ZYGOTE_FD) };
+        zygote_main(sock, self.parent, self.options)
+    }
 }

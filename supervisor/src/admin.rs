@@ -27,6 +27,18 @@ fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Resp
         .expect("static response parts are valid")
 }
 
+/// `200 ok` when this node can serve; else `503` with one line per reason (e.g.
+/// `cannot boot: zygote restart failed: ...`).
+fn healthz(sup: &Supervisor) -> Response<Full<Bytes>> {
+    let problems = sup.health_problems();
+    if problems.is_empty() {
+        return reply(StatusCode::OK, "text/plain", "ok\n");
+    }
+    let mut body = problems.join("\n");
+    body.push('\n');
+    reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", body)
+}
+
 fn handle(
     sup: &Supervisor,
     reload: Option<&ReloadHook>,
@@ -38,7 +50,7 @@ fn handle(
             "text/plain; version=0.0.4; charset=utf-8",
             sup.metrics().render(),
         ),
-        (&Method::GET, "/healthz") => reply(StatusCode::OK, "text/plain", "ok\n"),
+        (&Method::GET, "/healthz") => healthz(sup),
         (&Method::GET, "/v1/instances") => {
             let body = serde_json::to_vec(&sup.instances()).unwrap_or_else(|_| b"[]".to_vec());
             reply(StatusCode::OK, "application/json", body)

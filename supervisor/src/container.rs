@@ -6,19 +6,21 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use hako_launcher::cgroup::pool::{CgroupPool, DEFAULT_MAX_POOLED_APPS};
 use hako_launcher::cgroup::{CgroupLimits, CgroupRoot, InstanceCgroup};
 use hako_launcher::spec::{ContainerSpec, NetworkMode, RootfsSpec, DEFAULT_PATH};
-use hako_launcher::zygote::{SpawnRequest, Zygote};
+use hako_launcher::zygote::{SpawnRequest, Zygote, ZygoteRestart, ZygoteStatus};
+use hako_launcher::LaunchError;
 use hako_policies::{App, Network, Rootfs};
 use hako_proxy::{ConnectFuture, Upstream};
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 
 use crate::instances::{BoxFuture, EffectiveLimits, ExitInfo, Running, Runtime, Usage};
+use crate::metrics::Metrics;
 use crate::netns::{NetnsSockets, NetnsTarget};
 
 /// What `state_dir/instances/<name>.json` records about a live instance, so that a restart
@@ -109,6 +111,11 @@ pub struct ContainerRuntime {
     held: Arc<Mutex<HeldKeys>>,
     /// Generation of the latest [`ContainerRuntime::prepare_apps`] call.
     prepare_gen: Arc<AtomicU64>,
+    /// The apps of the latest [`ContainerRuntime::prepare_apps`] call, prepared again in a
+    /// restarted zygote.
+    apps: Arc<Mutex<Vec<App>>>,
+    /// The supervisor's metrics, once attached ([`Runtime::attach_metrics`]).
+    metrics: Arc<OnceLock<Metrics>>,
 }
 
 /// What [`ContainerRuntime::prepare_apps`] left in the zygote.
@@ -148,7 +155,7 @@ impl ContainerRuntime {
             )?),
             None => None,
         };
-        Ok(ContainerRuntime {
+        let runtime = ContainerRuntime {
             zygote,
             cgroups,
             ids,
@@ -158,7 +165,52 @@ impl ContainerRuntime {
             state_dir,
             held: Arc::default(),
             prepare_gen: Arc::default(),
-        })
+            apps: Arc::default(),
+            metrics: Arc::default(),
+        };
+        runtime.on_zygote_restart();
+        Ok(runtime)
+    }
+
+    /// After a zygote restart (the keeper thread logged it): count it, and prepare the apps
+    /// again in the new zygote, which holds nothing (boots meanwhile rebuild what they need).
+    /// The cgroup pool lives in this process and is not affected.
+    fn on_zygote_restart(&self) {
+        let zygote = Arc::downgrade(&self.zygote);
+        let (held, gen, apps, metrics) = (
+            self.held.clone(),
+            self.prepare_gen.clone(),
+            self.apps.clone(),
+            self.metrics.clone(),
+        );
+        let handle = tokio::runtime::Handle::try_current().ok();
+        self.zygote.on_restart(Arc::new(move |r: &ZygoteRestart| {
+            if let Some(m) = metrics.get() {
+                m.zygote_restarted();
+            }
+            let Some(zygote) = zygote.upgrade() else {
+                return;
+            };
+            held.lock().unwrap_or_else(|p| p.into_inner()).keys.clear();
+            let generation = gen.fetch_add(1, Ordering::SeqCst) + 1;
+            let apps = apps.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            tracing::info!(
+                new_pid = r.new_pid,
+                apps = apps.len(),
+                "preparing the apps again in the restarted zygote"
+            );
+            let work = prepare_work(zygote, held.clone(), generation, &apps);
+            match &handle {
+                Some(h) => {
+                    h.spawn_blocking(work);
+                }
+                None => {
+                    let _ = std::thread::Builder::new()
+                        .name("hako-prepare".into())
+                        .spawn(work);
+                }
+            }
+        }));
     }
 
     /// Readies the launcher for the first boot of every isolated app in `apps` (prepared spec
@@ -178,68 +230,79 @@ impl ContainerRuntime {
                 pool.want(&app.name, &cgroup_limits(app));
             }
         }
-        let wanted: Vec<(String, String, ContainerSpec)> = apps
-            .iter()
-            .filter(|a| matches!(a.network, Network::Isolated))
-            .map(|a| {
-                let spec = container_spec(a, a.port);
-                (a.name.clone(), spec_key(&a.name, &spec), spec)
-            })
-            .collect();
+        *self.apps.lock().unwrap_or_else(|p| p.into_inner()) = apps.to_vec();
         let generation = self.prepare_gen.fetch_add(1, Ordering::SeqCst) + 1;
-        let zygote = self.zygote.clone();
-        let held = self.held.clone();
-        let work = move || {
-            let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
-            if held.applied > generation {
-                return;
-            }
-            held.applied = generation;
-            let keep: HashSet<&str> = wanted.iter().map(|(_, k, _)| k.as_str()).collect();
-            let stale: Vec<String> = held
-                .keys
-                .iter()
-                .filter(|k| !keep.contains(k.as_str()))
-                .cloned()
-                .collect();
-            for key in stale {
-                match zygote.forget(&key) {
-                    Ok(()) => {
-                        tracing::debug!(spec_key = %key, "released the launcher state of a removed or changed app")
-                    }
-                    Err(e) => {
-                        tracing::warn!(spec_key = %key, error = %e, "cannot release the launcher state of an app")
-                    }
-                }
-                held.keys.remove(&key);
-            }
-            let mut prepared = 0usize;
-            for (app, key, spec) in &wanted {
-                if held.keys.contains(key) {
-                    continue;
-                }
-                match zygote.prepare(spec, key) {
-                    Ok(()) => {
-                        held.keys.insert(key.clone());
-                        prepared += 1;
-                    }
-                    Err(e) => {
-                        tracing::warn!(app = %app, error = %e, "cannot pre-warm the app; its first boot will be cold")
-                    }
-                }
-            }
-            tracing::debug!(
-                prepared,
-                apps = wanted.len(),
-                "apps prepared for their first boot"
-            );
-        };
+        let work = prepare_work(self.zygote.clone(), self.held.clone(), generation, apps);
         match tokio::runtime::Handle::try_current() {
             Ok(h) => {
                 h.spawn_blocking(work);
             }
             Err(_) => work(),
         }
+    }
+}
+
+/// The launcher's part of [`ContainerRuntime::prepare_apps`] (generation `generation`), to run
+/// on a blocking thread: forgets what the zygote holds for apps no longer wanted, prepares the
+/// others.
+fn prepare_work(
+    zygote: Arc<Zygote>,
+    held: Arc<Mutex<HeldKeys>>,
+    generation: u64,
+    apps: &[App],
+) -> impl FnOnce() + Send + 'static {
+    let wanted: Vec<(String, String, ContainerSpec)> = apps
+        .iter()
+        .filter(|a| matches!(a.network, Network::Isolated))
+        .map(|a| {
+            let spec = container_spec(a, a.port);
+            (a.name.clone(), spec_key(&a.name, &spec), spec)
+        })
+        .collect();
+    move || {
+        let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
+        if held.applied > generation {
+            return;
+        }
+        held.applied = generation;
+        let keep: HashSet<&str> = wanted.iter().map(|(_, k, _)| k.as_str()).collect();
+        let stale: Vec<String> = held
+            .keys
+            .iter()
+            .filter(|k| !keep.contains(k.as_str()))
+            .cloned()
+            .collect();
+        for key in stale {
+            match zygote.forget(&key) {
+                Ok(()) => {
+                    tracing::debug!(spec_key = %key, "released the launcher state of a removed or changed app")
+                }
+                Err(e) => {
+                    tracing::warn!(spec_key = %key, error = %e, "cannot release the launcher state of an app")
+                }
+            }
+            held.keys.remove(&key);
+        }
+        let mut prepared = 0usize;
+        for (app, key, spec) in &wanted {
+            if held.keys.contains(key) {
+                continue;
+            }
+            match zygote.prepare(spec, key) {
+                Ok(()) => {
+                    held.keys.insert(key.clone());
+                    prepared += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(app = %app, error = %e, "cannot pre-warm the app; its first boot will be cold")
+                }
+            }
+        }
+        tracing::debug!(
+            prepared,
+            apps = wanted.len(),
+            "apps prepared for their first boot"
+        );
     }
 }
 
@@ -292,6 +355,23 @@ fn free_host_port() -> io::Result<u16> {
 impl Runtime for ContainerRuntime {
     fn instance_ids(&self) -> Option<Arc<AtomicU64>> {
         Some(self.ids.clone())
+    }
+
+    fn cannot_boot(&self) -> Vec<String> {
+        match self.zygote.status() {
+            ZygoteStatus::Running { .. } => Vec::new(),
+            ZygoteStatus::Restarting { pid } => {
+                vec![format!(
+                    "cannot boot: zygote (pid {pid}) died; restarting it"
+                )]
+            }
+            ZygoteStatus::Failed { reason } => vec![format!("cannot boot: {reason}")],
+            ZygoteStatus::Stopped => vec!["cannot boot: the launcher is stopping".to_owned()],
+        }
+    }
+
+    fn attach_metrics(&self, metrics: &Metrics) {
+        let _ = self.metrics.set(metrics.clone());
     }
 
     fn claim_id(&self, app: &App) -> Option<u64> {
@@ -372,7 +452,15 @@ impl Runtime for ContainerRuntime {
                     }
                     Err(e) => {
                         if let Some(c) = cgroup {
+                            // The zygote died during the boot: the container may exist,
+                            // a child of ours nobody else knows about. Killed with its
+                            // group, then reaped here.
+                            let orphans = match e {
+                                LaunchError::ZygoteDied { .. } => c.pids().unwrap_or_default(),
+                                _ => Vec::new(),
+                            };
                             let _ = c.remove();
+                            reap_orphans(&orphans);
                         }
                         let _ = std::fs::remove_file(&log_path);
                         Err(e.to_string())
@@ -440,8 +528,38 @@ impl Runtime for ContainerRuntime {
                 record: rec_path,
                 log_path,
                 exit: Arc::new(Mutex::new(None)),
+                oom_baseline: Arc::default(),
             }) as Arc<dyn Running>)
         })
+    }
+}
+
+/// Reaps those of `pids` that are our children (a boot's container whose zygote died before
+/// handing it over), once they have exited (up to 2 s each); others are ignored (`ECHILD`).
+fn reap_orphans(pids: &[i32]) {
+    for &pid in pids {
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            match nix::sys::wait::waitpid(
+                nix::unistd::Pid::from_raw(pid),
+                Some(nix::sys::wait::WaitPidFlag::WNOHANG | nix::sys::wait::WaitPidFlag::__WALL),
+            ) {
+                Ok(nix::sys::wait::WaitStatus::StillAlive)
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Ok(nix::sys::wait::WaitStatus::StillAlive) => {
+                    tracing::warn!(pid, "orphaned container did not exit; not reaped");
+                    break;
+                }
+                Ok(_) => {
+                    tracing::info!(pid, "reaped a container whose zygote died during its boot");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
     }
 }
 
@@ -463,6 +581,52 @@ struct Container {
     record: PathBuf,
     log_path: PathBuf,
     exit: Arc<Mutex<Option<ExitInfo>>>,
+    /// The cgroup's OOM-kill count from before the instance's death.
+    oom_baseline: Arc<Mutex<OomBaseline>>,
+}
+
+/// How long an instance must be seen alive after a reading of its cgroup's OOM-kill counter
+/// before that reading counts as "before its death": an OOM-killed process may still be
+/// exiting when the counter has already risen.
+const OOM_CONFIRM: Duration = Duration::from_millis(200);
+
+/// The cgroup's OOM-kill counter as it was earlier in the instance's life, so that its death
+/// is reported as an OOM kill only when the counter rose since: an earlier OOM kill of another
+/// process inside the instance must not turn a later SIGKILL from the host into `oom`.
+/// Readings come from the sampler ([`Running::usage`]); one counts once the instance was still
+/// alive [`OOM_CONFIRM`] after it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct OomBaseline {
+    /// OOM kills known to predate the instance's death.
+    confirmed: u64,
+    /// The oldest unconfirmed reading and when it was taken (the process was alive then).
+    pending: Option<(u64, tokio::time::Instant)>,
+}
+
+impl OomBaseline {
+    /// A reading of the counter at `now`, taken while the instance was alive.
+    fn sample(&mut self, count: u64, now: tokio::time::Instant) {
+        self.confirm(now);
+        if self.pending.is_none() {
+            self.pending = Some((count, now));
+        }
+    }
+
+    /// Promotes the pending reading once the instance was alive [`OOM_CONFIRM`] after it.
+    fn confirm(&mut self, alive_at: tokio::time::Instant) {
+        if let Some((count, at)) = self.pending {
+            if alive_at.saturating_duration_since(at) >= OOM_CONFIRM {
+                self.confirmed = self.confirmed.max(count);
+                self.pending = None;
+            }
+        }
+    }
+
+    /// Whether a death by `signal` with the counter at `count` now was an OOM kill: the
+    /// kernel's OOM killer sends SIGKILL, and counts it.
+    fn killed_by_oom(&self, count: u64, signal: Option<i32>) -> bool {
+        signal == Some(libc::SIGKILL) && count > self.confirmed
+    }
 }
 
 impl Container {
@@ -507,6 +671,7 @@ impl Running for Container {
         let cgroup = self.cgroup();
         let pid = self.pid;
         let exit_slot = self.exit.clone();
+        let baseline = self.oom_baseline.clone();
         Box::pin(async move {
             let status = loop {
                 match pidfd.readable().await {
@@ -526,10 +691,15 @@ impl Running for Container {
                     }
                 }
             };
-            let oom = cgroup
+            let oom_kills = cgroup
                 .as_ref()
                 .and_then(|c| c.stats().ok())
-                .is_some_and(|s| s.oom_kills > 0);
+                .map_or(0, |s| s.oom_kills);
+            let signal = status.and_then(|st| st.signal());
+            let oom = baseline
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .killed_by_oom(oom_kills, signal);
             let info = match status {
                 Some(st) => ExitInfo {
                     code: st.code(),
@@ -606,6 +776,21 @@ impl Running for Container {
 
     fn usage(&self) -> Option<Usage> {
         let s = self.cgroup()?.stats().ok()?;
+        // Alive after the reading (its pidfd is not readable yet): a baseline candidate.
+        let mut pfd = [nix::poll::PollFd::new(
+            self.pidfd.get_ref().as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let alive = matches!(
+            nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO),
+            Ok(0)
+        );
+        if alive {
+            self.oom_baseline
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .sample(s.oom_kills, tokio::time::Instant::now());
+        }
         Some(Usage {
             cpu_usage_usec: s.cpu_usage_usec,
             memory_current: s.memory_current,
@@ -700,6 +885,46 @@ impl Upstream for HostUpstream {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_host_sigkill_after_an_earlier_oom_kill_inside_is_not_oom() {
+        let t0 = tokio::time::Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut b = OomBaseline::default();
+        // Nothing sampled: a SIGKILL with an OOM kill counted is one.
+        assert!(b.killed_by_oom(1, Some(libc::SIGKILL)));
+        assert!(!b.killed_by_oom(0, Some(libc::SIGKILL)));
+        // A worker inside was OOM-killed (count 1), the instance lived on (sampled again
+        // later), then the host SIGKILLed it: crashed, not oom. The old rule (count > 0)
+        // said oom.
+        b.sample(1, ms(0));
+        b.sample(1, ms(100));
+        assert!(
+            b.killed_by_oom(1, Some(libc::SIGKILL)),
+            "not yet confirmed alive long enough after the reading"
+        );
+        b.sample(1, ms(250));
+        assert_eq!(b.confirmed, 1);
+        assert!(!b.killed_by_oom(1, Some(libc::SIGKILL)));
+        // The instance itself OOM-killed later: the count rose since.
+        assert!(b.killed_by_oom(2, Some(libc::SIGKILL)));
+        // Only SIGKILL deaths are OOM kills.
+        assert!(!b.killed_by_oom(2, None));
+        assert!(!b.killed_by_oom(2, Some(libc::SIGSEGV)));
+    }
+
+    #[test]
+    fn an_oom_kill_counted_just_before_the_death_is_not_taken_as_earlier() {
+        // The sampler read the counter after the OOM kill but before the process had exited:
+        // that reading is never confirmed (the process is not seen alive 200 ms later).
+        let t0 = tokio::time::Instant::now();
+        let mut b = OomBaseline::default();
+        b.sample(0, t0);
+        b.sample(0, t0 + Duration::from_millis(300));
+        b.sample(1, t0 + Duration::from_millis(310));
+        assert_eq!(b.confirmed, 0);
+        assert!(b.killed_by_oom(1, Some(libc::SIGKILL)));
+    }
 
     #[test]
     fn caught_signal_mask_is_read_from_proc_status() {

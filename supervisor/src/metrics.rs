@@ -61,6 +61,7 @@ pub struct Metrics {
     limit_changes: IntCounterVec,
     cpu_seconds: prometheus::CounterVec,
     memory_bytes: IntGaugeVec,
+    zygote_restarts: prometheus::IntCounter,
 }
 
 const BOOT_RESULTS: [&str; 3] = ["ok", "failed", "not_ready"];
@@ -171,8 +172,14 @@ impl Metrics {
             &["app"],
         )
         .expect("valid metric");
+        let zygote_restarts = prometheus::IntCounter::with_opts(Opts::new(
+            "hako_zygote_restarts_total",
+            "Times the launcher's zygote died and was restarted (boots in flight on it fail).",
+        ))
+        .expect("valid metric");
         for c in [
-            Box::new(boots.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(zygote_restarts.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(boots.clone()),
             Box::new(boot_duration.clone()),
             Box::new(instances.clone()),
             Box::new(requests.clone()),
@@ -197,7 +204,13 @@ impl Metrics {
             limit_changes,
             cpu_seconds,
             memory_bytes,
+            zygote_restarts,
         }
+    }
+
+    /// The launcher's zygote was restarted.
+    pub fn zygote_restarted(&self) {
+        self.zygote_restarts.inc();
     }
 
     /// Cached handles for one app.
