@@ -5,9 +5,10 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hako_policies::{App, Config};
+use tokio::time::Instant;
 
 use crate::governor::{
     read_host_pressure, Governor, GovernorParams, InstanceSample, Limits, Sample, SpikeRule,
@@ -33,13 +34,13 @@ pub fn params_of(cfg: &Config) -> GovernorParams {
 const HOT_CORES: f64 = 0.01;
 /// Reading interval of idle instances. A tenant that starts burning CPU without requests is
 /// seen within this time (then read every interval again).
-const COLD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+const COLD_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The last reading of one instance.
 #[derive(Debug)]
 struct Activity {
     app: String,
-    at: std::time::Duration,
+    at: Duration,
     cpu_usec: u64,
     memory: u64,
     requests: u64,
@@ -47,7 +48,7 @@ struct Activity {
 }
 
 impl Activity {
-    fn due(&self, now: std::time::Duration, requests: u64, in_flight: u32) -> bool {
+    fn due(&self, now: Duration, requests: u64, in_flight: u32) -> bool {
         self.hot
             || in_flight > 0
             || requests != self.requests

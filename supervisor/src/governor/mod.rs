@@ -1,10 +1,10 @@
 //! The governor: detects load spikes and decides how to tighten and relax cgroup limits.
 //!
-//! This module is pure decision logic plus readers of kernel files (PSI, cgroup usage) whose
-//! paths are parameters. It writes nothing: the supervisor's sampling loop feeds a [`Sample`]
-//! every [`GovernorParams::interval`] to [`Governor::observe`], applies each returned
-//! [`Decision`] through the launcher's cgroup API and emits a tracing event with `before` and
-//! `after`. The governor moves only the CPU quota and `memory.high`; `memory.max` is never
+//! This module is pure decision logic plus a reader of the host's PSI files whose paths are
+//! parameters (cgroup usage is read through the launcher's cgroup API). It writes nothing: the
+//! supervisor's sampling loop feeds a [`Sample`] every [`GovernorParams::interval`] to
+//! [`Governor::observe`], applies each returned [`Decision`] through the launcher's cgroup API
+//! and emits a tracing event with `before` and `after`. The governor moves only the CPU quota and `memory.high`; `memory.max` is never
 //! touched and nothing is ever killed.
 //!
 //! # Semantics
@@ -82,20 +82,19 @@
 #![forbid(unsafe_code)]
 
 mod psi;
-mod usage;
 
 #[cfg(test)]
 mod tests;
 
 pub use psi::{read_host_pressure, read_psi, Psi, PsiError, PsiLine};
-pub use usage::{read_cpu_stat_usage_usec, read_cpuacct_usage_usec, read_memory_bytes, UsageError};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
 
-/// How long an app without a rule must be hot before the default CPU rule may tighten it.
-pub const DEFAULT_SPIKE_FOR: Duration = Duration::from_millis(300);
+/// How long an app without a rule must be hot before the default CPU rule may tighten it: the
+/// same debounce as a rule's default `spike.for`.
+pub use hako_policies::DEFAULT_SPIKE_FOR;
 /// Hot threshold of the default CPU rule: this fraction of the instance's CPU limit.
 pub const DEFAULT_CPU_ABOVE: f64 = 0.5;
 /// Default CPU tighten target: this fraction of the policy CPU limit.
