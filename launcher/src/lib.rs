@@ -15,11 +15,11 @@ pub mod spawn;
 pub mod spec;
 pub mod zygote;
 
-pub use cgroup::{
-    CgroupAttach, CgroupBackend, CgroupError, CgroupLimits, CgroupRoot, CgroupStats, CgroupVersion,
-    InstanceCgroup,
-};
 pub use cgroup::pool::{CgroupPool, DEFAULT_MAX_POOLED_APPS};
+pub use cgroup::{
+    CgroupAttach, CgroupError, CgroupLimits, CgroupOptions, CgroupPressure, CgroupRoot,
+    CgroupStats, CgroupVersion, InstanceCgroup,
+};
 pub use error::LaunchError;
 pub use prepare::PreparedSpec;
 pub use spawn::{pidfd_signal, spawn_prepared, wait_pidfd, ExitStatusInfo, Output, Spawned};

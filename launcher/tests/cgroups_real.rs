@@ -1,33 +1,22 @@
-//! The cgroups-rs backend against the file layer on the host's real hierarchy (root only; the
-//! tests skip otherwise): same kernel files, same read-backs, live changes, statistics of real
-//! processes, OOM kills, removal of populated groups, and the cost of create + remove.
+//! The cgroup managers against the host's real hierarchy (root only; the tests skip
+//! otherwise): the kernel's formats in the limit files, read-backs, live changes, statistics of
+//! real processes, OOM kills, freeze and thaw, pressure, removal of populated (and frozen)
+//! groups, and the cost of create + remove. On a hybrid v1 host the v2 paths run against the
+//! unified hierarchy at `/sys/fs/cgroup/unified` as well.
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use hako_launcher::cgroup::{CgroupBackend, SYS_FS_CGROUP};
+use hako_launcher::cgroup::{CPU_PERIOD_US, SYS_FS_CGROUP};
 use hako_launcher::{
-    CgroupAttach, CgroupError, CgroupLimits, CgroupRoot, CgroupStats, CgroupVersion, InstanceCgroup,
+    CgroupAttach, CgroupError, CgroupLimits, CgroupOptions, CgroupRoot, CgroupStats, CgroupVersion,
+    InstanceCgroup,
 };
 
 const PARENT: &str = "hako-test";
 const BUSYBOX: &str = "/usr/bin/busybox";
-
-/// Interface files holding limits, v1 and v2 (those absent on the host are skipped).
-const LIMIT_FILES: &[&str] = &[
-    "cpu.cfs_quota_us",
-    "cpu.cfs_period_us",
-    "memory.limit_in_bytes",
-    "memory.soft_limit_in_bytes",
-    "memory.memsw.limit_in_bytes",
-    "cpu.max",
-    "memory.max",
-    "memory.high",
-    "memory.swap.max",
-    "pids.max",
-];
 
 fn is_root(test: &str) -> bool {
     let root = nix::unistd::geteuid().is_root();
@@ -37,19 +26,42 @@ fn is_root(test: &str) -> bool {
     root
 }
 
-/// Both backends on the real hierarchy, or `None` (skip) when not root.
-fn roots(test: &str) -> Option<(CgroupRoot, CgroupRoot)> {
+/// The root on the real hierarchy, or `None` (skip) when not root.
+fn real_root(test: &str) -> Option<CgroupRoot> {
     if !is_root(test) {
         return None;
     }
-    let mount = Path::new(SYS_FS_CGROUP);
-    let rs = CgroupRoot::detect_with_backend(mount, PARENT, CgroupBackend::CgroupsRs)
-        .expect("cgroups-rs backend on the real hierarchy");
-    let files = CgroupRoot::detect_with_backend(mount, PARENT, CgroupBackend::Files).unwrap();
-    assert_eq!(rs.backend(), CgroupBackend::CgroupsRs);
-    assert_eq!(files.backend(), CgroupBackend::Files);
-    assert_eq!(rs.version(), files.version());
-    Some((rs, files))
+    Some(CgroupRoot::detect(Path::new(SYS_FS_CGROUP), PARENT).expect("the host's hierarchy"))
+}
+
+/// A root under its own parent group (other options, another hierarchy), whose parent is
+/// removed on drop (also when the test fails).
+struct OwnParent(CgroupRoot);
+
+impl OwnParent {
+    fn new(mount: &Path, opts: &CgroupOptions) -> OwnParent {
+        let parent = format!(
+            "hako-test-own-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        OwnParent(CgroupRoot::detect_with(mount, &parent, opts).unwrap())
+    }
+}
+
+impl Drop for OwnParent {
+    fn drop(&mut self) {
+        let gone = self.0.remove_parent_if_empty();
+        if !std::thread::panicking() {
+            assert!(gone.unwrap(), "parent {} not empty", self.0.parent());
+        }
+    }
+}
+
+/// The hybrid host's unified (v2) hierarchy, if there is one besides the v1 hierarchies.
+fn unified() -> Option<PathBuf> {
+    let u = Path::new(SYS_FS_CGROUP).join("unified");
+    u.join("cgroup.controllers").exists().then_some(u)
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -71,7 +83,6 @@ struct Group {
 impl Group {
     fn new(root: &CgroupRoot, limits: &CgroupLimits) -> Group {
         let cg = root.create(&unique_name(), limits).unwrap();
-        assert_eq!(cg.backend(), root.backend());
         Group {
             dirs: cg.dirs(),
             cg: Some(cg),
@@ -170,21 +181,6 @@ fn read(p: &Path) -> String {
         .to_owned()
 }
 
-/// The limit files of one group, per hierarchy, keyed by the hierarchy (group name removed).
-fn limit_files(cg: &InstanceCgroup) -> Vec<(PathBuf, String, String)> {
-    let mut out = Vec::new();
-    for d in cg.dirs() {
-        let hierarchy = d.parent().unwrap().to_owned();
-        for f in LIMIT_FILES {
-            let p = d.join(f);
-            if p.exists() {
-                out.push((hierarchy.clone(), (*f).to_owned(), read(&p)));
-            }
-        }
-    }
-    out
-}
-
 fn file_of(cg: &InstanceCgroup, file: &str) -> String {
     let p = cg
         .dirs()
@@ -195,29 +191,54 @@ fn file_of(cg: &InstanceCgroup, file: &str) -> String {
     read(&p)
 }
 
-/// Both groups hold the same values in the same files and read back the same.
-fn assert_same(a: &InstanceCgroup, b: &InstanceCgroup, expected: &CgroupLimits) {
-    let (fa, fb) = (limit_files(a), limit_files(b));
-    assert!(!fa.is_empty());
-    assert_eq!(fa, fb, "kernel files differ (cgroups-rs vs files)");
-    assert_eq!(a.limits().unwrap(), *expected, "cgroups-rs read-back");
-    assert_eq!(b.limits().unwrap(), *expected, "file layer read-back");
-    assert_eq!(a.stats().unwrap(), b.stats().unwrap());
-    assert_eq!(a.version(), b.version());
-    let parents = |cg: &InstanceCgroup| -> Vec<PathBuf> {
-        cg.dirs()
-            .iter()
-            .map(|d| d.parent().unwrap().to_owned())
-            .collect()
-    };
-    assert_eq!(parents(a), parents(b));
-    match (a.attach(), b.attach()) {
-        (CgroupAttach::V1 { procs: pa }, CgroupAttach::V1 { procs: pb }) => {
-            assert_eq!(pa.len(), pb.len())
+/// `true` if the kernel shows `s` as unlimited (`max`, `-1`, or v1's huge page-aligned number).
+fn unlimited(s: &str) -> bool {
+    s == "max" || s == "-1" || s.parse::<u64>().is_ok_and(|v| v >= 1 << 62)
+}
+
+/// The group's limit files hold `l` in the kernel's formats, and read back as `l`.
+fn assert_in_kernel(cg: &InstanceCgroup, l: &CgroupLimits) {
+    let num = |v: Option<u64>, f: &str| {
+        let got = file_of(cg, f);
+        match v {
+            Some(v) => assert_eq!(got, v.to_string(), "{f}"),
+            None => assert!(unlimited(&got), "{f}: {got}"),
         }
-        (CgroupAttach::V2 { .. }, CgroupAttach::V2 { .. }) => {}
-        other => panic!("attach differs: {other:?}"),
+    };
+    let quota = l.cpu.map(|c| (c * CPU_PERIOD_US as f64).round() as u64);
+    match cg.version() {
+        CgroupVersion::V1 => {
+            num(quota, "cpu.cfs_quota_us");
+            if l.cpu.is_some() {
+                assert_eq!(file_of(cg, "cpu.cfs_period_us"), CPU_PERIOD_US.to_string());
+            }
+            num(l.memory_max, "memory.limit_in_bytes");
+            num(l.memory_high, "memory.soft_limit_in_bytes");
+            if cg
+                .dirs()
+                .iter()
+                .any(|d| d.join("memory.memsw.limit_in_bytes").exists())
+            {
+                num(l.memory_max, "memory.memsw.limit_in_bytes");
+            }
+        }
+        CgroupVersion::V2 => {
+            let q = quota.map_or_else(|| "max".to_owned(), |q| q.to_string());
+            if l.cpu.is_some() {
+                assert_eq!(file_of(cg, "cpu.max"), format!("{q} {CPU_PERIOD_US}"));
+            } else {
+                assert!(file_of(cg, "cpu.max").starts_with("max "));
+            }
+            num(l.memory_max, "memory.max");
+            num(l.memory_high, "memory.high");
+            if cg.dirs()[0].join("memory.swap.max").exists() {
+                let want = if l.memory_max.is_some() { "0" } else { "max" };
+                assert_eq!(file_of(cg, "memory.swap.max"), want);
+            }
+        }
     }
+    num(l.pids, "pids.max");
+    assert_eq!(cg.limits().unwrap(), *l, "read-back");
 }
 
 /// Waits until `p` is alone in `cg` and asleep (its script blocked in `read`), with usage
@@ -239,29 +260,42 @@ fn settled(cg: &InstanceCgroup, p: &Proc, ready: impl Fn(&CgroupStats) -> bool) 
 const MIB: u64 = 1 << 20;
 
 #[test]
-fn detect_uses_cgroups_rs_on_the_real_hierarchy() {
-    let Some((rs, _)) = roots("detect_uses_cgroups_rs_on_the_real_hierarchy") else {
+fn detect_finds_the_hosts_hierarchy_and_fake_trees_work_alike() {
+    let Some(root) = real_root("detect_finds_the_hosts_hierarchy") else {
         return;
     };
-    let auto = CgroupRoot::detect(Path::new(SYS_FS_CGROUP), PARENT).unwrap();
-    assert_eq!(auto.backend(), CgroupBackend::CgroupsRs);
-    assert_eq!(auto.version(), rs.version());
-    // A fake tree is never handed to cgroups-rs.
+    let v2 = Path::new(SYS_FS_CGROUP).join("cgroup.controllers").exists();
+    let want = if v2 {
+        CgroupVersion::V2
+    } else {
+        CgroupVersion::V1
+    };
+    assert_eq!(root.version(), want);
+    for d in Group::new(&root, &CgroupLimits::default()).dirs.iter() {
+        assert!(d.starts_with(SYS_FS_CGROUP), "{}", d.display());
+    }
+    // The same code on a fake tree (no cgroupfs): detection and creation work there too.
     let t = tempfile::tempdir().unwrap();
     std::fs::create_dir(t.path().join("memory")).unwrap();
+    let fake = CgroupRoot::detect(t.path(), PARENT).unwrap();
+    assert_eq!(fake.version(), CgroupVersion::V1);
+    let cg = fake.create("x", &CgroupLimits::default()).unwrap();
     assert_eq!(
-        CgroupRoot::detect(t.path(), PARENT).unwrap().backend(),
-        CgroupBackend::Files
+        cg.dirs(),
+        vec![t
+            .path()
+            .canonicalize()
+            .unwrap()
+            .join("memory")
+            .join(PARENT)
+            .join("x")]
     );
-    assert!(matches!(
-        CgroupRoot::detect_with_backend(t.path(), PARENT, CgroupBackend::CgroupsRs),
-        Err(CgroupError::BackendUnavailable { .. })
-    ));
+    cg.remove().unwrap();
 }
 
 #[test]
-fn both_backends_write_the_same_files_and_read_back_the_same() {
-    let Some((rs, files)) = roots("both_backends_write_the_same_files") else {
+fn limits_reach_the_kernel_files_and_read_back() {
+    let Some(root) = real_root("limits_reach_the_kernel_files") else {
         return;
     };
     let cases = [
@@ -286,24 +320,21 @@ fn both_backends_write_the_same_files_and_read_back_the_same() {
         },
     ];
     for (i, limits) in cases.iter().enumerate() {
-        let a = Group::new(&rs, limits);
-        let b = Group::new(&files, limits);
-        assert_same(a.get(), b.get(), limits);
+        let g = Group::new(&root, limits);
+        assert_in_kernel(g.get(), limits);
         // Live changes to every other case (raising and lowering the memory limit, which on v1
-        // orders the memsw and memory writes) keep them identical.
+        // orders the memsw and memory writes).
         for next in cases.iter().cycle().skip(i + 1).take(cases.len()) {
-            a.get().set_limits(next).unwrap();
-            b.get().set_limits(next).unwrap();
-            assert_same(a.get(), b.get(), next);
+            g.get().set_limits(next).unwrap();
+            assert_in_kernel(g.get(), next);
         }
-        a.remove();
-        b.remove();
+        g.remove();
     }
 }
 
 #[test]
-fn governor_live_changes_go_through_cgroups_rs() {
-    let Some((rs, _)) = roots("governor_live_changes_go_through_cgroups_rs") else {
+fn governor_live_changes_reach_the_kernel() {
+    let Some(root) = real_root("governor_live_changes_reach_the_kernel") else {
         return;
     };
     let policy = CgroupLimits {
@@ -312,7 +343,7 @@ fn governor_live_changes_go_through_cgroups_rs() {
         memory_high: None,
         pids: Some(64),
     };
-    let g = Group::new(&rs, &policy);
+    let g = Group::new(&root, &policy);
     let cg = g.get();
     // A tenant inside, using memory, while the limits change.
     let mut p = Proc::spawn("x=$(head -c 2000000 /dev/zero | tr '\\0' a); read done");
@@ -332,7 +363,7 @@ fn governor_live_changes_go_through_cgroups_rs() {
         if v1 {
             q.to_owned()
         } else {
-            format!("{q} {}", hako_launcher::cgroup::CPU_PERIOD_US)
+            format!("{q} {CPU_PERIOD_US}")
         }
     };
     assert_eq!(file_of(cg, quota), fmt_quota("10000"));
@@ -389,36 +420,157 @@ fn busy_stats(root: &CgroupRoot) -> CgroupStats {
 }
 
 #[test]
-fn stats_pids_and_removal_of_a_populated_group_through_both_backends() {
-    let Some((rs, files)) = roots("stats_pids_and_removal") else {
+fn stats_pids_and_removal_of_a_populated_group() {
+    let Some(root) = real_root("stats_pids_and_removal") else {
         return;
     };
-    for root in [&rs, &files] {
-        let st = busy_stats(root);
-        eprintln!("{:?}: {st:?}", root.backend());
+    let st = busy_stats(&root);
+    eprintln!("{:?}: {st:?}", root.version());
+}
+
+#[test]
+fn oom_kills_are_counted() {
+    let Some(root) = real_root("oom_kills_are_counted") else {
+        return;
+    };
+    let g = Group::new(
+        &root,
+        &CgroupLimits {
+            memory_max: Some(16 * MIB),
+            ..Default::default()
+        },
+    );
+    let mut p = Proc::spawn("s=aaaaaaaaaaaaaaaa; while :; do s=\"$s$s\"; done");
+    p.enter_and_go(g.get());
+    assert_eq!(p.wait_signal(Duration::from_secs(20)), Some(9));
+    let st = g.get().stats().unwrap();
+    assert!(st.oom_kills >= 1, "{:?}: {st:?}", root.version());
+    g.remove();
+}
+
+/// CPU time of `pid` (utime + stime, clock ticks) from `/proc/<pid>/stat`.
+fn cpu_ticks(pid: i32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = s.rsplit_once(") ").unwrap().1;
+    let f: Vec<&str> = after.split(' ').collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// A spinning tenant stops using CPU while its group is frozen, runs again once thawed, and
+/// removing the frozen group kills it.
+fn freeze_thaw_remove(root: &CgroupRoot) {
+    let g = Group::new(root, &CgroupLimits::default());
+    let cg = g.get();
+    let mut p = Proc::spawn("while :; do :; done");
+    p.enter_and_go(cg);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cpu_ticks(p.pid()) < 2 {
+        assert!(Instant::now() < deadline, "the tenant does not run");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cg.freeze().unwrap();
+    if cg.version() == CgroupVersion::V2 {
+        assert!(file_of(cg, "cgroup.events").contains("frozen 1"));
+    } else {
+        assert_eq!(file_of(cg, "freezer.state"), "FROZEN");
+    }
+    let frozen_at = cpu_ticks(p.pid());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(cpu_ticks(p.pid()), frozen_at, "a frozen task ran");
+    cg.thaw().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cpu_ticks(p.pid()) <= frozen_at {
+        assert!(Instant::now() < deadline, "the thawed tenant does not run");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cg.freeze().unwrap();
+    g.remove();
+    assert_eq!(
+        p.wait_signal(Duration::from_secs(5)),
+        Some(9),
+        "killed while frozen"
+    );
+}
+
+#[test]
+fn freeze_and_thaw_on_the_real_hierarchy() {
+    let Some(root) = real_root("freeze_and_thaw") else {
+        return;
+    };
+    match root.version() {
+        CgroupVersion::V2 => freeze_thaw_remove(&root),
+        CgroupVersion::V1 => {
+            // The default v1 layout has no freezer: refused, nothing frozen.
+            let g = Group::new(&root, &CgroupLimits::default());
+            assert!(matches!(
+                g.get().freeze(),
+                Err(CgroupError::NoController {
+                    controller: "freezer",
+                    ..
+                })
+            ));
+            g.remove();
+            if !Path::new(SYS_FS_CGROUP).join("freezer").is_dir() {
+                eprintln!("SKIPPED v1 freezer: no freezer hierarchy");
+                return;
+            }
+            let own = OwnParent::new(
+                Path::new(SYS_FS_CGROUP),
+                &CgroupOptions { v1_freezer: true },
+            );
+            freeze_thaw_remove(&own.0);
+        }
     }
 }
 
 #[test]
-fn oom_kills_are_counted_through_both_backends() {
-    let Some((rs, files)) = roots("oom_kills_are_counted") else {
+fn v2_paths_on_the_unified_hierarchy_of_a_hybrid_host() {
+    if !is_root("v2_paths_on_the_unified_hierarchy") {
+        return;
+    }
+    let Some(u) = unified() else {
+        eprintln!("SKIPPED: no separate unified hierarchy");
         return;
     };
-    for root in [&rs, &files] {
-        let g = Group::new(
-            root,
-            &CgroupLimits {
-                memory_max: Some(16 * MIB),
-                ..Default::default()
-            },
-        );
-        let mut p = Proc::spawn("s=aaaaaaaaaaaaaaaa; while :; do s=\"$s$s\"; done");
-        p.enter_and_go(g.get());
-        assert_eq!(p.wait_signal(Duration::from_secs(20)), Some(9));
-        let st = g.get().stats().unwrap();
-        assert!(st.oom_kills >= 1, "{:?}: {st:?}", root.backend());
-        g.remove();
+    let own = OwnParent::new(&u, &CgroupOptions::default());
+    assert_eq!(own.0.version(), CgroupVersion::V2);
+    freeze_thaw_remove(&own.0);
+    // Pressure: PSI totals per group when the kernel has PSI.
+    let g = Group::new(&own.0, &CgroupLimits::default());
+    let mut p = Proc::spawn("i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; read done");
+    p.enter_and_go(g.get());
+    let first = g.get().pressure().unwrap();
+    if Path::new("/proc/pressure/cpu").exists() {
+        let first = first.expect("PSI files in a v2 group");
+        // No pids controller in the unified hierarchy of a hybrid host: wait on cpu.stat.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while g.get().stats().unwrap().cpu_usage_usec == 0 {
+            assert!(Instant::now() < deadline, "no cpu usage seen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(g.get().pids().unwrap(), vec![p.pid()]);
+        let later = g.get().pressure().unwrap().unwrap();
+        assert!(later.cpu_some_usec >= first.cpu_some_usec);
+        assert!(later.memory_some_usec >= first.memory_some_usec);
+    } else {
+        assert_eq!(first, None);
     }
+    g.remove();
+    assert_eq!(p.wait_signal(Duration::from_secs(5)), Some(9));
+}
+
+#[test]
+fn v1_has_no_pressure() {
+    let Some(root) = real_root("v1_has_no_pressure") else {
+        return;
+    };
+    let g = Group::new(&root, &CgroupLimits::default());
+    let p = g.get().pressure().unwrap();
+    match root.version() {
+        CgroupVersion::V1 => assert_eq!(p, None),
+        CgroupVersion::V2 => assert_eq!(p.is_some(), Path::new("/proc/pressure/cpu").exists()),
+    }
+    g.remove();
 }
 
 fn percentile(v: &mut [Duration], pct: usize) -> Duration {
@@ -426,12 +578,21 @@ fn percentile(v: &mut [Duration], pct: usize) -> Duration {
     v[(v.len() * pct / 100).min(v.len() - 1)]
 }
 
-/// Not a pass/fail test: prints the cost of both backends (run with `--nocapture`).
+/// Not a pass/fail test: prints the cost of create + remove and of the hot calls, with the
+/// default layout and (v1) with the freezer hierarchy added (run with `--nocapture`).
 #[test]
 fn timing_create_remove_and_stats() {
-    let Some((rs, files)) = roots("timing_create_remove_and_stats") else {
+    let Some(root) = real_root("timing_create_remove_and_stats") else {
         return;
     };
+    let freezer = (root.version() == CgroupVersion::V1
+        && Path::new(SYS_FS_CGROUP).join("freezer").is_dir())
+    .then(|| {
+        OwnParent::new(
+            Path::new(SYS_FS_CGROUP),
+            &CgroupOptions { v1_freezer: true },
+        )
+    });
     let limits = CgroupLimits {
         cpu: Some(0.5),
         memory_max: Some(64 * MIB),
@@ -439,16 +600,15 @@ fn timing_create_remove_and_stats() {
         pids: Some(64),
     };
     const N: usize = 200;
-    let backends = [("cgroups-rs", &rs), ("files", &files)];
-    let mut create = [Vec::new(), Vec::new()];
-    let mut remove = [Vec::new(), Vec::new()];
-    let mut stats = [Vec::new(), Vec::new()];
-    let mut soft = [Vec::new(), Vec::new()];
-    for i in 0..N + 20 {
-        for (k, (_, root)) in backends.iter().enumerate() {
-            let name = unique_name();
+    let mut layouts = vec![("default", &root)];
+    if let Some(f) = &freezer {
+        layouts.push(("v1_freezer", &f.0));
+    }
+    for (label, root) in layouts {
+        let (mut create, mut remove, mut stats, mut soft) = (vec![], vec![], vec![], vec![]);
+        for i in 0..N + 20 {
             let t0 = Instant::now();
-            let cg = root.create(&name, &limits).unwrap();
+            let cg = root.create(&unique_name(), &limits).unwrap();
             let t1 = Instant::now();
             let mut guard = Group {
                 dirs: cg.dirs(),
@@ -470,32 +630,26 @@ fn timing_create_remove_and_stats() {
             cg.remove().unwrap();
             let t6 = Instant::now();
             if i >= 20 {
-                create[k].push(t1 - t0);
-                stats[k].push(t3 - t2);
-                soft[k].push(t4 - t3);
-                remove[k].push(t6 - t5);
+                create.push(t1 - t0);
+                stats.push(t3 - t2);
+                soft.push(t4 - t3);
+                remove.push(t6 - t5);
             }
         }
-    }
-    for (k, (label, _)) in backends.iter().enumerate() {
-        let both: Vec<Duration> = create[k]
-            .iter()
-            .zip(&remove[k])
-            .map(|(c, r)| *c + *r)
-            .collect();
+        let mut both: Vec<Duration> = create.iter().zip(&remove).map(|(c, r)| *c + *r).collect();
         eprintln!(
             "TIMING {label:>10} (p50/p90 over {N}): create {:?}/{:?}  remove {:?}/{:?}  \
              create+remove {:?}/{:?}  stats {:?}/{:?}  set_limits {:?}/{:?}",
-            percentile(&mut create[k], 50),
-            percentile(&mut create[k], 90),
-            percentile(&mut remove[k], 50),
-            percentile(&mut remove[k], 90),
-            percentile(&mut both.clone(), 50),
-            percentile(&mut both.clone(), 90),
-            percentile(&mut stats[k], 50),
-            percentile(&mut stats[k], 90),
-            percentile(&mut soft[k], 50),
-            percentile(&mut soft[k], 90),
+            percentile(&mut create, 50),
+            percentile(&mut create, 90),
+            percentile(&mut remove, 50),
+            percentile(&mut remove, 90),
+            percentile(&mut both, 50),
+            percentile(&mut both, 90),
+            percentile(&mut stats, 50),
+            percentile(&mut stats, 90),
+            percentile(&mut soft, 50),
+            percentile(&mut soft, 90),
         );
     }
 }

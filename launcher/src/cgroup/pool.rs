@@ -304,18 +304,16 @@ fn builder(shared: &Shared) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fake::FakeTree;
     use super::*;
     use std::path::Path;
     use std::time::Duration;
 
-    /// A fake cgroup v2 tree with the controllers hako uses enabled at the root.
-    fn fake_v2() -> (tempfile::TempDir, Arc<CgroupRoot>) {
-        let dir = tempfile::tempdir().unwrap();
-        let m = dir.path();
-        std::fs::write(m.join("cgroup.controllers"), "cpu memory pids\n").unwrap();
-        std::fs::write(m.join("cgroup.subtree_control"), "").unwrap();
-        let root = CgroupRoot::detect(m, "hako").unwrap();
-        (dir, Arc::new(root))
+    /// A fake cgroup v2 tree with the controllers hako uses.
+    fn fake_v2() -> (FakeTree, Arc<CgroupRoot>) {
+        let t = FakeTree::v2("cpu memory pids");
+        let root = t.root("hako");
+        (t, Arc::new(root))
     }
 
     fn limits(mem: u64) -> CgroupLimits {
@@ -349,7 +347,7 @@ mod tests {
     #[test]
     fn claims_take_ready_groups_named_after_reserved_ids_and_shutdown_removes_the_rest() {
         let (dir, root) = fake_v2();
-        let parent = dir.path().join("hako");
+        let parent = dir.join("hako");
         let ids = Arc::new(AtomicU64::new(7));
         let pool = CgroupPool::start(root, ids.clone(), 2, 2).unwrap();
         assert!(
@@ -422,7 +420,7 @@ mod tests {
     #[test]
     fn a_failing_tree_is_reported_not_retried_in_a_loop() {
         let (dir, root) = fake_v2();
-        let parent = dir.path().join("hako");
+        let parent = dir.join("hako");
         // A regular file where the group would go makes creation fail.
         std::fs::write(parent.join("bad-1"), "").unwrap();
         let ids = Arc::new(AtomicU64::new(1));

@@ -13,9 +13,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use hako_launcher::{
-    pidfd_signal, spawn_prepared, wait_pidfd, CgroupBackend, CgroupLimits, CgroupRoot,
-    ContainerSpec, ExitStatusInfo, InstanceCgroup, LaunchError, NetworkMode, Output, PreparedSpec,
-    RootfsSpec,
+    pidfd_signal, spawn_prepared, wait_pidfd, CgroupLimits, CgroupRoot, ContainerSpec,
+    ExitStatusInfo, InstanceCgroup, LaunchError, NetworkMode, Output, PreparedSpec, RootfsSpec,
 };
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
@@ -165,13 +164,9 @@ impl Drop for CgroupGuard {
 pub(super) fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (spec, limits) = build(&args)?;
     let prepared = PreparedSpec::new(&spec)?;
-    // The file layer, not cgroups-rs: one group made and removed once needs none of what
-    // cgroups-rs sets up first (parsing /proc/self/mountinfo, resolving every hierarchy, a
-    // handle per controller), which cost this one-shot process about 0.1 ms per run.
-    let root = CgroupRoot::detect_with_backend(
+    let root = CgroupRoot::detect(
         Path::new(hako_launcher::cgroup::SYS_FS_CGROUP),
         RUN_CGROUP_PARENT,
-        CgroupBackend::Files,
     )
     .context("cgroups")?;
     let name = format!("run-{}", std::process::id());
