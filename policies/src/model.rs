@@ -104,6 +104,37 @@ pub struct Config {
     pub apps: Vec<App>,
     /// The spike governor.
     pub governor: Governor,
+    /// Defences against slow, silent and greedy clients of the proxy.
+    pub clients: Clients,
+}
+
+/// Default `client_header_timeout`.
+pub const DEFAULT_CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `client_idle_timeout`.
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `max_connections_per_client`.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: u32 = 256;
+
+/// Top-level `client_*` keys: how the proxy treats client connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clients {
+    /// Time a client has to send a complete request head (from accept for the first request,
+    /// from its first byte for later HTTP/1 requests).
+    pub header_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// Open connections one client IP address may hold; more are closed at accept.
+    pub max_connections_per_client: u32,
+}
+
+impl Default for Clients {
+    fn default() -> Self {
+        Clients {
+            header_timeout: DEFAULT_CLIENT_HEADER_TIMEOUT,
+            idle_timeout: DEFAULT_CLIENT_IDLE_TIMEOUT,
+            max_connections_per_client: DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+        }
+    }
 }
 
 impl Config {

@@ -18,6 +18,11 @@ pub(crate) struct RawConfig {
     pub cgroup_parent: Option<String>,
     pub apps: Option<Vec<RawApp>>,
     pub governor: Option<RawGovernor>,
+    #[serde(deserialize_with = "de_opt_duration")]
+    pub client_header_timeout: Option<Duration>,
+    #[serde(deserialize_with = "de_opt_duration")]
+    pub client_idle_timeout: Option<Duration>,
+    pub max_connections_per_client: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

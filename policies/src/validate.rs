@@ -142,6 +142,11 @@ impl<'a> Ctx<'a> {
             }
         };
         let governor = self.governor(raw.governor.unwrap_or_default());
+        let clients = self.clients(
+            raw.client_header_timeout,
+            raw.client_idle_timeout,
+            raw.max_connections_per_client,
+        );
         let mut apps = Vec::new();
         match raw.apps {
             None => self.missing("", "apps", "at least one app is required"),
@@ -163,6 +168,33 @@ impl<'a> Ctx<'a> {
             cgroup_parent,
             apps,
             governor,
+            clients,
+        }
+    }
+
+    fn clients(
+        &mut self,
+        header: Option<Duration>,
+        idle: Option<Duration>,
+        per_client: Option<i64>,
+    ) -> Clients {
+        let d = Clients::default();
+        let positive = |ctx: &mut Self, key: &str, v: Option<Duration>, default: Duration| {
+            match v {
+                Some(v) if v.is_zero() => {
+                    ctx.fault(key, "must be greater than zero");
+                    default
+                }
+                Some(v) => v,
+                None => default,
+            }
+        };
+        Clients {
+            header_timeout: positive(self, "client_header_timeout", header, d.header_timeout),
+            idle_timeout: positive(self, "client_idle_timeout", idle, d.idle_timeout),
+            max_connections_per_client: per_client
+                .map(|n| self.count("max_connections_per_client", n, 1))
+                .unwrap_or(d.max_connections_per_client),
         }
     }
 

@@ -7,8 +7,9 @@
 //! nothing about containers or cgroups.
 //!
 //! Responses the proxy produces itself are short `text/plain` pages naming the app and the
-//! reason: 400 (no/invalid `Host`), 404 (no route — the body names the host — or
-//! [`ActivateError::UnknownApp`]), 502 (boot failed, upstream connect failed or the upstream
+//! reason: 400 (no/invalid `Host`, or a malformed request body from the client, which is not
+//! reported as a failure of the upstream), 405 (`CONNECT`, never forwarded), 404 (no route —
+//! the body names the host — or [`ActivateError::UnknownApp`]), 502 (boot failed, upstream connect failed or the upstream
 //! closed before answering), 503 (queue full, with `Retry-After` in whole seconds rounded up,
 //! or shutting down), 504 (not ready in time, or no upstream response headers within
 //! [`ProxyOptions::upstream_timeout`]).

@@ -83,6 +83,9 @@ fn handle(
     }
 }
 
+/// Time an admin client has to send a request head (and the most an idle connection stays).
+const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves the admin API until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
@@ -106,13 +109,24 @@ pub async fn serve(
         let sup = sup.clone();
         let reload = reload.clone();
         tokio::spawn(async move {
+            // A connection that never sends a byte is closed after ADMIN_HEADER_TIMEOUT (hyper's
+            // own timer starts only once `auto` has seen the first bytes); after that, hyper
+            // closes a request head not complete within it, and idle keep-alive connections.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(ADMIN_HEADER_TIMEOUT, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
             let svc = service_fn(move |req: Request<Incoming>| {
                 let resp = handle(&sup, reload.as_ref(), &req);
                 async move { Ok::<_, Infallible>(resp) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADER_TIMEOUT);
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }

@@ -454,6 +454,7 @@ mod tests {
                 relax_step: 1.0,
                 ..Default::default()
             },
+            clients: Default::default(),
         }
     }
 

@@ -180,15 +180,38 @@ pub struct Recovered {
 }
 
 /// Every proxied request holds two descriptors and every instance a few (pidfd, namespace,
-/// spare sockets): lift the soft limit to the hard one, as servers do.
+/// spare sockets): lift the soft limit to the hard one, as servers do. Logged once.
 fn raise_nofile_limit() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit");
-            }
-        }
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(limit = hard, was = soft, "open files limit raised"),
+            Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit"),
+        },
+        Ok((soft, _)) => tracing::info!(limit = soft, "open files limit (already at the hard limit)"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
+    }
+}
+
+/// Client connections the proxy holds at most, below the open-files limit: the rest stays
+/// for upstream connections, instances and logs, so that at the cap the proxy still refuses
+/// cleanly instead of failing `accept` with EMFILE.
+fn max_client_connections() -> usize {
+    use nix::sys::resource::{getrlimit, Resource};
+    let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
+    let reserve = (soft / 4).max(256).min(soft / 2);
+    usize::try_from(soft - reserve).unwrap_or(usize::MAX)
+}
+
+/// The proxy's tunables: the `client_*` keys and the connection cap. Read at start; a reload
+/// does not change them.
+fn proxy_options(cfg: &Config) -> ProxyOptions {
+    ProxyOptions {
+        header_read_timeout: cfg.clients.header_timeout,
+        client_idle_timeout: cfg.clients.idle_timeout,
+        max_connections_per_client: cfg.clients.max_connections_per_client as usize,
+        max_connections: max_client_connections(),
+        ..ProxyOptions::default()
     }
 }
 
@@ -361,7 +384,7 @@ async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow
         listener,
         routes,
         sup.clone(),
-        ProxyOptions::default(),
+        proxy_options(&cfg),
         async move {
             let _ = first_signal_rx.await;
         },
@@ -421,6 +444,9 @@ fn reload(
     }
     if new.state_dir != cur.state_dir {
         notes.push("state_dir change needs a restart".to_string());
+    }
+    if new.clients != cur.clients {
+        notes.push("client_* and max_connections_per_client changes need a restart".to_string());
     }
     sup.apply_apps(&new.apps, supervisor_options(&new));
     runtime.prepare_apps(&new.apps);
