@@ -51,6 +51,17 @@ pub enum ActivateError {
         /// What went wrong, as the supervisor reports it.
         reason: String,
     },
+    /// The instance could not be started for a reason that passes (the host was short of
+    /// something, the launcher was restarting): 503 with `Retry-After` and the reason.
+    #[error("app '{app}' cannot boot right now: {reason}; retry after {retry_after:?}")]
+    BootRetrying {
+        /// The app.
+        app: String,
+        /// What went wrong, as the supervisor reports it.
+        reason: String,
+        /// When the next boot will be attempted.
+        retry_after: Duration,
+    },
     /// Too many requests waiting: 503 with `Retry-After` (seconds, rounded up, min 1).
     #[error("app '{app}' is overloaded (queue full), retry after {retry_after:?}")]
     QueueFull {

@@ -89,9 +89,9 @@ impl ProxyError {
             ProxyError::Activate(e) => match e {
                 ActivateError::UnknownApp(_) => StatusCode::NOT_FOUND,
                 ActivateError::BootFailed { .. } => StatusCode::BAD_GATEWAY,
-                ActivateError::QueueFull { .. } | ActivateError::ShuttingDown => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                ActivateError::QueueFull { .. }
+                | ActivateError::BootRetrying { .. }
+                | ActivateError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
                 ActivateError::NotReady { .. } => StatusCode::GATEWAY_TIMEOUT,
             },
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
@@ -124,7 +124,11 @@ impl ProxyError {
             // trusted.
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if let ProxyError::Activate(ActivateError::QueueFull { retry_after, .. }) = &self {
+        if let ProxyError::Activate(
+            ActivateError::QueueFull { retry_after, .. }
+            | ActivateError::BootRetrying { retry_after, .. },
+        ) = &self
+        {
             h.insert(
                 header::RETRY_AFTER,
                 HeaderValue::from(retry_after_secs(*retry_after)),

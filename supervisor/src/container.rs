@@ -19,7 +19,8 @@ use hako_proxy::{ConnectFuture, Upstream};
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 
-use crate::instances::{BoxFuture, EffectiveLimits, ExitInfo, Running, Runtime, Usage};
+use crate::instances::BootErrorSource::{Launcher, Zygote as ZygoteSource};
+use crate::instances::{BootError, BoxFuture, EffectiveLimits, ExitInfo, Running, Runtime, Usage};
 use crate::metrics::Metrics;
 use crate::netns::{NetnsSockets, NetnsTarget};
 
@@ -352,6 +353,38 @@ fn free_host_port() -> io::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// The class of a failed spawn, for the crash-loop backoff and the error page: what the
+/// host runs short of for a moment (EAGAIN, ENOMEM, descriptors, a busy resource, a port
+/// still held by the previous instance, the zygote restarting) is transient; what the same
+/// spawn would hit again (a missing or unexecutable program, a bad rootfs, an invalid spec or
+/// seccomp profile) is permanent.
+fn boot_error(e: &LaunchError) -> BootError {
+    const TRANSIENT_ERRNOS: [i32; 7] = [
+        libc::EAGAIN,
+        libc::ENOMEM,
+        libc::EBUSY,
+        libc::EINTR,
+        libc::ENFILE,
+        libc::EMFILE,
+        libc::EADDRINUSE,
+    ];
+    let reason = e.to_string();
+    match e {
+        LaunchError::Zygote(_)
+        | LaunchError::ZygoteDied { .. }
+        | LaunchError::ZygoteUnavailable(_) => BootError::transient(ZygoteSource, reason),
+        LaunchError::InvalidSpec(_) | LaunchError::Seccomp(_) => {
+            BootError::permanent(Launcher, reason)
+        }
+        _ => match e.errno() {
+            Some(errno) if TRANSIENT_ERRNOS.contains(&errno) => {
+                BootError::transient(Launcher, reason)
+            }
+            _ => BootError::permanent(Launcher, reason),
+        },
+    }
+}
+
 impl Runtime for ContainerRuntime {
     fn instance_ids(&self) -> Option<Arc<AtomicU64>> {
         Some(self.ids.clone())
@@ -390,7 +423,7 @@ impl Runtime for ContainerRuntime {
         &self,
         app: Arc<App>,
         id: u64,
-    ) -> BoxFuture<'static, Result<Arc<dyn Running>, String>> {
+    ) -> BoxFuture<'static, Result<Arc<dyn Running>, BootError>> {
         let zygote = self.zygote.clone();
         let cgroups = self.cgroups.clone();
         let sockets = self.sockets.clone();
@@ -401,7 +434,9 @@ impl Runtime for ContainerRuntime {
             let name = format!("{}-{}", app.name, id);
             let port = match app.network {
                 Network::Isolated => app.port,
-                Network::Host => free_host_port().map_err(|e| format!("no free host port: {e}"))?,
+                Network::Host => free_host_port().map_err(|e| {
+                    BootError::transient(Launcher, format!("no free host port: {e}"))
+                })?,
             };
             let spec = container_spec(&app, port);
             let spec_key = spec_key(&app.name, &spec);
@@ -421,7 +456,9 @@ impl Runtime for ContainerRuntime {
                     (Some(cg), _) => Some(cg),
                     (None, Some(root)) => Some(
                         root.create(&req_name, &limits)
-                            .map_err(|e| format!("cgroup {req_name}: {e}"))?,
+                            .map_err(|e| {
+                                BootError::transient(Launcher, format!("cgroup {req_name}: {e}"))
+                            })?,
                     ),
                     (None, None) => None,
                 };
@@ -463,12 +500,12 @@ impl Runtime for ContainerRuntime {
                             reap_orphans(&orphans);
                         }
                         let _ = std::fs::remove_file(&log_path);
-                        Err(e.to_string())
+                        Err(boot_error(&e))
                     }
                 }
             })
             .await
-            .map_err(|e| format!("spawn task failed: {e}"))?;
+            .map_err(|e| BootError::transient(Launcher, format!("spawn task failed: {e}")))?;
             let (spawned, cgroup, log_path) = setup?;
             let pid = spawned.pid;
             let record = InstanceRecord {
@@ -519,7 +556,7 @@ impl Runtime for ContainerRuntime {
             let pidfd = unsafe {
                 AsyncFd::register_with_interest(spawned.pidfd, tokio::io::Interest::READABLE)
             }
-            .map_err(|e| format!("register pidfd of {pid}: {e}"))?;
+            .map_err(|e| BootError::transient(Launcher, format!("register pidfd of {pid}: {e}")))?;
             Ok(Arc::new(Container {
                 pid,
                 pidfd: Arc::new(pidfd),
@@ -938,6 +975,49 @@ mod tests {
         assert_eq!(caught_signals("Name:\tx\n"), None);
         // Our own process: the test harness has no SIGTERM handler, tokio none here either.
         let own = std::fs::read_to_string("/proc/self/status").expect("status");
-        assert!(caught_signals(&own).is_some());
+        let own = caught_signals(&own).expect("our own mask");
+        assert_eq!(own & (1u64 << (libc::SIGTERM - 1)), 0, "{own:#x}");
+    }
+
+    #[test]
+    fn launch_errors_are_classed_permanent_or_transient() {
+        use crate::instances::{BootErrorClass::*, BootErrorSource};
+        let exec = |errno| LaunchError::Exec {
+            path: "/bin/app".into(),
+            errno,
+        };
+        let setup = |errno| LaunchError::Setup {
+            step: "pivot_root".into(),
+            path: "/srv/rootfs".into(),
+            errno,
+        };
+        let cases = [
+            (exec(libc::ENOENT), Permanent, BootErrorSource::Launcher),
+            (exec(libc::EACCES), Permanent, BootErrorSource::Launcher),
+            (exec(libc::EAGAIN), Transient, BootErrorSource::Launcher),
+            (exec(libc::ENOMEM), Transient, BootErrorSource::Launcher),
+            (setup(libc::ENOENT), Permanent, BootErrorSource::Launcher),
+            (setup(libc::ENOTDIR), Permanent, BootErrorSource::Launcher),
+            (
+                LaunchError::InvalidSpec("empty command".into()),
+                Permanent,
+                BootErrorSource::Launcher,
+            ),
+            (
+                LaunchError::ZygoteDied { pid: 7 },
+                Transient,
+                BootErrorSource::Zygote,
+            ),
+            (
+                LaunchError::Zygote("zygote exited".into()),
+                Transient,
+                BootErrorSource::Zygote,
+            ),
+        ];
+        for (e, class, origin) in cases {
+            let b = boot_error(&e);
+            assert_eq!((b.class, b.origin), (class, origin), "{e}");
+            assert_eq!(b.reason, e.to_string());
+        }
     }
 }

@@ -290,8 +290,9 @@ mod tests {
 
     use super::*;
     use crate::container::HostUpstream;
+    use crate::instances::BootErrorSource::Launcher;
     use crate::instances::{
-        BoxFuture, EffectiveLimits, ExitInfo, Running, Runtime, SupervisorOptions, Usage,
+        BootError, BoxFuture, EffectiveLimits, ExitInfo, Running, Runtime, SupervisorOptions, Usage,
     };
     use crate::metrics::Metrics;
 
@@ -403,13 +404,14 @@ mod tests {
             &self,
             _app: Arc<App>,
             _id: u64,
-        ) -> BoxFuture<'static, Result<Arc<dyn Running>, String>> {
+        ) -> BoxFuture<'static, Result<Arc<dyn Running>, BootError>> {
             let knobs = self.0.clone();
             Box::pin(async move {
+                let io = |e: std::io::Error| BootError::transient(Launcher, e.to_string());
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
                     .await
-                    .map_err(|e| e.to_string())?;
-                let addr = listener.local_addr().map_err(|e| e.to_string())?;
+                    .map_err(io)?;
+                let addr = listener.local_addr().map_err(io)?;
                 let server = tokio::spawn(async move {
                     while let Ok((mut s, _)) = listener.accept().await {
                         let _ = s

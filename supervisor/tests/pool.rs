@@ -10,7 +10,8 @@ use hako_policies::{App, Rootfs};
 use hako_proxy::{ActivateError, Activator};
 use hako_supervisor::container::HostUpstream;
 use hako_supervisor::instances::{
-    BoxFuture, ExitInfo, Running, Runtime, State, Supervisor, SupervisorOptions,
+    BootError, BootErrorSource, BoxFuture, ExitInfo, Running, Runtime, State, Supervisor,
+    SupervisorOptions,
 };
 use hako_supervisor::metrics::Metrics;
 use tokio::io::AsyncWriteExt;
@@ -21,6 +22,8 @@ use tokio::sync::watch;
 enum Behaviour {
     Serve,
     FailSpawn,
+    /// The launcher is short of something for a moment (EAGAIN).
+    FailSpawnTransient,
     NeverListen,
 }
 
@@ -109,7 +112,7 @@ impl Runtime for FakeRuntime {
         &self,
         _app: Arc<App>,
         id: u64,
-    ) -> BoxFuture<'static, Result<Arc<dyn Running>, String>> {
+    ) -> BoxFuture<'static, Result<Arc<dyn Running>, BootError>> {
         self.spawns.fetch_add(1, Ordering::SeqCst);
         let behaviour = self.behaviour;
         let delay = self.boot_delay;
@@ -119,14 +122,23 @@ impl Runtime for FakeRuntime {
         let out = this_instances.clone();
         let fut = async move {
             if behaviour == Behaviour::FailSpawn {
-                return Err("exec /bin/nope: No such file or directory (ENOENT)".to_string());
+                return Err(BootError::permanent(
+                    BootErrorSource::Launcher,
+                    "exec /bin/nope: No such file or directory (ENOENT)",
+                ));
+            }
+            if behaviour == Behaviour::FailSpawnTransient {
+                return Err(BootError::transient(
+                    BootErrorSource::Launcher,
+                    "clone: Resource temporarily unavailable (EAGAIN)",
+                ));
             }
             // A slow boot: the process exists but listens only after `delay`.
             tokio::time::sleep(delay).await;
-            let listener = TcpListener::bind("127.0.0.1:0")
-                .await
-                .map_err(|e| e.to_string())?;
-            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            let io =
+                |e: std::io::Error| BootError::transient(BootErrorSource::Launcher, e.to_string());
+            let listener = TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
+            let addr = listener.local_addr().map_err(io)?;
             let server = match behaviour {
                 Behaviour::NeverListen => {
                     drop(listener);
@@ -292,6 +304,29 @@ async fn failed_boot_is_reported_and_backs_off() {
         metric(&sup, r#"hako_boots_total{app="broken",result="failed"}"#),
         1.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_boot_failure_asks_to_retry_soon_and_is_retried_soon() {
+    let rt = FakeRuntime::new(Behaviour::FailSpawnTransient, Duration::ZERO);
+    let sup = supervisor(rt.clone(), &[app("strained")]);
+    match sup.acquire("strained").await {
+        Err(ActivateError::BootRetrying {
+            reason,
+            retry_after,
+            ..
+        }) => {
+            assert!(reason.contains("EAGAIN"), "{reason}");
+            assert!(retry_after <= Duration::from_millis(100), "{retry_after:?}");
+        }
+        other => panic!("expected BootRetrying, got {other:?}"),
+    }
+    assert_eq!(rt.spawns.load(Ordering::SeqCst), 1);
+    // The next boot is attempted once the short backoff is over, not after seconds.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let r = sup.acquire("strained").await;
+    assert!(matches!(r, Err(ActivateError::BootRetrying { .. })), "{r:?}");
+    assert_eq!(rt.spawns.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

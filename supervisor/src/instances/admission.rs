@@ -107,10 +107,16 @@ fn backing_off(st: &PoolState, app: &str) -> Option<ActivateError> {
     }
     let retry = until.saturating_duration_since(now);
     Some(match failure {
-        BootFailure::Failed(reason) => ActivateError::BootFailed {
+        BootFailure::Failed(e) if e.is_transient() => ActivateError::BootRetrying {
+            app: app.to_string(),
+            reason: e.reason.clone(),
+            retry_after: retry,
+        },
+        BootFailure::Failed(e) => ActivateError::BootFailed {
             app: app.to_string(),
             reason: format!(
-                "{reason} (next boot attempt in {:.1}s)",
+                "{} (next boot attempt in {:.1}s)",
+                e.reason,
                 retry.as_secs_f64()
             ),
         },

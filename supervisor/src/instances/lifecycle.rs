@@ -11,15 +11,37 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::instance::Instance;
-use super::runtime::{ExitInfo, Running};
+use super::runtime::{BootError, BootErrorClass, BootErrorSource, ExitInfo, Running};
 use super::state::State;
 use super::{AppPool, BootFailure, PoolState, Supervisor};
 use crate::metrics::StopReason;
 
-/// Crash-loop backoff after `failures` consecutive failed boots: 1 s, doubling, at most 30 s.
-fn backoff(failures: u32) -> Duration {
-    let exp = failures.saturating_sub(1).min(5);
-    Duration::from_millis(1000u64 << exp).min(Duration::from_secs(30))
+/// The longest crash-loop backoff, and the backoff after a permanent failure.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Crash-loop backoff after `failures` consecutive failed boots, the last one `failure`:
+/// - a permanent failure (missing executable, bad rootfs, invalid spec) will not heal by
+///   retrying: [`MAX_BACKOFF`] at once;
+/// - a transient failure of the launcher or its zygote (EAGAIN, ENOMEM, a zygote restart) is
+///   retried soon: 100 ms, doubling;
+/// - the app's own failures (it exited or did not answer before it was ready): 1 s, doubling.
+///
+/// Every schedule stops at [`MAX_BACKOFF`].
+fn backoff(failure: &BootFailure, failures: u32) -> Duration {
+    let first = match failure {
+        BootFailure::Failed(e) => match (e.class, e.origin) {
+            (BootErrorClass::Permanent, BootErrorSource::Launcher | BootErrorSource::Zygote) => {
+                return MAX_BACKOFF
+            }
+            (BootErrorClass::Transient, BootErrorSource::Launcher | BootErrorSource::Zygote) => {
+                Duration::from_millis(100)
+            }
+            (_, BootErrorSource::AppExit | BootErrorSource::Readiness) => Duration::from_secs(1),
+        },
+        BootFailure::NotReady(_) => Duration::from_secs(1),
+    };
+    let exp = failures.saturating_sub(1).min(16);
+    (first * (1u32 << exp)).min(MAX_BACKOFF)
 }
 
 /// What a process that vanished without a recorded status is reported as.
@@ -62,7 +84,8 @@ impl Supervisor {
         let running = match self.runtime.spawn(policy.clone(), inst.id).await {
             Ok(r) => r,
             Err(reason) => {
-                tracing::warn!(app = %inst.app, instance = inst.id, %reason, "boot failed");
+                tracing::warn!(app = %inst.app, instance = inst.id, %reason,
+                    class = ?reason.class, source = ?reason.origin, "boot failed");
                 pool.metrics.boot("failed", None);
                 self.forget(&pool, &inst, Some(BootFailure::Failed(reason)));
                 return;
@@ -90,9 +113,15 @@ impl Supervisor {
             },
             _ = exit_rx.changed() => {
                 let info = (*exit_rx.borrow()).unwrap_or(UNKNOWN_EXIT);
-                Err(BootFailure::Failed(format!("app {info} before it was ready")))
+                Err(BootFailure::Failed(BootError::permanent(
+                    BootErrorSource::AppExit,
+                    format!("app {info} before it was ready"),
+                )))
             }
-            _ = inst.stop.notified() => Err(BootFailure::Failed("stopped while booting".into())),
+            _ = inst.stop.notified() => Err(BootFailure::Failed(BootError::transient(
+                BootErrorSource::Readiness,
+                "stopped while booting",
+            ))),
         };
         if let Err(failure) = ready {
             let result = match failure {
@@ -184,7 +213,7 @@ impl Supervisor {
         inst.uncharge();
         if let Some(f) = failure {
             st.consecutive_failures += 1;
-            st.backoff_until = Some(Instant::now() + backoff(st.consecutive_failures));
+            st.backoff_until = Some(Instant::now() + backoff(&f, st.consecutive_failures));
             st.last_failure = Some(f);
         }
         pool.publish_gauges(&st);
@@ -287,4 +316,38 @@ async fn http_probe(stream: &mut tokio::net::TcpStream, path: &str) -> bool {
     }
     // "HTTP/1.x NNN": any status below 500 means the app is serving.
     buf.starts_with(b"HTTP/1.") && (b'1'..=b'4').contains(&buf[9])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(class: BootErrorClass, origin: BootErrorSource) -> BootFailure {
+        BootFailure::Failed(BootError {
+            class,
+            origin,
+            reason: "x".into(),
+        })
+    }
+
+    #[test]
+    fn backoff_follows_the_class_and_the_source_of_the_failure() {
+        use BootErrorClass::*;
+        use BootErrorSource::*;
+        let permanent = failed(Permanent, Launcher);
+        let transient = failed(Transient, Zygote);
+        let crashed = failed(Permanent, AppExit);
+        let ms = |f: &BootFailure, n| backoff(f, n).as_millis();
+        assert_eq!([1, 2, 9].map(|n| ms(&permanent, n)), [30_000; 3]);
+        assert_eq!(
+            [1, 2, 3, 9, 40].map(|n| ms(&transient, n)),
+            [100, 200, 400, 25_600, 30_000]
+        );
+        assert_eq!(
+            [1, 2, 3, 6, 40].map(|n| ms(&crashed, n)),
+            [1000, 2000, 4000, 30_000, 30_000]
+        );
+        let slow = BootFailure::NotReady(Duration::from_secs(5));
+        assert_eq!([1, 5].map(|n| ms(&slow, n)), [1000, 16_000]);
+    }
 }

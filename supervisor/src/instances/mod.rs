@@ -36,13 +36,16 @@ use tokio_util::task::TaskTracker;
 use crate::metrics::{AppMetrics, Metrics, StopReason};
 
 pub use instance::{Instance, InstanceInfo, RunningInstance};
-pub use runtime::{BoxFuture, EffectiveLimits, ExitInfo, Running, Runtime, Usage};
+pub use runtime::{
+    BootError, BootErrorClass, BootErrorSource, BoxFuture, EffectiveLimits, ExitInfo, Running,
+    Runtime, Usage,
+};
 pub use state::State;
 
 /// Why the last boot of an app failed (kept for the crash-loop backoff window).
 #[derive(Debug, Clone)]
 enum BootFailure {
-    Failed(String),
+    Failed(BootError),
     NotReady(Duration),
 }
 

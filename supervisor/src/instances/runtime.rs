@@ -51,6 +51,65 @@ pub struct Usage {
     pub memory_current: u64,
 }
 
+/// What the caller of a failed boot should do: try again soon, or stop trying for a while.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootErrorClass {
+    /// The same spawn will fail the same way (missing executable, bad rootfs, invalid spec):
+    /// the crash-loop backoff goes to its maximum at once and requests get 502 with the
+    /// reason.
+    Permanent,
+    /// The host was momentarily short of something (EAGAIN, ENOMEM, the zygote restarting):
+    /// the next boot is tried soon and requests get 503 with `Retry-After`.
+    Transient,
+}
+
+/// Which part of a boot failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootErrorSource {
+    /// Creating the container (cgroup, namespaces, mounts, exec).
+    Launcher,
+    /// The launcher's zygote process (gone, restarting).
+    Zygote,
+    /// The app's process exited before it was ready.
+    AppExit,
+    /// The app did not become ready in time.
+    Readiness,
+}
+
+/// Why an instance could not be booted: a reason for humans, a class the supervisor acts on
+/// and the part that failed (after pingora-error's error source + retry type).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct BootError {
+    pub class: BootErrorClass,
+    pub origin: BootErrorSource,
+    pub reason: String,
+}
+
+impl BootError {
+    pub fn permanent(origin: BootErrorSource, reason: impl Into<String>) -> Self {
+        BootError {
+            class: BootErrorClass::Permanent,
+            origin,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn transient(origin: BootErrorSource, reason: impl Into<String>) -> Self {
+        BootError {
+            class: BootErrorClass::Transient,
+            origin,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.class == BootErrorClass::Transient
+    }
+}
+
 /// A process started by a [`Runtime`].
 pub trait Running: Send + Sync + 'static {
     fn pid(&self) -> i32;
@@ -87,8 +146,11 @@ pub trait Running: Send + Sync + 'static {
 /// Creates instance processes: real containers in production, plain processes in tests.
 pub trait Runtime: Send + Sync + 'static {
     /// Starts an instance of `app`. Resolves once the process exists (it may not be ready).
-    fn spawn(&self, app: Arc<App>, id: u64)
-        -> BoxFuture<'static, Result<Arc<dyn Running>, String>>;
+    fn spawn(
+        &self,
+        app: Arc<App>,
+        id: u64,
+    ) -> BoxFuture<'static, Result<Arc<dyn Running>, BootError>>;
 
     /// The counter instance ids are taken from, when the runtime reserves ids ahead of boots
     /// (see [`Runtime::claim_id`]); `None`: the supervisor keeps its own.
