@@ -1,7 +1,8 @@
 //! hako's configuration: the YAML contract as typed Rust, with defaults, validation and errors
 //! located as `FILE:LINE:COLUMN: message`.
 //!
-//! Loading happens in two passes:
+//! Loading is bounded first (file size, nesting depth, alias expansion: see `limits`), then
+//! happens in two passes:
 //! 1. serde_yaml deserializes the text into a permissive "raw" shape (every key optional, unknown
 //!    keys rejected at every depth). A syntax or type error stops here, located by serde_yaml.
 //! 2. Every semantic rule is checked and *all* faults are collected. Their positions come from
@@ -15,30 +16,62 @@ use std::path::{Path, PathBuf};
 
 mod error;
 mod index;
+mod limits;
 mod model;
 mod raw;
 mod units;
 mod validate;
 
 pub use error::{Diagnostic, LoadError};
+pub use limits::{MAX_ALIAS_EXPANSION, MAX_CONFIG_BYTES, MAX_NESTING_DEPTH};
 pub use model::*;
 pub use units::{format_duration, format_size, parse_duration, parse_size};
 pub use validate::{
     DEFAULT_SPIKE_CPU_ABOVE, DEFAULT_SPIKE_FOR, MAX_APP_NAME_LEN, MIN_GOVERNOR_INTERVAL,
 };
 
-/// Reads and validates the configuration file at `path`.
+/// Reads and validates the configuration file at `path`. A file larger than
+/// [`MAX_CONFIG_BYTES`] is refused before it is read whole.
 pub fn load_file(path: &Path) -> Result<Config, LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+    use std::io::Read;
+    let io = |source| LoadError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    if let Ok(meta) = file.metadata() {
+        if meta.is_file() && meta.len() > MAX_CONFIG_BYTES {
+            return Err(too_large(meta.len(), path));
+        }
+    }
+    let mut bytes = Vec::new();
+    // One byte more than the limit tells a file that is too large (even one still growing, or
+    // a pipe) without reading it all.
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
     load_slice(&bytes, path)
+}
+
+/// The diagnostic for a text over [`MAX_CONFIG_BYTES`].
+fn too_large(len: u64, file_name: &Path) -> LoadError {
+    LoadError::Invalid(vec![Diagnostic {
+        file: file_name.to_path_buf(),
+        line: 1,
+        column: 1,
+        message: format!(
+            "the file is too large ({len} bytes); a configuration may be at most \
+             {MAX_CONFIG_BYTES} bytes (4 MiB)"
+        ),
+    }])
 }
 
 /// Validates configuration bytes; `file_name` is used in diagnostics and to resolve relative
 /// paths. Text that is not UTF-8 is reported at the first invalid byte.
 pub fn load_slice(bytes: &[u8], file_name: &Path) -> Result<Config, LoadError> {
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_large(bytes.len() as u64, file_name));
+    }
     match std::str::from_utf8(bytes) {
         Ok(text) => load_str(text, file_name),
         Err(e) => {
@@ -63,6 +96,17 @@ pub fn load_slice(bytes: &[u8], file_name: &Path) -> Result<Config, LoadError> {
 /// `rootfs`/`state_dir` paths are resolved against its directory; `rootfs` directories are
 /// checked on the real filesystem.
 pub fn load_str(text: &str, file_name: &Path) -> Result<Config, LoadError> {
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_large(text.len() as u64, file_name));
+    }
+    if let Err((at, message)) = limits::check(text) {
+        return Err(LoadError::Invalid(vec![Diagnostic {
+            file: file_name.to_path_buf(),
+            line: at.line,
+            column: at.column,
+            message,
+        }]));
+    }
     let raw: raw::RawConfig = match serde_yaml::from_str(text) {
         Ok(raw) => raw,
         Err(err) => return Err(LoadError::Invalid(vec![first_stop(text, &err, file_name)])),

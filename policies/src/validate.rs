@@ -390,6 +390,19 @@ impl<'a> Ctx<'a> {
             Some(dir) => {
                 let resolved = self.resolve(dir);
                 match std::fs::metadata(&resolved) {
+                    // The host's own root cannot be pivoted into (pivot_root answers EBUSY:
+                    // the new root would be the current one) and would expose the whole host.
+                    Ok(m) if m.is_dir() && is_host_root(&resolved) => {
+                        self.fault(
+                            &p("rootfs"),
+                            format!(
+                                "`{dir}` is the host's root directory, which cannot be a \
+                                 container's root; use `rootfs: host` for a read-only view of \
+                                 the host's /usr, /bin, /lib and /etc"
+                            ),
+                        );
+                        None
+                    }
                     Ok(m) if m.is_dir() => Some(Rootfs::Dir(resolved)),
                     Ok(_) => {
                         self.fault(
@@ -655,16 +668,13 @@ impl<'a> Ctx<'a> {
         if let Some(max) = max_lifetime {
             if max.is_zero() {
                 self.fault(&join(&path, "max_lifetime"), "must be greater than zero");
-            } else if idle_timeout > max {
-                let (blame, whose) = if raw.idle_timeout.is_some() {
-                    ("idle_timeout", "")
-                } else {
-                    ("max_lifetime", " (the default idle_timeout)")
-                };
+            } else if raw.idle_timeout.is_some() && idle_timeout > max {
+                // Only an idle_timeout written out is a mistake (likely the two swapped): the
+                // default one is simply moot under a shorter lifetime.
                 self.fault(
-                    &join(&path, blame),
+                    &join(&path, "idle_timeout"),
                     format!(
-                        "idle_timeout {}{whose} is longer than max_lifetime {}",
+                        "idle_timeout {} is longer than max_lifetime {}",
                         format_duration(idle_timeout),
                         format_duration(max)
                     ),
@@ -929,4 +939,10 @@ fn check_hostname(host: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Whether `dir` is the host's root directory (`/`, `/..`, a symlink to it...).
+fn is_host_root(dir: &std::path::Path) -> bool {
+    dir.canonicalize()
+        .is_ok_and(|p| p.as_os_str() == std::path::Path::new("/").as_os_str())
 }

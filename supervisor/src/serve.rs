@@ -77,34 +77,6 @@ fn supervisor_options(cfg: &Config) -> SupervisorOptions {
     }
 }
 
-/// Holds an exclusive lock on the state directory for the life of the process.
-#[derive(Debug)]
-pub struct StateLock {
-    _lock: nix::fcntl::Flock<std::fs::File>,
-}
-
-/// Creates the state directory and takes its lock, so two hako processes never share one.
-pub fn lock_state_dir(dir: &Path) -> anyhow::Result<StateLock> {
-    use anyhow::Context;
-    std::fs::create_dir_all(dir).with_context(|| format!("create state_dir {}", dir.display()))?;
-    let path = dir.join("lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("open {}", path.display()))?;
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(StateLock { _lock: lock }),
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(anyhow::anyhow!(
-            "another hako is running with state_dir {} (lock held on {})",
-            dir.display(),
-            path.display()
-        )),
-        Err((_, e)) => Err(anyhow::anyhow!("lock {}: {e}", path.display())),
-    }
-}
-
 /// Removes everything a previous hako left behind after a crash or `kill -9`: the recorded
 /// processes (if the pid still names the same process), and every instance cgroup (including
 /// those made ahead of boots). Returns how many orphans were removed and the next free
@@ -235,6 +207,14 @@ pub fn run(source: ConfigSource) -> anyhow::Result<()> {
     raise_nofile_limit();
     limit_malloc_arenas();
     let zygote = Arc::new(Zygote::start().context("start the launcher zygote")?);
+    // Before anything touches the cgroup parent or the state directory (orphan recovery
+    // removes every cgroup in the parent). After the zygote's fork, so that it does not
+    // inherit the locks and keep them after a kill -9 of this process.
+    let _locks = crate::exclusive::ServeLocks::acquire(
+        Path::new(crate::exclusive::LOCK_DIR),
+        &cfg.cgroup_parent,
+        &cfg.state_dir,
+    )?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("hako-worker")
@@ -245,7 +225,6 @@ pub fn run(source: ConfigSource) -> anyhow::Result<()> {
 
 async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow::Result<()> {
     use anyhow::Context;
-    let _lock = lock_state_dir(&cfg.state_dir)?;
     let cgroups = match CgroupRoot::detect(
         Path::new(hako_launcher::cgroup::SYS_FS_CGROUP),
         &cfg.cgroup_parent,
