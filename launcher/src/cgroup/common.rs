@@ -7,7 +7,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{CgroupError, CgroupManager, CPU_PERIOD_US};
+use super::types::{CgroupError, CgroupManager, CPU_PERIOD_US};
 
 pub(super) fn io_err<'a>(
     op: &'static str,

@@ -32,7 +32,7 @@ use super::common::{
     absent, cpu_quota, create_dir, io_err, is_cgroupfs, procs, read_key, read_limit, read_num,
     remove_group, rs_err, rs_i64, rs_opt, unhuge, wait_until,
 };
-use super::{
+use super::types::{
     CgroupAttach, CgroupError, CgroupLimits, CgroupManager, CgroupOptions, CgroupPressure,
     CgroupStats, CgroupVersion, CPU_PERIOD_US,
 };

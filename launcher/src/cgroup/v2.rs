@@ -21,7 +21,7 @@ use super::common::{
     cpu_quota, fmt_limit, io_err, is_cgroupfs, parse_limit, procs, read_key, read_limit, read_num,
     read_opt, remove_group, wait_until, write,
 };
-use super::{
+use super::types::{
     CgroupAttach, CgroupError, CgroupLimits, CgroupManager, CgroupPressure, CgroupStats,
     CgroupVersion, CPU_PERIOD_US,
 };
