@@ -203,7 +203,21 @@ fn metric(sup: &Supervisor, needle: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Waits until `n` requests of `app` are queued, as the `hako_queue_depth` gauge shows; fails
+/// after 10 s of (paused, so instant) test time.
+async fn until_queued(sup: &Supervisor, app: &str, n: f64) {
+    let needle = format!(r#"hako_queue_depth{{app="{app}"}}"#);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while metric(sup, &needle) != n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{needle} never became {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn concurrent_cold_requests_share_one_boot() {
     let rt = FakeRuntime::new(Behaviour::Serve, Duration::from_millis(50));
     let mut a = app("cold");
@@ -239,7 +253,7 @@ async fn concurrent_cold_requests_share_one_boot() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn scales_out_to_max_instances_and_never_more() {
     let rt = FakeRuntime::new(Behaviour::Serve, Duration::from_millis(20));
     let mut a = app("scale");
@@ -273,14 +287,14 @@ async fn scales_out_to_max_instances_and_never_more() {
         let sup = sup.clone();
         tokio::spawn(async move { sup.acquire("scale").await.map(|_| ()) })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until_queued(&sup, "scale", 1.0).await;
     leases.pop();
     waiter.await.unwrap().expect("served after a release");
     drop(leases);
     sup.shutdown(Duration::from_secs(5)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn failed_boot_is_reported_and_backs_off() {
     let rt = FakeRuntime::new(Behaviour::FailSpawn, Duration::ZERO);
     let sup = supervisor(rt.clone(), &[app("broken")]);
@@ -306,7 +320,7 @@ async fn failed_boot_is_reported_and_backs_off() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_transient_boot_failure_asks_to_retry_soon_and_is_retried_soon() {
     let rt = FakeRuntime::new(Behaviour::FailSpawnTransient, Duration::ZERO);
     let sup = supervisor(rt.clone(), &[app("strained")]);
@@ -325,11 +339,14 @@ async fn a_transient_boot_failure_asks_to_retry_soon_and_is_retried_soon() {
     // The next boot is attempted once the short backoff is over, not after seconds.
     tokio::time::sleep(Duration::from_millis(150)).await;
     let r = sup.acquire("strained").await;
-    assert!(matches!(r, Err(ActivateError::BootRetrying { .. })), "{r:?}");
+    assert!(
+        matches!(r, Err(ActivateError::BootRetrying { .. })),
+        "{r:?}"
+    );
     assert_eq!(rt.spawns.load(Ordering::SeqCst), 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn app_that_never_listens_times_out_and_is_killed() {
     let rt = FakeRuntime::new(Behaviour::NeverListen, Duration::ZERO);
     let mut a = app("mute");
@@ -352,7 +369,7 @@ async fn app_that_never_listens_times_out_and_is_killed() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn full_queue_answers_queue_full() {
     let rt = FakeRuntime::new(Behaviour::Serve, Duration::from_millis(300));
     let mut a = app("q");
@@ -366,7 +383,7 @@ async fn full_queue_answers_queue_full() {
         let s = sup.clone();
         tokio::spawn(async move { s.acquire("q").await.map(|_| ()) })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    until_queued(&sup, "q", 2.0).await;
     let r = sup.acquire("q").await;
     assert!(matches!(r, Err(ActivateError::QueueFull { .. })), "{r:?}");
     w1.await.unwrap().expect("first waiter served");
@@ -374,7 +391,7 @@ async fn full_queue_answers_queue_full() {
     sup.shutdown(Duration::from_secs(5)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn idle_instances_stop_and_the_next_request_boots_again() {
     let rt = FakeRuntime::new(Behaviour::Serve, Duration::ZERO);
     let mut a = app("idle");
@@ -411,7 +428,7 @@ async fn idle_instances_stop_and_the_next_request_boots_again() {
     sup.shutdown(Duration::from_secs(5)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn lifetime_drains_in_flight_requests_before_stopping() {
     let rt = FakeRuntime::new(Behaviour::Serve, Duration::ZERO);
     let mut a = app("old");
@@ -457,7 +474,7 @@ async fn lifetime_drains_in_flight_requests_before_stopping() {
     sup.shutdown(Duration::from_secs(5)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_crashed_instance_is_replaced_and_counted() {
     let rt = FakeRuntime::new(Behaviour::Serve, Duration::ZERO);
     let sup = supervisor(rt.clone(), &[app("crashy")]);
@@ -493,7 +510,7 @@ async fn a_crashed_instance_is_replaced_and_counted() {
     sup.shutdown(Duration::from_secs(5)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn unknown_app_is_refused() {
     let rt = FakeRuntime::new(Behaviour::Serve, Duration::ZERO);
     let sup = supervisor(rt, &[app("a")]);
@@ -503,7 +520,7 @@ async fn unknown_app_is_refused() {
     ));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn host_budget_evicts_the_least_recently_used_idle_instance() {
     let rt = FakeRuntime::new(Behaviour::Serve, Duration::ZERO);
     let apps: Vec<App> = ["a", "b", "c"]
@@ -556,7 +573,7 @@ async fn host_budget_evicts_the_least_recently_used_idle_instance() {
     sup.shutdown(Duration::from_secs(5)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn host_memory_budget_counts_memory_limits() {
     let rt = FakeRuntime::new(Behaviour::Serve, Duration::ZERO);
     let mut big = app("big");
@@ -579,5 +596,21 @@ async fn host_memory_budget_counts_memory_limits() {
     sup.acquire("small")
         .await
         .expect("small after evicting big");
+    sup.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_abandoned_while_queued_leaves_the_queue() {
+    let rt = FakeRuntime::new(Behaviour::Serve, Duration::from_secs(1));
+    let sup = supervisor(rt.clone(), &[app("gone")]);
+    let waiter = {
+        let s = sup.clone();
+        tokio::spawn(async move { s.acquire("gone").await.map(|_| ()) })
+    };
+    until_queued(&sup, "gone", 1.0).await;
+    // The client goes away while its request waits for the boot.
+    waiter.abort();
+    assert!(waiter.await.unwrap_err().is_cancelled());
+    assert_eq!(metric(&sup, r#"hako_queue_depth{app="gone"}"#), 0.0);
     sup.shutdown(Duration::from_secs(5)).await;
 }
