@@ -541,7 +541,7 @@ mod tests {
         }
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test(start_paused = true)]
     async fn a_tightened_instance_missing_from_some_samples_still_relaxes_to_its_policy() {
         let rig = rig().await;
         *rig.knobs.demand.lock().unwrap() = 2.0;
@@ -565,7 +565,7 @@ mod tests {
         rig.finish().await;
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test(start_paused = true)]
     async fn failed_writes_are_retried_and_only_applied_changes_are_counted() {
         let rig = rig().await;
         // The first tighten and the first relax both fail.
@@ -586,7 +586,7 @@ mod tests {
         rig.finish().await;
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test(start_paused = true)]
     async fn cpu_seconds_are_not_counted_twice_across_an_unreadable_sample() {
         let rig = rig().await;
         *rig.knobs.demand.lock().unwrap() = 0.5; // below the rule's threshold: no tightening
@@ -613,7 +613,7 @@ mod tests {
         );
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[tokio::test(start_paused = true)]
     async fn idle_instances_are_read_rarely_and_busy_ones_every_interval() {
         let rig = rig().await;
         // Idle: no requests, no CPU. Let the first readings settle, then count.
