@@ -180,6 +180,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// restarted from `/proc/self/exe`.
 pub const ZYGOTE_MODE_ARG: &str = "__zygote";
 
+/// The zygote's process name (`/proc/PID/comm`).
+pub const ZYGOTE_COMM: &std::ffi::CStr = c"hako-zygote";
+
 /// The descriptor a re-exec'd zygote finds its socket on.
 pub const ZYGOTE_FD: RawFd = 3;
 
@@ -1118,6 +1121,8 @@ fn zygote_main(sock: OwnedFd, parent: i32, options: ZygoteOptions) -> ! {
         if libc::getppid() != parent {
             libc::_exit(0);
         }
+        // `hako-zygote` in ps/top and /proc/PID/comm, forked or re-executed alike.
+        libc::prctl(libc::PR_SET_NAME, ZYGOTE_COMM.as_ptr(), 0, 0, 0);
         // Ctrl-C on the terminal is for the supervisor, which shuts us down by closing the socket.
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGHUP, libc::SIG_IGN);
