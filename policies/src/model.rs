@@ -181,6 +181,9 @@ pub struct App {
     pub capabilities: Option<Vec<String>>,
     /// Seccomp mode.
     pub seccomp: SeccompMode,
+    /// With `rootfs: host`: show the host's `/etc/shadow`, `/etc/gshadow` (and their `-`
+    /// backups), SSH host private keys and `/etc/ssl/private` instead of masking them.
+    pub expose_host_secrets: bool,
 }
 
 impl App {
@@ -204,6 +207,7 @@ impl App {
             spike: None,
             capabilities: None,
             seccomp: SeccompMode::default(),
+            expose_host_secrets: false,
         }
     }
 
@@ -212,9 +216,6 @@ impl App {
         match &self.capabilities {
             Some(list) => list.clone(),
             None => DEFAULT_CAPABILITIES
-    /// With `rootfs: host`: show the host's `/etc/shadow`, `/etc/gshadow` (and their `-`
-    /// backups), SSH host private keys and `/etc/ssl/private` instead of masking them.
-    pub expose_host_secrets: bool,
                 .iter()
                 .map(|c| (*c).to_owned())
                 .collect(),
@@ -238,7 +239,6 @@ pub enum Network {
     #[default]
     Isolated,
     /// The host's network; the port is assigned per instance and given as `PORT`.
-            expose_host_secrets: false,
     Host,
 }
 

@@ -45,12 +45,12 @@ pub(crate) struct RawApp {
     pub spike: Option<RawSpike>,
     pub capabilities: Option<Vec<String>>,
     pub seccomp: Option<RawSeccomp>,
+    pub expose_host_secrets: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum RawNetwork {
-    pub expose_host_secrets: Option<bool>,
     Isolated,
     Host,
 }

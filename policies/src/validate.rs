@@ -179,15 +179,13 @@ impl<'a> Ctx<'a> {
         per_client: Option<i64>,
     ) -> Clients {
         let d = Clients::default();
-        let positive = |ctx: &mut Self, key: &str, v: Option<Duration>, default: Duration| {
-            match v {
-                Some(v) if v.is_zero() => {
-                    ctx.fault(key, "must be greater than zero");
-                    default
-                }
-                Some(v) => v,
-                None => default,
+        let positive = |ctx: &mut Self, key: &str, v: Option<Duration>, default: Duration| match v {
+            Some(v) if v.is_zero() => {
+                ctx.fault(key, "must be greater than zero");
+                default
             }
+            Some(v) => v,
+            None => default,
         };
         Clients {
             header_timeout: positive(self, "client_header_timeout", header, d.header_timeout),
@@ -538,6 +536,14 @@ impl<'a> Ctx<'a> {
         let readiness = self.readiness(at, raw.readiness.unwrap_or_default());
         let spike = raw.spike.map(|s| self.spike(at, s, &limits, governor));
         let capabilities = raw.capabilities.map(|caps| self.capabilities(at, caps));
+        let expose_host_secrets = raw.expose_host_secrets.unwrap_or(false);
+        if raw.expose_host_secrets.is_some() && matches!(rootfs, Some(Rootfs::Dir(_))) {
+            self.fault(
+                &p("expose_host_secrets"),
+                "only meaningful with `rootfs: host`; a directory rootfs has no host secrets \
+                 to show or hide: remove the key",
+            );
+        }
 
         App {
             name,
@@ -557,6 +563,7 @@ impl<'a> Ctx<'a> {
             spike,
             capabilities,
             seccomp,
+            expose_host_secrets,
         }
     }
 
@@ -570,14 +577,6 @@ impl<'a> Ctx<'a> {
         };
         if list.is_empty() {
             self.fault(&path, "must list at least one hostname");
-        let expose_host_secrets = raw.expose_host_secrets.unwrap_or(false);
-        if raw.expose_host_secrets.is_some() && matches!(rootfs, Some(Rootfs::Dir(_))) {
-            self.fault(
-                &p("expose_host_secrets"),
-                "only meaningful with `rootfs: host`; a directory rootfs has no host secrets \
-                 to show or hide: remove the key",
-            );
-        }
         }
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut out = Vec::new();
@@ -597,7 +596,6 @@ impl<'a> Ctx<'a> {
                     &hp,
                     format!("`{lower}` is listed twice (also {path}[{first}])"),
                 );
-            expose_host_secrets,
                 continue;
             }
             seen.insert(lower.clone(), i);
