@@ -160,7 +160,9 @@ fn raise_nofile_limit() {
             Ok(()) => tracing::info!(limit = hard, was = soft, "open files limit raised"),
             Err(e) => tracing::warn!(soft, hard, error = %e, "cannot raise the open files limit"),
         },
-        Ok((soft, _)) => tracing::info!(limit = soft, "open files limit (already at the hard limit)"),
+        Ok((soft, _)) => {
+            tracing::info!(limit = soft, "open files limit (already at the hard limit)")
+        }
         Err(e) => tracing::warn!(error = %e, "cannot read the open files limit"),
     }
 }
@@ -173,6 +175,22 @@ fn max_client_connections() -> usize {
     let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
     let reserve = (soft / 4).max(256).min(soft / 2);
     usize::try_from(soft - reserve).unwrap_or(usize::MAX)
+}
+
+/// Accept queue of the proxy's listener (the kernel caps it at `net.core.somaxconn`). std's
+/// 128 overflows under a burst of new connections while a worker is busy for a few
+/// milliseconds, and every overflow costs the client a one-second SYN retransmission.
+const PROXY_LISTEN_BACKLOG: u32 = 4096;
+
+fn bind_proxy_listener(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(PROXY_LISTEN_BACKLOG)
 }
 
 /// The proxy's tunables: the `client_*` keys and the connection cap. Read at start; a reload
@@ -263,9 +281,8 @@ async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow
     runtime.prepare_apps(&cfg.apps);
     let routes = Arc::new(RoutesHandle::new(routes_of(&cfg)));
 
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("listen on {}", cfg.listen))?;
+    let listener =
+        bind_proxy_listener(cfg.listen).with_context(|| format!("listen on {}", cfg.listen))?;
     let admin_listener = tokio::net::TcpListener::bind(cfg.admin)
         .await
         .with_context(|| format!("admin endpoint on {}", cfg.admin))?;
