@@ -2,8 +2,15 @@
 //!
 //! It binds loopback by default (the configuration refuses a public address unless
 //! `allow_public_admin` is set).
+//!
+//! `POST /v1/reload` changes what the node serves, so it refuses what a web page could send
+//! (a cross-site "simple" POST, or a DNS-rebound host name): it needs the header
+//! `X-Hako-Reload: 1` or a JSON content type (neither can be sent cross-site without a CORS
+//! preflight, which this endpoint never answers), a `Host` naming the admin address itself
+//! and no foreign `Origin`; else 403. Every reload request is logged with its peer and result.
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,8 +23,103 @@ use tokio::net::TcpListener;
 
 use crate::instances::Supervisor;
 
-/// Asks the running process to reload its configuration; returns a summary or the errors.
-pub type ReloadHook = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+/// Reloads the running process's configuration (coalesced; see [`crate::reload`]).
+pub type ReloadHook = Arc<crate::reload::Reloader>;
+
+/// The header that makes a reload request one a browser cannot send cross-site unasked.
+pub const RELOAD_HEADER: &str = "x-hako-reload";
+
+/// The two ends of an admin connection and the configured admin address.
+#[derive(Debug, Clone, Copy)]
+struct Conn {
+    peer: Option<SocketAddr>,
+    local: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+}
+
+impl Conn {
+    /// The `host:port` names a request to this endpoint may carry in `Host`: the configured
+    /// address, the address the client connected to, and the loopback names, on our port.
+    fn allowed_hosts(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for a in [self.admin, self.local].into_iter().flatten() {
+            out.push(a.to_string());
+            let port = a.port();
+            out.extend([
+                format!("localhost:{port}"),
+                format!("127.0.0.1:{port}"),
+                format!("[::1]:{port}"),
+            ]);
+        }
+        out
+    }
+
+    /// Why a reload request is refused, if it is.
+    fn refuse_reload(&self, req: &Request<Incoming>) -> Option<String> {
+        let headers = req.headers();
+        let header = |name| {
+            headers
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).trim().to_owned())
+        };
+        let json = header(http::header::CONTENT_TYPE.as_str())
+            .is_some_and(|t| t.to_ascii_lowercase().starts_with("application/json"));
+        if !json && header(RELOAD_HEADER).is_none_or(|v| v.is_empty()) {
+            return Some(
+                "a reload needs the header `X-Hako-Reload: 1` (sent by `hako reload`) or a JSON \
+                 content type"
+                    .to_owned(),
+            );
+        }
+        let allowed = self.allowed_hosts();
+        let host = header(http::header::HOST.as_str())
+            .or_else(|| req.uri().authority().map(|a| a.to_string()));
+        match host {
+            Some(h) if allowed.iter().any(|a| a.eq_ignore_ascii_case(&h)) => {}
+            Some(h) => return Some(format!("Host `{h}` is not this admin endpoint")),
+            None => return Some("a reload needs a Host header".to_owned()),
+        }
+        if let Some(origin) = header(http::header::ORIGIN.as_str()) {
+            let own = allowed
+                .iter()
+                .any(|a| origin.eq_ignore_ascii_case(&format!("http://{a}")));
+            if !own {
+                return Some(format!("Origin `{origin}` is not this admin endpoint"));
+            }
+        }
+        None
+    }
+}
+
+/// `POST /v1/reload`: checked, coalesced, logged.
+async fn reload_request(
+    reload: &ReloadHook,
+    req: &Request<Incoming>,
+    conn: Conn,
+) -> Response<Full<Bytes>> {
+    let peer = conn
+        .peer
+        .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+    if let Some(why) = conn.refuse_reload(req) {
+        tracing::warn!(peer = %peer, reason = %why, "admin reload request refused");
+        return reply(StatusCode::FORBIDDEN, "text/plain", format!("{why}\n"));
+    }
+    let outcome = reload.reload().await;
+    let (status, body) = match &outcome.result {
+        Ok(summary) => {
+            tracing::info!(peer = %peer, reload = outcome.generation, result = "ok", summary = %summary, "admin reload request");
+            (StatusCode::OK, format!("{summary}\n"))
+        }
+        Err(errors) => {
+            tracing::warn!(peer = %peer, reload = outcome.generation, result = "rejected", "admin reload request");
+            (StatusCode::UNPROCESSABLE_ENTITY, format!("{errors}\n"))
+        }
+    };
+    let mut resp = reply(status, "text/plain", body);
+    resp.headers_mut()
+        .insert(RELOAD_HEADER, http::HeaderValue::from(outcome.generation));
+    resp
+}
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     Response::builder()
@@ -55,15 +157,9 @@ fn handle(
             let body = serde_json::to_vec(&sup.instances()).unwrap_or_else(|_| b"[]".to_vec());
             reply(StatusCode::OK, "application/json", body)
         }
+        // With a hook, answered by `reload_request` before `handle` is called.
         (&Method::POST, "/v1/reload") => match reload {
-            Some(hook) => match hook() {
-                Ok(summary) => reply(StatusCode::OK, "text/plain", format!("{summary}\n")),
-                Err(errors) => reply(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "text/plain",
-                    format!("{errors}\n"),
-                ),
-            },
+            Some(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "reload\n"),
             None => reply(
                 StatusCode::NOT_FOUND,
                 "text/plain",
@@ -94,8 +190,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) {
     tokio::pin!(shutdown);
+    let admin = listener.local_addr().ok();
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = &mut shutdown => return,
             r = listener.accept() => match r {
                 Ok(s) => s,
@@ -108,6 +205,11 @@ pub async fn serve(
         };
         let sup = sup.clone();
         let reload = reload.clone();
+        let conn = Conn {
+            peer: Some(peer),
+            local: stream.local_addr().ok(),
+            admin,
+        };
         tokio::spawn(async move {
             // A connection that never sends a byte is closed after ADMIN_HEADER_TIMEOUT (hyper's
             // own timer starts only once `auto` has seen the first bytes); after that, hyper
@@ -118,8 +220,17 @@ pub async fn serve(
                 _ => return,
             }
             let svc = service_fn(move |req: Request<Incoming>| {
-                let resp = handle(&sup, reload.as_ref(), &req);
-                async move { Ok::<_, Infallible>(resp) }
+                let sup = sup.clone();
+                let reload = reload.clone();
+                async move {
+                    let resp = match (&reload, req.method(), req.uri().path()) {
+                        (Some(r), &Method::POST, "/v1/reload") => {
+                            reload_request(r, &req, conn).await
+                        }
+                        _ => handle(&sup, reload.as_ref(), &req),
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
             });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             builder

@@ -8,5 +8,6 @@ pub mod governor;
 pub mod instances;
 pub mod metrics;
 pub mod netns;
+pub mod reload;
 pub mod sampler;
 pub mod serve;

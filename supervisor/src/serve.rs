@@ -288,7 +288,8 @@ async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow
         .with_context(|| format!("admin endpoint on {}", cfg.admin))?;
     tracing::info!(listen = %cfg.listen, admin = %cfg.admin, apps = cfg.apps.len(), "hako serving");
 
-    // Reload: SIGHUP or POST /v1/reload. A broken file keeps the old configuration.
+    // Reload: SIGHUP or POST /v1/reload, coalesced, run on a blocking thread. A broken file
+    // keeps the old configuration.
     let current = Arc::new(Mutex::new(cfg.clone()));
     let reload: crate::admin::ReloadHook = {
         let sup = sup.clone();
@@ -296,7 +297,9 @@ async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow
         let current = current.clone();
         let source = source.clone();
         let runtime = runtime.clone();
-        Arc::new(move || reload(&source, &sup, &runtime, &routes, &current))
+        crate::reload::Reloader::new(Arc::new(move || {
+            reload(&source, &sup, &runtime, &routes, &current)
+        }))
     };
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -346,10 +349,11 @@ async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow
                     _ = sigterm.recv() => "SIGTERM",
                     _ = sigint.recv() => "SIGINT",
                     _ = sighup.recv() => {
-                        match reload() {
-                            Ok(s) => tracing::info!(summary = %s, "configuration reloaded"),
-                            Err(e) => tracing::error!(errors = %e, "reload rejected; the previous configuration stays in force"),
-                        }
+                        tracing::info!("SIGHUP: reloading the configuration");
+                        // Logged by the reloader; not awaited here, so that SIGTERM is
+                        // still handled while it runs.
+                        let reload = reload.clone();
+                        tokio::spawn(async move { reload.reload().await });
                         continue;
                     }
                 };

@@ -49,7 +49,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// List instances from a running hako's admin API.
     Ps(PsArgs),
-    /// Ask a running hako to reload its configuration (same as SIGHUP).
+    /// Ask a running hako to reload its configuration (same as SIGHUP); prints the summary or
+    /// the errors. Reloads asked for while one runs share the next one.
     Reload(PsArgs),
     /// Launcher boot latency benchmark (used by `hako-bench launcher`).
     #[command(hide = true)]
@@ -121,7 +122,13 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ps(args) => ps(&args),
         Command::BenchSpawn(args) => spawnbench::run(args),
         Command::Reload(args) => {
-            let (status, body) = admin_request(args.admin, "POST", "/v1/reload")?;
+            // The header marks the request as not cross-site (the endpoint refuses it without).
+            let (status, body) = admin_request_with(
+                args.admin,
+                "POST",
+                "/v1/reload",
+                &format!("{}: 1\r\n", crate::admin::RELOAD_HEADER),
+            )?;
             if status == 200 {
                 println!("reloaded: {}", body.trim());
                 Ok(ExitCode::SUCCESS)
@@ -135,13 +142,23 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// A minimal HTTP/1.0 request to the admin endpoint (no runtime needed for a CLI call).
 fn admin_request(addr: SocketAddr, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    admin_request_with(addr, method, path, "")
+}
+
+/// [`admin_request`] with extra header lines (each ending in `\r\n`).
+fn admin_request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+) -> anyhow::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3)).with_context(|| {
         format!("cannot reach hako's admin endpoint at {addr} (is `hako serve` running?)")
     })?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         s,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{headers}Content-Length: 0\r\n\r\n"
     )?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)
