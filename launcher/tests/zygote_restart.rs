@@ -4,7 +4,7 @@
 mod common;
 
 use std::os::fd::AsFd;
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -22,7 +22,11 @@ fn main() {
     if !is_root("zygote_restart") {
         return;
     }
-    let tests: [(&str, fn()); 2] = [
+    let tests: [(&str, fn()); 3] = [
+        (
+            "calls_in_flight_on_a_killed_zygote_fail_and_later_calls_succeed",
+            calls_in_flight_on_a_killed_zygote_fail_and_later_calls_succeed,
+        ),
         (
             "killed_zygote_is_reaped_and_restarted",
             killed_zygote_is_reaped_and_restarted,
@@ -215,4 +219,62 @@ fn zygote_dying_again_and_again_is_given_up_then_retried() {
     for p in pids {
         assert_reaped(p, "killed zygote");
     }
+}
+
+fn calls_in_flight_on_a_killed_zygote_fail_and_later_calls_succeed() {
+    const THREADS: usize = 8;
+    let fs = Arc::new(Rootfs::build());
+    let zygote = Arc::new(Zygote::start().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    // A log "file" that is a FIFO without reader: the zygote blocks opening it, so every
+    // request sent after it is certainly in flight when the zygote dies.
+    let fifo = dir.path().join("stuck.log");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // Plain threads, not scoped ones: a caller that hangs must fail the test, not block it.
+    let (tx, rx) = mpsc::channel::<(usize, Result<(), LaunchError>)>();
+    for t in 0..THREADS {
+        let (tx, zygote, fs) = (tx.clone(), zygote.clone(), fs.clone());
+        std::thread::spawn(move || {
+            // Spawn until a call fails; reap what was started.
+            let end = loop {
+                match zygote.spawn(&request(&fs, &format!("sleep 0.05; exit {t}"), "app")) {
+                    Ok(sp) => {
+                        let _ = wait_pidfd(sp.pidfd.as_fd(), false);
+                    }
+                    Err(e) => break Err(e),
+                }
+            };
+            let _ = tx.send((t, end));
+        });
+    }
+    {
+        let (tx, zygote, fs, fifo) = (tx.clone(), zygote.clone(), fs.clone(), fifo.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let mut req = request(&fs, "exit 0", "stuck");
+            req.log_path = Some(fifo);
+            let _ = tx.send((THREADS, zygote.spawn(&req).map(|_| ())));
+        });
+    }
+    drop(tx);
+    std::thread::sleep(Duration::from_millis(300));
+    let old = zygote.pid();
+    kill9(old);
+    let mut ended = vec![false; THREADS + 1];
+    for _ in 0..=THREADS {
+        let (t, end) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("callers still blocked (true = returned): {ended:?}"));
+        assert_eq!(end, Err(LaunchError::ZygoteDied { pid: old }), "caller {t}");
+        ended[t] = true;
+    }
+    // Later calls go to the new zygote.
+    let s = zygote.spawn(&request(&fs, "exit 6", "app")).unwrap();
+    assert_eq!(
+        wait_pidfd(s.pidfd.as_fd(), false).unwrap(),
+        Some(ExitStatusInfo::Exited(6))
+    );
+    assert_ne!(zygote.pid(), old);
+    assert_eq!(zygote.restarts(), 1);
+    assert_reaped(old, "killed zygote");
 }
