@@ -3,8 +3,6 @@
 mod common;
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::{mpsc, Arc};
-use std::time::Duration;
 
 use common::*;
 use hako_launcher::{
