@@ -23,7 +23,7 @@
 //! - only system calls through `libc` (`dup2`, `mount`, `mkdir`, `mknod`, `symlink`,
 //!   `chdir`, `unshare`, `setns`, `setsid`, `sethostname`, `socket`, `ioctl`,
 //!   `setsockopt`, `bind`, `listen`, `fcntl`, `setrlimit`, `prctl`, `getppid`, `umask`,
-//!   `sigprocmask`, `faccessat`, `execve`, `pause`, `_exit`, and `syscall(write|close|
+//!   `sigprocmask`, `faccessat`, `execve`, `pause`, `_exit`, and `syscall(write|read|close|
 //!   pivot_root|capset|seccomp|close_range|setgroups|setresgid|setresuid|rt_sigaction|
 //!   ppoll)`);
 //!   glibc's wrappers for the former are plain syscall stubs that touch only `errno`, which
@@ -41,6 +41,9 @@
 //!   ([`install_listen_fd`]). If the error pipe itself sits on fd 3 it is first moved away with
 //!   `fcntl(F_DUPFD_CLOEXEC)`; the environment (`LISTEN_FDS=1`, `LISTEN_PID=1`: the app is PID 1
 //!   of its pid namespace) was prepared beforehand;
+//! - a child with a user namespace of its own (`CLONE_NEWUSER`, always fork semantics) first
+//!   blocks in `read` on a pipe until the parent has written its `uid_map` and `gid_map`
+//!   ([`wait_for_id_maps`]);
 //! - errors are reported as a fixed 12-byte record written to a CLOEXEC pipe, then `_exit(127)`
 //!   (not `exit`: no atexit handlers, no stdio flushing).
 use std::ffi::{c_int, c_void};
@@ -68,6 +71,9 @@ pub(crate) mod stage {
     pub const WARM_NS: u32 = 17;
     /// `index` is a [`super::listen_step`] value.
     pub const LISTEN: u32 = 18;
+    /// The parent could not set up the user namespace; `index`: 0 `uid_map`, 1 `gid_map`,
+    /// 2 `prlimit`, 3 the release read.
+    pub const USERNS: u32 = 19;
 }
 
 /// Steps of creating and installing the listening socket (the `index` of a
@@ -147,7 +153,16 @@ pub(crate) struct ChildFds {
     /// With `die_with_parent`: a pidfd of the cloning process (readable once it has exited),
     /// to catch a parent that died before the death signal was set; else -1.
     pub parent_pidfd: c_int,
+    /// With a user namespace: the read end of the release pipe (the parent writes the id maps,
+    /// then a [`USERNS_RELEASE_SIZE`] record), and the write end, which the child closes so
+    /// that a dead parent reads as EOF; else -1.
+    pub userns_sync: c_int,
+    pub userns_sync_w: c_int,
 }
+
+/// The parent's release record for a user-namespaced child: native-endian `index, errno`
+/// (a [`stage::USERNS`] failure), all zero when the id maps are written.
+pub(crate) const USERNS_RELEASE_SIZE: usize = 8;
 
 #[repr(C)]
 struct Ifreq {
@@ -521,6 +536,45 @@ pub(crate) unsafe fn run_holder(p: &PreparedSpec, fds: &ChildFds) -> ! {
     }
 }
 
+/// Blocks until the parent's release record arrives on `fds.userns_sync`; a failure it
+/// reports, or EOF (the parent died), ends the child.
+///
+/// # Safety
+/// Child only (see the module documentation).
+unsafe fn wait_for_id_maps(fds: &ChildFds) {
+    let mut rec = [0u8; USERNS_RELEASE_SIZE];
+    let mut got = 0usize;
+    // SAFETY: close and read on descriptors, into a live stack buffer whose remaining length
+    // is passed along.
+    unsafe {
+        if fds.userns_sync_w >= 0 {
+            sys_close(fds.userns_sync_w);
+        }
+        while got < USERNS_RELEASE_SIZE {
+            let rest = rec.get_mut(got..).unwrap_or_default();
+            let r = libc::syscall(
+                libc::SYS_read,
+                fds.userns_sync,
+                rest.as_mut_ptr(),
+                rest.len(),
+            );
+            if r > 0 {
+                got += r as usize;
+            } else if r == 0 {
+                fail(fds, stage::USERNS, 3, libc::EPIPE);
+            } else if errno() != libc::EINTR {
+                fail(fds, stage::USERNS, 3, errno());
+            }
+        }
+        sys_close(fds.userns_sync);
+    }
+    let index = u32::from_ne_bytes([rec[0], rec[1], rec[2], rec[3]]);
+    let err = i32::from_ne_bytes([rec[4], rec[5], rec[6], rec[7]]);
+    if err != 0 {
+        fail(fds, stage::USERNS, index, err);
+    }
+}
+
 /// Runs in the child; never returns: either `execve` succeeds or the child exits with 127.
 ///
 /// # Safety
@@ -578,6 +632,12 @@ pub(crate) unsafe fn run(p: &PreparedSpec, fds: &ChildFds) -> ! {
             fail(fds, stage::SIGNALS, 0, errno());
         }
 
+        // 0b. A user namespace: nothing happens until the parent has written our id maps
+        // (until then we are nobody in it and no mount or id change may succeed).
+        if fds.userns_sync >= 0 {
+            wait_for_id_maps(fds);
+        }
+
         // New session: terminal signals go to the supervisor, which forwards them.
         libc::setsid();
 
@@ -592,6 +652,26 @@ pub(crate) unsafe fn run(p: &PreparedSpec, fds: &ChildFds) -> ! {
         // ... then root our cgroup view at our own group.
         if libc::unshare(libc::CLONE_NEWCGROUP) != 0 {
             fail(fds, stage::UNSHARE_CGROUP, 0, errno());
+        }
+        // 1b. In a user namespace: become its root (host uid USERNS_HOST_BASE), keeping every
+        // capability in it; until now our ids were unmapped there, and the filesystems it
+        // mounts refuse to create files for unmapped owners (EOVERFLOW). Also drops the
+        // supplementary groups inherited from the parent (host root's).
+        if fds.userns_sync >= 0 {
+            if libc::syscall(
+                libc::SYS_setgroups,
+                0 as libc::size_t,
+                std::ptr::null::<libc::gid_t>(),
+            ) != 0
+            {
+                fail(fds, stage::IDS, 1, errno());
+            }
+            if libc::syscall(libc::SYS_setresgid, 0, 0, 0) != 0 {
+                fail(fds, stage::IDS, 2, errno());
+            }
+            if libc::syscall(libc::SYS_setresuid, 0, 0, 0) != 0 {
+                fail(fds, stage::IDS, 3, errno());
+            }
         }
         // 2. stdio, then mark every other descriptor close-on-exec.
         for (i, (from, to)) in [(fds.stdin, 0), (fds.stdout, 1), (fds.stderr, 2)]

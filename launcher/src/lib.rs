@@ -21,7 +21,7 @@ pub use cgroup::{
     CgroupStats, CgroupVersion, InstanceCgroup,
 };
 pub use error::LaunchError;
-pub use prepare::PreparedSpec;
+pub use prepare::{PreparedSpec, USERNS_HOST_BASE, USERNS_SIZE};
 pub use spawn::{pidfd_signal, spawn_prepared, wait_pidfd, ExitStatusInfo, Output, Spawned};
 pub use spec::{
     ContainerSpec, ListenSpec, NetworkMode, RootfsSpec, DEFAULT_CAPABILITIES,

@@ -55,6 +55,26 @@ pub const HOST_SECRETS: &[&str] = &["etc/shadow", "etc/shadow-", "etc/gshadow", 
 /// sets `expose_host_secrets`.
 pub const HOST_SECRET_DIRS: &[&str] = &["etc/ssl/private"];
 
+/// First host uid (and gid) of a user-namespaced container ([`ContainerSpec::user_namespace`]):
+/// its ids `0..USERNS_SIZE` are host ids `USERNS_HOST_BASE..USERNS_HOST_BASE + USERNS_SIZE`.
+/// One range for every such container: they are unprivileged on the host, but not apart from
+/// each other by uid.
+pub const USERNS_HOST_BASE: u32 = 100_000;
+
+/// Number of ids mapped into a user-namespaced container (uids and gids `0..65536`).
+pub const USERNS_SIZE: u32 = 65_536;
+
+/// Host device nodes bind-mounted into a user-namespaced container's `/dev` (it may not
+/// `mknod`); the other containers get fresh nodes with these numbers.
+const DEV_NODES: &[(&str, u32, u32)] = &[
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
 /// One step of the mount table. Pointers point into `PreparedSpec::strings`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Op {
@@ -116,6 +136,9 @@ pub struct PreparedSpec {
     pub(crate) nproc: Option<u64>,
     /// Namespaces created by clone3 on a cold boot (pid, mount, uts, ipc, and net if isolated).
     pub(crate) clone_flags: u64,
+    /// `CLONE_NEWUSER` is in `clone_flags`: the parent writes the id maps
+    /// ([`USERNS_HOST_BASE`]) before releasing the child; no warm namespaces.
+    pub(crate) user_namespace: bool,
     pub(crate) loopback: bool,
     /// The socket to hand over as fd 3 (created by a warm-namespace holder, by the caller for
     /// host networking, or by the child itself on a cold isolated boot).
@@ -243,6 +266,19 @@ impl Builder {
         self.ops.push(op);
         self.op_names
             .push(("mknod".into(), path.display().to_string()));
+        Ok(())
+    }
+    /// Creates an empty regular file (a bind-mount target; allowed in a user namespace,
+    /// unlike a device node).
+    fn touch(&mut self, path: &Path) -> Result<(), LaunchError> {
+        let op = Op::Mknod {
+            path: self.s(path.as_os_str().as_bytes())?,
+            mode: libc::S_IFREG | 0o644,
+            dev: 0,
+        };
+        self.ops.push(op);
+        self.op_names
+            .push(("create".into(), path.display().to_string()));
         Ok(())
     }
     fn symlink(&mut self, target: &Path, link: &Path) -> Result<(), LaunchError> {
@@ -458,15 +494,16 @@ impl PreparedSpec {
             libc::MS_NOSUID | libc::MS_STRICTATIME,
             Some("mode=755,size=64k"),
         )?;
-        for (name, major, minor) in [
-            ("null", 1, 3),
-            ("zero", 1, 5),
-            ("full", 1, 7),
-            ("random", 1, 8),
-            ("urandom", 1, 9),
-            ("tty", 5, 0),
-        ] {
-            b.mknod(&dev.join(name), major, minor)?;
+        for &(name, major, minor) in DEV_NODES {
+            if spec.user_namespace {
+                // No mknod in a user namespace: the host's node, bound over an empty file.
+                let node = dev.join(name);
+                let host = format!("/dev/{name}");
+                b.touch(&node)?;
+                b.mount(Some(&host), &node, None, libc::MS_BIND, None)?;
+            } else {
+                b.mknod(&dev.join(name), major, minor)?;
+            }
         }
         b.mkdir(&dev.join("pts"), 0o755)?;
         b.mount(
@@ -616,6 +653,17 @@ impl PreparedSpec {
         if loopback {
             clone_flags |= libc::CLONE_NEWNET as u64;
         }
+        if spec.user_namespace {
+            if spec.uid >= USERNS_SIZE || spec.gid >= USERNS_SIZE {
+                return Err(LaunchError::InvalidSpec(format!(
+                    "uid {} gid {}: a user namespace maps only ids 0-{}",
+                    spec.uid,
+                    spec.gid,
+                    USERNS_SIZE - 1
+                )));
+            }
+            clone_flags |= libc::CLONE_NEWUSER as u64;
+        }
         let hostname = cstr(&spec.hostname)?;
         if spec.hostname.len() > 64 {
             return Err(LaunchError::InvalidSpec(format!(
@@ -645,6 +693,7 @@ impl PreparedSpec {
             nofile: spec.nofile,
             nproc: spec.nproc,
             clone_flags,
+            user_namespace: spec.user_namespace,
             loopback,
             listen: spec.listen,
             command0: cmd.clone(),
@@ -733,6 +782,40 @@ mod tests {
         assert!(matches!(
             PreparedSpec::new(&spec),
             Err(LaunchError::InvalidSpec(m)) if m.contains("port 0")
+        ));
+    }
+
+    #[test]
+    fn user_namespace_binds_the_host_devices_and_maps_only_65536_ids() {
+        let t = tempfile::tempdir().unwrap();
+        let mut spec = ContainerSpec::new(RootfsSpec::Dir(t.path().to_owned()), vec!["x".into()]);
+        spec.seccomp = false;
+        let char_nodes = |p: &PreparedSpec| {
+            p.ops
+                .iter()
+                .filter(|op| matches!(op, Op::Mknod { mode, .. } if mode & libc::S_IFMT == libc::S_IFCHR))
+                .count()
+        };
+        let plain = PreparedSpec::new(&spec).unwrap();
+        assert_eq!(plain.clone_flags & libc::CLONE_NEWUSER as u64, 0);
+        assert_eq!(char_nodes(&plain), DEV_NODES.len());
+        spec.user_namespace = true;
+        let userns = PreparedSpec::new(&spec).unwrap();
+        assert_ne!(userns.clone_flags & libc::CLONE_NEWUSER as u64, 0);
+        assert_eq!(char_nodes(&userns), 0);
+        let null = t.path().canonicalize().unwrap().join("dev/null");
+        assert!(userns
+            .op_names
+            .iter()
+            .any(|(op, path)| op == "create" && Path::new(path) == null));
+        assert!(userns
+            .op_names
+            .iter()
+            .any(|(op, path)| op == "mount" && Path::new(path) == null));
+        spec.uid = USERNS_SIZE;
+        assert!(matches!(
+            PreparedSpec::new(&spec),
+            Err(LaunchError::InvalidSpec(m)) if m.contains("65535")
         ));
     }
 

@@ -9,6 +9,7 @@ use nix::sys::stat::Mode;
 use crate::cgroup::CgroupAttach;
 use crate::child::{
     self, listen_step, stage, ChildError, ChildFds, HOLDER_READY_SIZE, MAX_PROCS_FDS,
+    USERNS_RELEASE_SIZE,
 };
 use crate::error::LaunchError;
 use crate::prepare::PreparedSpec;
@@ -531,6 +532,9 @@ pub(crate) fn start_container(
         Launch::Zygote(warm) => (true, warm),
         Launch::Direct => (false, None),
     };
+    // Warm namespaces belong to the host's user namespace: a user-namespaced container could
+    // not join them (the zygote builds none for it).
+    let warm = warm.filter(|_| !p.user_namespace);
     let null = Path::new("/dev/null");
     let stdin = open_fd(null, OFlag::O_RDONLY, Mode::empty())?;
     let out_owned = match output {
@@ -580,6 +584,12 @@ pub(crate) fn start_container(
     };
     let (err_r, err_w) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| LaunchError::sys("pipe2", "", e))?;
+    // A user-namespaced child waits on this pipe for its id maps.
+    let userns_sync = if p.user_namespace {
+        Some(nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| LaunchError::sys("pipe2", "", e))?)
+    } else {
+        None
+    };
     // A direct (foreground) container dies with the calling thread; see `ChildFds`.
     let parent_pidfd = if clone_parent {
         None
@@ -603,6 +613,8 @@ pub(crate) fn start_container(
         parent: std::process::id() as libc::pid_t,
         die_with_parent: parent_pidfd.is_some(),
         parent_pidfd: parent_pidfd.as_ref().map_or(-1, |f| f.as_raw_fd()),
+        userns_sync: userns_sync.as_ref().map_or(-1, |(r, _)| r.as_raw_fd()),
+        userns_sync_w: userns_sync.as_ref().map_or(-1, |(_, w)| w.as_raw_fd()),
     };
     let mut ns_flags = p.clone_flags;
     if warm.is_some() {
@@ -629,13 +641,19 @@ pub(crate) fn start_container(
     // A cold boot from the zygote builds the whole root in the child (bind mounts of the
     // rootfs source, which can block on a slow filesystem): fork semantics leave the zygote
     // free to serve other boots meanwhile. Every other boot takes the faster vfork path, which
-    // holds this thread until the child has called execve.
-    let fork_semantics = clone_parent && warm.is_none();
+    // holds this thread until the child has called execve. A user-namespaced child waits for
+    // us to write its id maps, which a vfork-suspended parent could not do: fork semantics.
+    let fork_semantics = (clone_parent && warm.is_none()) || p.user_namespace;
     let vforked = !fork_semantics && VFORK_SEMANTICS;
     let cloned = if fork_semantics {
+        // Every signal blocked around the clone: none of our handlers may run in the child
+        // before `child::run` has reset the dispositions (it then clears the mask).
+        let old_mask = set_signal_mask(!0);
         // SAFETY: fork semantics; the child only runs `child::run`, which is
         // async-signal-safe and never returns.
-        unsafe { clone_pidfd(args, child::run, p, &fds) }
+        let cloned = unsafe { clone_pidfd(args, child::run, p, &fds) };
+        set_signal_mask(old_mask);
+        cloned
     } else {
         // SAFETY: `child::run` is async-signal-safe, writes no memory but its own stack and
         // `errno`, and never returns (see `clone_vfork_pidfd`).
@@ -644,6 +662,19 @@ pub(crate) fn start_container(
     let (pid, pidfd) =
         cloned.map_err(|e| LaunchError::sys("clone3", p.exec_names[0].as_str(), e))?;
     drop(err_w);
+    if let Some((sync_r, sync_w)) = userns_sync {
+        drop(sync_r);
+        // A failure goes to the child, which reports it on the error pipe like its own.
+        let (index, errno) = match set_up_userns(p, pid) {
+            Ok(()) => (0u32, 0i32),
+            Err(e) => e,
+        };
+        let mut rec = [0u8; USERNS_RELEASE_SIZE];
+        rec[..4].copy_from_slice(&index.to_ne_bytes());
+        rec[4..].copy_from_slice(&errno.to_ne_bytes());
+        // A failed write leaves the child at EOF once `sync_w` is closed: it fails too.
+        let _ = nix::unistd::write(&sync_w, &rec);
+    }
     drop((
         stdin,
         out_owned,
@@ -658,6 +689,45 @@ pub(crate) fn start_container(
         pipe: ErrorPipe::new(err_r),
         vforked,
     })
+}
+
+/// The id map of a user-namespaced container: its ids `0..USERNS_SIZE` on the host's from
+/// [`crate::prepare::USERNS_HOST_BASE`].
+pub(crate) fn userns_id_map() -> String {
+    format!(
+        "0 {} {}\n",
+        crate::prepare::USERNS_HOST_BASE,
+        crate::prepare::USERNS_SIZE
+    )
+}
+
+/// Writes the id maps of the user-namespaced child `pid` (still blocked before its first
+/// step) and raises its rlimits, which it could not do itself (`CAP_SYS_RESOURCE` counts only
+/// in the host's user namespace). `setgroups` stays allowed: the child must drop the
+/// supplementary groups it inherited from us. On failure: the [`stage::USERNS`] index and
+/// the errno.
+fn set_up_userns(p: &PreparedSpec, pid: i32) -> Result<(), (u32, i32)> {
+    let map = userns_id_map();
+    for (i, file) in ["uid_map", "gid_map"].into_iter().enumerate() {
+        let path = format!("/proc/{pid}/{file}");
+        std::fs::write(&path, &map)
+            .map_err(|e| (i as u32, e.raw_os_error().unwrap_or(libc::EIO)))?;
+    }
+    let mut limits = vec![(libc::RLIMIT_NOFILE, p.nofile)];
+    if let Some(n) = p.nproc {
+        limits.push((libc::RLIMIT_NPROC, n));
+    }
+    for (resource, n) in limits {
+        let lim = libc::rlimit {
+            rlim_cur: n,
+            rlim_max: n,
+        };
+        // SAFETY: prlimit on our child with a live rlimit and no old-value pointer.
+        if unsafe { libc::prlimit(pid, resource, &lim, std::ptr::null_mut()) } != 0 {
+            return Err((2, nix::errno::Errno::last() as i32));
+        }
+    }
+    Ok(())
 }
 
 /// A pidfd of this process (close-on-exec, as every pidfd).
@@ -744,6 +814,18 @@ fn describe(p: &PreparedSpec, cgroup: Option<&CgroupAttach>, e: ChildError) -> L
         stage::NO_NEW_PRIVS => setup("prctl", "PR_SET_NO_NEW_PRIVS"),
         stage::SECCOMP => setup("seccomp", "default profile"),
         stage::SIGNALS => setup("signal mask", ""),
+        stage::USERNS => setup(
+            [
+                "write uid_map",
+                "write gid_map",
+                "prlimit",
+                "wait for id maps",
+            ]
+            .get(idx)
+            .copied()
+            .unwrap_or("user namespace"),
+            "container's user namespace",
+        ),
         stage::LISTEN => LaunchError::Listen {
             port: p.listen.map_or(0, |l| l.port),
             step: listen_step::name(e.index).to_owned(),
@@ -828,6 +910,8 @@ pub(crate) fn create_warm(p: &PreparedSpec) -> Result<WarmNs, LaunchError> {
         parent: std::process::id() as libc::pid_t,
         die_with_parent: false,
         parent_pidfd: -1,
+        userns_sync: -1,
+        userns_sync_w: -1,
     };
     let args = CloneArgs {
         flags: p.clone_flags & WARM_NS_FLAGS,

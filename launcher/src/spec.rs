@@ -91,6 +91,13 @@ pub struct ContainerSpec {
     /// file; `true` shows them as they are. Meaningless with a directory rootfs.
     #[serde(default)]
     pub expose_host_secrets: bool,
+    /// `true`: the container gets a user namespace of its own, its uids and gids 0-65535
+    /// mapped to host ids [`crate::prepare::USERNS_HOST_BASE`] and up (the same range for
+    /// every such container), so its root is an unprivileged user on the host. Its device
+    /// nodes are bind mounts of the host's (no `mknod` in a user namespace), host files show
+    /// as owned by `nobody` unless mapped, and it boots without warm namespaces.
+    #[serde(default)]
+    pub user_namespace: bool,
 }
 
 impl ContainerSpec {
@@ -118,6 +125,7 @@ impl ContainerSpec {
             seccomp: true,
             listen: None,
             expose_host_secrets: false,
+            user_namespace: false,
         }
     }
 }
@@ -132,10 +140,12 @@ mod tests {
         let mut json: serde_json::Value = serde_json::to_value(&spec).unwrap();
         json.as_object_mut().unwrap().remove("listen");
         json.as_object_mut().unwrap().remove("expose_host_secrets");
+        json.as_object_mut().unwrap().remove("user_namespace");
         let back: ContainerSpec = serde_json::from_value(json).unwrap();
         assert_eq!(back, spec);
         assert_eq!(back.listen, None);
         assert!(!back.expose_host_secrets);
+        assert!(!back.user_namespace);
         let l: ListenSpec = serde_json::from_str(r#"{"port": 8080}"#).unwrap();
         assert_eq!(l, ListenSpec::new(8080));
         assert_eq!(l.backlog, DEFAULT_LISTEN_BACKLOG);

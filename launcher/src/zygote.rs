@@ -975,6 +975,13 @@ struct Filler {
 
 impl Filler {
     fn apply(&mut self, msg: FillerMsg) {
+        // A user-namespaced container cannot join namespaces owned by the host's user
+        // namespace: its boots are always cold, so nothing is built ahead for it.
+        if let FillerMsg::Refill(_, p) | FillerMsg::Prepare(_, p) = &msg {
+            if p.user_namespace {
+                return;
+            }
+        }
         match msg {
             FillerMsg::Refill(key, p) => {
                 self.quiet.boot(Instant::now());
