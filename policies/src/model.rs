@@ -113,7 +113,7 @@ pub const DEFAULT_CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `client_idle_timeout`.
 pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default `max_connections_per_client`.
-pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: u32 = 256;
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: u32 = 1024;
 
 /// Top-level `client_*` keys: how the proxy treats client connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@ fn defaults_when_not_written() {
     assert_eq!(cfg.clients, Clients::default());
     assert_eq!(cfg.clients.header_timeout, Duration::from_secs(10));
     assert_eq!(cfg.clients.idle_timeout, Duration::from_secs(60));
-    assert_eq!(cfg.clients.max_connections_per_client, 256);
+    assert_eq!(cfg.clients.max_connections_per_client, 1024);
 }
 
 #[test]

@@ -29,7 +29,7 @@ pub struct ProxyOptions {
     /// after its last response ended is closed. Default 60 s.
     pub client_idle_timeout: Duration,
     /// Open connections one client address may hold; further ones are closed at accept.
-    /// Default 256.
+    /// Default 1024.
     pub max_connections_per_client: usize,
     /// Open client connections in all; further ones are closed at accept. Default unlimited
     /// (`usize::MAX`); `hako serve` sets it below its open-files limit.
@@ -48,7 +48,7 @@ impl Default for ProxyOptions {
         ProxyOptions {
             header_read_timeout: Duration::from_secs(10),
             client_idle_timeout: Duration::from_secs(60),
-            max_connections_per_client: 256,
+            max_connections_per_client: 1024,
             max_connections: usize::MAX,
             upstream_timeout: Duration::from_secs(60),
             max_idle_per_upstream: 32,
