@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use hako_policies::{load_str, Clients, LoadError};
 
-const APP: &str = "apps:\n  - name: web\n    hosts: [web.test]\n    rootfs: host\n    command: [sh]\n";
+const APP: &str =
+    "apps:\n  - name: web\n    hosts: [web.test]\n    rootfs: host\n    command: [sh]\n";
 
 #[test]
 fn defaults_when_not_written() {
@@ -41,17 +42,23 @@ fn zero_and_negative_values_are_faults_at_their_position() {
         .collect();
     assert_eq!(got.len(), 3, "{got:?}");
     assert_eq!((got[0].0, got[0].1), (1, 24), "{got:?}");
-    assert!(got[0].2.starts_with("client_header_timeout: must be greater than zero"));
+    assert!(got[0]
+        .2
+        .starts_with("client_header_timeout: must be greater than zero"));
     assert_eq!((got[1].0, got[1].1), (2, 22), "{got:?}");
     assert!(got[1].2.starts_with("client_idle_timeout:"));
     assert_eq!((got[2].0, got[2].1), (3, 29), "{got:?}");
-    assert!(got[2].2.contains("max_connections_per_client: must be at least 1"));
+    assert!(got[2]
+        .2
+        .contains("max_connections_per_client: must be at least 1"));
 }
 
 #[test]
 fn a_misspelt_key_is_an_error() {
     let yaml = format!("client_header_timout: 5s\n{APP}");
-    let err = load_str(&yaml, Path::new("t.yaml")).unwrap_err().to_string();
+    let err = load_str(&yaml, Path::new("t.yaml"))
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("t.yaml:1:1"), "{err}");
     assert!(err.contains("client_header_timeout"), "{err}");
 }
