@@ -45,28 +45,71 @@ fn depth_fault(pos: Pos) -> Fault {
     )
 }
 
-/// The depth of `[`/`{` collections, scanned lexically in one linear pass. Errs towards
-/// counting: a bracket the scanner cannot place is taken as an opening one.
+/// The depth of `[`/`{` collections, scanned lexically in one linear pass. It follows quoted
+/// scalars across lines, comments, and block scalars (only possible outside flow
+/// collections), and errs towards counting: a bracket it cannot place is taken as an opening
+/// one.
 fn flow_depth(text: &str) -> Result<(), Fault> {
     let mut depth = 0usize;
-    for (line_no, line) in Lines::new(text) {
+    // Inside a quoted scalar continued from an earlier line: its quote.
+    let mut quote: Option<char> = None;
+    // Inside a block scalar: its content indentation, once known (`Some(None)` before its
+    // first content line).
+    let mut block: Option<Option<usize>> = None;
+    for (n, line) in text.lines().enumerate() {
+        if quote.is_none() {
+            let indent = line.len() - line.trim_start_matches(' ').len();
+            match block {
+                Some(_) if line.trim().is_empty() => continue,
+                Some(None) if indent > 0 => {
+                    block = Some(Some(indent));
+                    continue;
+                }
+                Some(Some(at)) if indent >= at => continue,
+                _ => block = None,
+            }
+        }
         let chars: Vec<char> = line.chars().collect();
         let mut i = 0;
+        if let Some(q) = quote {
+            match close_quote(&chars, 0, q) {
+                Some(end) => {
+                    quote = None;
+                    i = end + 1;
+                }
+                None => continue,
+            }
+        }
         // Block context: a `[`/`{` opens a collection only where a node starts.
-        let mut node_start = true;
+        let mut node_start = i == 0;
         while i < chars.len() {
             let c = chars[i];
             let prev_space = i == 0 || chars[i - 1] == ' ' || chars[i - 1] == '\t';
             if c == '#' && prev_space {
                 break;
             }
+            let opens_quote = matches!(c, '"' | '\'')
+                && if depth == 0 {
+                    node_start
+                } else {
+                    prev_space || matches!(chars[i - 1], '[' | '{' | ',' | ':')
+                };
+            if opens_quote {
+                match close_quote(&chars, i + 1, c) {
+                    Some(end) => i = end,
+                    None => {
+                        quote = Some(c);
+                        break;
+                    }
+                }
+                node_start = false;
+                i += 1;
+                continue;
+            }
             if depth == 0 {
                 match c {
                     ' ' | '\t' => {}
-                    '[' | '{' if node_start => {
-                        depth = 1;
-                        node_start = true;
-                    }
+                    '[' | '{' if node_start => depth = 1,
                     '-' | '?' | ':' if chars.get(i + 1).is_none_or(|n| *n == ' ') => {
                         node_start = true;
                     }
@@ -75,10 +118,6 @@ fn flow_depth(text: &str) -> Result<(), Fault> {
                         while i + 1 < chars.len() && chars[i + 1] != ' ' {
                             i += 1;
                         }
-                    }
-                    '"' | '\'' if node_start => {
-                        i = skip_quoted(&chars, i);
-                        node_start = false;
                     }
                     ':' => {}
                     _ => node_start = false,
@@ -89,15 +128,12 @@ fn flow_depth(text: &str) -> Result<(), Fault> {
                         depth += 1;
                         if depth > MAX_NESTING_DEPTH {
                             return Err(depth_fault(Pos {
-                                line: line_no,
+                                line: n + 1,
                                 column: i + 1,
                             }));
                         }
                     }
                     ']' | '}' => depth -= 1,
-                    '"' | '\'' if prev_space || matches!(chars[i - 1], '[' | '{' | ',' | ':') => {
-                        i = skip_quoted(&chars, i);
-                    }
                     _ => {}
                 }
                 if depth == 0 {
@@ -106,69 +142,27 @@ fn flow_depth(text: &str) -> Result<(), Fault> {
             }
             i += 1;
         }
+        if depth == 0 && quote.is_none() && starts_block_scalar(line) {
+            block = Some(None);
+        }
     }
     Ok(())
 }
 
-/// The index of the closing quote of the quoted scalar opened at `start` (or the end of the
-/// line: a scalar continued on the next line is scanned from there as if plain, which only
-/// ever counts more brackets).
-fn skip_quoted(chars: &[char], start: usize) -> usize {
-    let quote = chars[start];
-    let mut i = start + 1;
+/// The index of the quote closing a `quote`d scalar, searching `chars` from `from`; `None`
+/// if the scalar goes on past this line.
+fn close_quote(chars: &[char], from: usize, quote: char) -> Option<usize> {
+    let mut i = from;
     while i < chars.len() {
         match chars[i] {
             '\\' if quote == '"' => i += 1,
             '\'' if quote == '\'' && chars.get(i + 1) == Some(&'\'') => i += 1,
-            c if c == quote => return i,
+            c if c == quote => return Some(i),
             _ => {}
         }
         i += 1;
     }
-    chars.len()
-}
-
-/// Lines with their 1-based numbers, skipping the content of block scalars (`|`, `>`): every
-/// line indented at least as far as the scalar's first content line.
-struct Lines<'t> {
-    lines: std::iter::Enumerate<std::str::Lines<'t>>,
-    /// Inside a block scalar: its content indentation, once known (`Some(None)` before the
-    /// first content line).
-    block: Option<Option<usize>>,
-}
-
-impl<'t> Lines<'t> {
-    fn new(text: &'t str) -> Self {
-        Lines {
-            lines: text.lines().enumerate(),
-            block: None,
-        }
-    }
-}
-
-impl<'t> Iterator for Lines<'t> {
-    type Item = (usize, &'t str);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            let (n, line) = self.lines.next()?;
-            let indent = line.len() - line.trim_start_matches(' ').len();
-            let blank = line.trim().is_empty();
-            match self.block {
-                Some(_) if blank => continue,
-                Some(None) if indent > 0 => {
-                    self.block = Some(Some(indent));
-                    continue;
-                }
-                Some(Some(at)) if indent >= at => continue,
-                _ => self.block = None,
-            }
-            if starts_block_scalar(line) {
-                self.block = Some(None);
-            }
-            return Some((n + 1, line));
-        }
-    }
+    None
 }
 
 /// Whether `line` ends with a block scalar header (`key: |`, `- >-`, `key: |2 # note`).
@@ -276,6 +270,17 @@ mod tests {
             Some((3, 68))
         );
         assert_eq!(at(flow_depth(&format!("- - {deep}\n"))), Some((1, 69)));
+        // A quoted scalar over several lines neither counts nor hides brackets.
+        let closes = "]".repeat(200);
+        assert_eq!(
+            at(flow_depth(&format!("a: [\"x\n  {closes}\", {deep}\n"))),
+            Some((2, 269))
+        );
+        assert_eq!(
+            at(flow_depth(&format!("a: ['x\n  b: |\n   ', {deep}\n"))),
+            Some((3, 70))
+        );
+        assert_eq!(at(flow_depth(&format!("a: \"x\n  {deep}\"\n"))), None);
         // Balanced brackets never accumulate.
         assert_eq!(at(flow_depth(&"a: [[x]]\n".repeat(1000))), None);
     }
