@@ -1,11 +1,14 @@
 //! Bounds on what a configuration file may cost to read, checked before any YAML parser sees
 //! the whole text.
 //!
-//! Both YAML parsers used here (libyaml behind serde_yaml, saphyr-parser for the index) keep a
-//! "possible simple key" per open flow collection and walk that whole stack for every token:
-//! 200 KB of `[` took 40 s of CPU. serde_yaml's own recursion limit (128) only applies after
-//! every event was parsed, and its alias "repetition limit" counts jumps, not bytes: a 1 MiB
-//! string aliased 5,000 times deserialized into 5 GB. So, in order:
+//! Both YAML parsers used here (unsafe-libyaml behind serde_yaml, saphyr-parser for the index)
+//! keep a "possible simple key" per open flow collection and walk that whole stack for every
+//! token: nested `[` cost time quadratic in their depth (a profile of `hako check` on 20,000 of
+//! them spent 88% in unsafe-libyaml's `yaml_parser_stale_simple_keys` and
+//! `yaml_parser_fetch_more_tokens`). Neither parser limits the depth: serde_yaml's recursion
+//! limit (128) applies only when deserializing, after libyaml produced every event, and its
+//! alias "repetition limit" (100 jumps per event) counts jumps, not bytes: a 1 MiB string
+//! aliased 5,000 times deserialized into 5 GB. So, in order:
 //! 1. the file size ([`MAX_CONFIG_BYTES`]);
 //! 2. the depth of flow collections (`[`, `{`), by a linear lexical scan that knows quotes,
 //!    comments and block scalars ([`MAX_NESTING_DEPTH`]), which keeps the parsers' per-token
