@@ -184,6 +184,8 @@ pub struct App {
     /// With `rootfs: host`: show the host's `/etc/shadow`, `/etc/gshadow` (and their `-`
     /// backups), SSH host private keys and `/etc/ssl/private` instead of masking them.
     pub expose_host_secrets: bool,
+    /// Run in a user namespace of its own: container ids 0-65535 are host ids 100000-165535.
+    pub user_namespace: bool,
 }
 
 impl App {
@@ -208,6 +210,7 @@ impl App {
             capabilities: None,
             seccomp: SeccompMode::default(),
             expose_host_secrets: false,
+            user_namespace: false,
         }
     }
 

@@ -46,6 +46,7 @@ pub(crate) struct RawApp {
     pub capabilities: Option<Vec<String>>,
     pub seccomp: Option<RawSeccomp>,
     pub expose_host_secrets: Option<bool>,
+    pub user_namespace: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

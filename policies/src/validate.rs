@@ -564,6 +564,7 @@ impl<'a> Ctx<'a> {
             capabilities,
             seccomp,
             expose_host_secrets,
+            user_namespace: raw.user_namespace.unwrap_or(false),
         }
     }
 

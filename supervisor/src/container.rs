@@ -64,6 +64,7 @@ pub fn container_spec(app: &App, port: u16) -> ContainerSpec {
     spec.capabilities = app.effective_capabilities();
     spec.seccomp = matches!(app.seccomp, hako_policies::SeccompMode::Default);
     spec.expose_host_secrets = app.expose_host_secrets;
+    spec.user_namespace = app.user_namespace;
     if matches!(app.readiness.probe, hako_policies::Probe::ListenFds) {
         // Socket activation: the listening socket exists before the app runs, so the
         // instance is ready the moment it is spawned (the kernel queues connections).

@@ -287,3 +287,49 @@ fn served_container_has_the_same_masks() {
     assert_eq!(host_values(), before, "a host sysctl changed:\n{out}");
     drop(h);
 }
+
+/// `user_namespace: true` under `hako serve`: the app answers, it is root inside but host uid
+/// 100000 outside (every process of its instance), and the masks and denials still hold.
+#[test]
+fn served_user_namespaced_app_answers_as_host_uid_100000() {
+    require_root!();
+    use std::os::unix::fs::PermissionsExt;
+    let rootfs = Rootfs::new();
+    // Host-owned files are "others" to the container's root: the temp dir is 0700.
+    std::fs::set_permissions(rootfs.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod rootfs");
+    rootfs.cgi("probe", PROBE);
+    rootfs.cgi(
+        "ids",
+        "echo uid_map=$(cat /proc/self/uid_map); echo id=$(id -u):$(id -g)",
+    );
+    let before = host_values();
+    let h = Hako::start_httpd("web", &rootfs, &["user_namespace: true"]);
+    let r = h.get("web.test", "/index.html");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), INDEX_BODY);
+    let r = h.get("web.test", "/cgi-bin/ids");
+    assert_lines(&r.text(), &["uid_map= 0 100000 65536", "id=0:0"]);
+    let r = h.get("web.test", "/cgi-bin/probe");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let out = r.text();
+    assert_lines(&out, DENIED);
+    assert_eq!(host_values(), before, "a host sysctl changed:\n{out}");
+    let procs = processes_in_cgroup_parent(&h.cgroup_parent);
+    assert!(!procs.is_empty(), "no process of the instance found");
+    for (pid, cmd) in procs {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .map(|u| u.split_whitespace().collect::<Vec<_>>().join(" "));
+        assert_eq!(
+            uid.as_deref(),
+            Some("100000 100000 100000 100000"),
+            "{pid} {cmd}"
+        );
+    }
+    drop(h);
+}

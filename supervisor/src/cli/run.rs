@@ -64,6 +64,10 @@ pub struct RunArgs {
     /// Hostname inside the container.
     #[arg(long, value_name = "NAME")]
     pub hostname: Option<String>,
+    /// Run in a user namespace of its own (container ids 0-65535 are host ids
+    /// 100000-165535), as the per-app key `user_namespace: true`.
+    #[arg(long)]
+    pub userns: bool,
     /// App to run from --config.
     #[arg(value_name = "APP")]
     pub app: Option<String>,
@@ -111,6 +115,9 @@ fn build(args: &RunArgs) -> anyhow::Result<(ContainerSpec, CgroupLimits)> {
     };
     if args.config.is_some() && !args.command.is_empty() {
         spec.command = args.command.clone();
+    }
+    if args.userns {
+        spec.user_namespace = true;
     }
     if let Some(m) = &args.memory {
         limits.memory_max =

@@ -55,6 +55,10 @@ pub struct BenchSpawnArgs {
     /// Warm mount+network namespaces kept per app by the zygote (0: build them in each boot).
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub warm: usize,
+    /// Boot in a user namespace of its own (`user_namespace: true`: always cold, no warm
+    /// namespaces). The rootfs must be searchable by others.
+    #[arg(long)]
+    pub userns: bool,
     /// Command to run.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -108,7 +112,8 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
     } else {
         args.command.clone()
     };
-    let spec = ContainerSpec::new(RootfsSpec::Dir(args.rootfs.clone()), command);
+    let mut spec = ContainerSpec::new(RootfsSpec::Dir(args.rootfs.clone()), command);
+    spec.user_namespace = args.userns;
     let prepared = PreparedSpec::new(&spec)?;
     // Beside `hako run`'s groups: under `hako serve`'s parent, a serve starting meanwhile
     // would remove the benchmark's groups as orphans.
