@@ -13,8 +13,8 @@ use hyper::body::Incoming;
 
 use crate::activate::Lease;
 use crate::conn::InFlight;
-use crate::pool::{Pool, Sender};
-use crate::server::Shared;
+use crate::pool::{connection_failure, Pool, Sender};
+use crate::state::Shared;
 
 /// Error type of [`ProxyBody`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -82,7 +82,7 @@ pub(crate) struct PooledConn {
     pub(crate) pool: Arc<Pool>,
     pub(crate) id: u64,
     pub(crate) sender: Sender,
-    /// Set when the client's request body failed (see [`ClientBody`]).
+    /// Set when the client's request body failed (see [`crate::reqbody::ClientBody`]).
     pub(crate) client_failed: Arc<AtomicBool>,
 }
 
@@ -159,7 +159,7 @@ impl ProxyBody {
                 %error,
                 "upstream body failed mid-response"
             );
-            if let Some(io) = crate::forward::connection_failure(error) {
+            if let Some(io) = connection_failure(error) {
                 g.shared.upstream_failed(id, &io);
             }
         }
@@ -218,51 +218,5 @@ impl Drop for ProxyBody {
         }
         // Otherwise the client went away: the connection is dropped (not reusable), and the
         // guard records on drop.
-    }
-}
-
-/// The client's request body on its way to the upstream; notes when reading it from the
-/// client failed (malformed chunked framing, client gone), so that the failed exchange is
-/// answered 400 and not blamed on the instance.
-pub(crate) struct ClientBody {
-    inner: Incoming,
-    failed: Arc<AtomicBool>,
-}
-
-impl ClientBody {
-    pub(crate) fn new(inner: Incoming) -> (Self, Arc<AtomicBool>) {
-        let failed = Arc::new(AtomicBool::new(false));
-        (
-            ClientBody {
-                inner,
-                failed: Arc::clone(&failed),
-            },
-            failed,
-        )
-    }
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(_))) = &polled {
-            this.failed.store(true, Ordering::Release);
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }

@@ -11,11 +11,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::activate::{ActivateError, Upstream};
-use crate::body::{ClientBody, PooledConn, ProxyBody, RequestGuard};
+use crate::body::{PooledConn, ProxyBody, RequestGuard};
 use crate::conn::InFlight;
 use crate::headers::{self, HostError};
-use crate::pool::{ConnectError, Pool, Sender};
-use crate::server::{Phase, Shared};
+use crate::pool::{connection_failure, ConnectError, Pool, Sender};
+use crate::reqbody::ClientBody;
+use crate::state::{wait_phase, Phase, Shared};
 
 /// Methods `Allow` names when a `CONNECT` is refused: every method is forwarded but
 /// `CONNECT` (hako is not a tunnelling proxy).
@@ -142,24 +143,6 @@ impl ProxyError {
 pub(crate) fn retry_after_secs(d: Duration) -> u64 {
     let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
     secs.max(1)
-}
-
-/// The connection-level failure behind a hyper error (refused, reset, closed early), if any.
-pub(crate) fn connection_failure(error: &hyper::Error) -> Option<std::io::Error> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return Some(std::io::Error::new(io.kind(), error.to_string()));
-        }
-        source = e.source();
-    }
-    if error.is_incomplete_message() || error.is_closed() || error.is_canceled() {
-        return Some(std::io::Error::new(
-            std::io::ErrorKind::ConnectionAborted,
-            error.to_string(),
-        ));
-    }
-    None
 }
 
 /// The hyper service: never fails, every problem becomes an error page.
@@ -411,11 +394,9 @@ fn spawn_tunnel(
     guard: RequestGuard,
     sender: Sender,
 ) {
-    let token = shared.tracker.token();
     let mut phase = shared.phase.clone();
     let stats = Arc::clone(shared);
-    tokio::spawn(async move {
-        let _token = token;
+    shared.tracker.spawn(async move {
         let _guard = guard;
         drop(sender);
         let (client, upstream) = match tokio::join!(client, upstream) {
@@ -438,7 +419,7 @@ fn spawn_tunnel(
                     Err(error) => tracing::debug!(%error, "tunnel closed with error"),
                 }
             }
-            _ = crate::server::wait_phase(&mut phase, Phase::Force) => {
+            _ = wait_phase(&mut phase, Phase::Force) => {
                 stats.stats.forced_closes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }

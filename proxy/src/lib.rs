@@ -26,8 +26,10 @@ mod conn;
 mod forward;
 mod headers;
 mod pool;
+mod reqbody;
 mod routes;
 mod server;
+mod state;
 
 pub use activate::{AcquireFuture, ActivateError, Activator, ConnectFuture, Lease, Upstream};
 pub use body::{BoxError, ProxyBody};
@@ -35,4 +37,5 @@ pub use forward::ProxyError;
 pub use headers::HostError;
 pub use pool::ConnectError;
 pub use routes::{Route, Routes, RoutesHandle};
-pub use server::{serve, ProxyOptions, ServeReport};
+pub use server::{serve, ServeReport};
+pub use state::ProxyOptions;

@@ -8,7 +8,7 @@ use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
 use crate::activate::Upstream;
-use crate::body::ClientBody;
+use crate::reqbody::ClientBody;
 
 /// Sender half of one upstream connection.
 pub(crate) type Sender = SendRequest<ClientBody>;
@@ -160,4 +160,22 @@ impl Pool {
         tracing::debug!(upstream = id, "opened upstream connection");
         Ok(sender)
     }
+}
+
+/// The connection-level failure behind a hyper error (refused, reset, closed early), if any.
+pub(crate) fn connection_failure(error: &hyper::Error) -> Option<std::io::Error> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(std::io::Error::new(io.kind(), error.to_string()));
+        }
+        source = e.source();
+    }
+    if error.is_incomplete_message() || error.is_closed() || error.is_canceled() {
+        return Some(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            error.to_string(),
+        ));
+    }
+    None
 }

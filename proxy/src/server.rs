@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,51 +11,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 use crate::activate::Activator;
 use crate::conn::{Activity, Limiter, RateLimitedLog, Refusal, Slot, Watched};
 use crate::pool::Pool;
 use crate::routes::RoutesHandle;
-
-/// Tunables of [`serve`].
-#[derive(Debug, Clone)]
-pub struct ProxyOptions {
-    /// Time a client has to send a complete request head: from accept until its first
-    /// request (HTTP/1 and HTTP/2), and from the first byte of each later HTTP/1 request head.
-    /// The connection is closed when it runs out. Default 10 s.
-    pub header_read_timeout: Duration,
-    /// A client connection with no request in flight (HTTP/2: no open stream) for this long
-    /// after its last response ended is closed. Default 60 s.
-    pub client_idle_timeout: Duration,
-    /// Open connections one client address may hold; further ones are closed at accept.
-    /// Default 1024.
-    pub max_connections_per_client: usize,
-    /// Open client connections in all; further ones are closed at accept. Default unlimited
-    /// (`usize::MAX`); `hako serve` sets it below its open-files limit.
-    pub max_connections: usize,
-    /// Time the upstream has to send response headers (connect included); then 504.
-    /// Default 60 s.
-    pub upstream_timeout: Duration,
-    /// Idle keep-alive connections kept per upstream instance. Default 32.
-    pub max_idle_per_upstream: usize,
-    /// Idle pooled connections older than this are closed. Default 90 s.
-    pub idle_conn_timeout: Duration,
-}
-
-impl Default for ProxyOptions {
-    fn default() -> Self {
-        ProxyOptions {
-            header_read_timeout: Duration::from_secs(10),
-            client_idle_timeout: Duration::from_secs(60),
-            max_connections_per_client: 1024,
-            max_connections: usize::MAX,
-            upstream_timeout: Duration::from_secs(60),
-            max_idle_per_upstream: 32,
-            idle_conn_timeout: Duration::from_secs(90),
-        }
-    }
-}
+use crate::state::{wait_phase, Phase, ProxyOptions, Shared, Stats};
 
 /// What happened during [`serve`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,88 +36,6 @@ pub struct ServeReport {
     pub refused: u64,
     /// Connections closed by the header-read or idle timeout.
     pub timed_out: u64,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Phase {
-    Running,
-    Draining,
-    Force,
-}
-
-/// Resolves once the phase is at least `at_least` (or `serve` is gone).
-pub(crate) async fn wait_phase(rx: &mut watch::Receiver<Phase>, at_least: Phase) {
-    let _ = rx.wait_for(|p| *p >= at_least).await.map(|_| ());
-}
-
-#[derive(Default)]
-pub(crate) struct Stats {
-    pub(crate) connections: AtomicU64,
-    pub(crate) requests: AtomicU64,
-    pub(crate) completed_during_drain: AtomicU64,
-    pub(crate) forced_closes: AtomicU64,
-    pub(crate) refused: AtomicU64,
-    pub(crate) timed_out: AtomicU64,
-    pub(crate) draining: AtomicBool,
-}
-
-/// Counts live connection and tunnel tasks; `wait_zero` resolves when none is left.
-#[derive(Clone, Default)]
-pub(crate) struct Tracker(Arc<TrackerInner>);
-
-#[derive(Default)]
-pub(crate) struct TrackerInner {
-    live: AtomicUsize,
-    zero: Notify,
-}
-
-pub(crate) struct TrackerToken(Arc<TrackerInner>);
-
-impl Tracker {
-    pub(crate) fn token(&self) -> TrackerToken {
-        self.0.live.fetch_add(1, Ordering::SeqCst);
-        TrackerToken(Arc::clone(&self.0))
-    }
-
-    async fn wait_zero(&self) {
-        loop {
-            let notified = self.0.zero.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.0.live.load(Ordering::SeqCst) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-impl Drop for TrackerToken {
-    fn drop(&mut self) {
-        if self.0.live.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.zero.notify_waiters();
-        }
-    }
-}
-
-/// State shared by every connection and request of one [`serve`] call.
-pub(crate) struct Shared {
-    pub(crate) activator: Arc<dyn Activator>,
-    pub(crate) routes: Arc<RoutesHandle>,
-    pub(crate) pool: Arc<Pool>,
-    pub(crate) opts: ProxyOptions,
-    pub(crate) stats: Stats,
-    pub(crate) phase: watch::Receiver<Phase>,
-    pub(crate) tracker: Tracker,
-}
-
-impl Shared {
-    /// The upstream `id` failed (refused, reset, closed early): its pooled connections are
-    /// dropped and the supervisor is told.
-    pub(crate) fn upstream_failed(&self, id: u64, error: &std::io::Error) {
-        self.pool.purge(id);
-        self.activator.upstream_failed(id, error);
-    }
 }
 
 /// Serves until `shutdown` resolves; then stops accepting (the listener is closed at once),
@@ -179,7 +60,7 @@ pub async fn serve<A: Activator>(
         opts: opts.clone(),
         stats: Stats::default(),
         phase: phase_rx,
-        tracker: Tracker::default(),
+        tracker: TaskTracker::new(),
     });
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -273,16 +154,18 @@ pub async fn serve<A: Activator>(
     drop(listener);
     shared.stats.draining.store(true, Ordering::SeqCst);
     let _ = phase_tx.send(Phase::Draining);
+    // No new connection task from here on; tunnels of requests still in flight may join.
+    shared.tracker.close();
     tracing::info!(grace_ms = grace.as_millis() as u64, "proxy draining");
 
-    if tokio::time::timeout(grace, shared.tracker.wait_zero())
+    if tokio::time::timeout(grace, shared.tracker.wait())
         .await
         .is_err()
     {
         let _ = phase_tx.send(Phase::Force);
         tracing::warn!("grace period over, closing remaining connections");
         // Tasks notice the phase change at their next poll; give them a moment to unwind.
-        let _ = tokio::time::timeout(Duration::from_secs(1), shared.tracker.wait_zero()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), shared.tracker.wait()).await;
     }
     reaper.abort();
     pool.purge_all();
@@ -319,11 +202,10 @@ fn spawn_connection(
     peer: SocketAddr,
     slot: Slot,
 ) {
-    let token = shared.tracker.token();
     let shared = Arc::clone(shared);
     let builder = Arc::clone(builder);
-    tokio::spawn(async move {
-        let _token = token;
+    let tracker = shared.tracker.clone();
+    tracker.spawn(async move {
         let _slot = slot;
         let _ = stream.set_nodelay(true);
         let mut drain_rx = shared.phase.clone();

@@ -1,0 +1,98 @@
+//! State shared by the accept loop, the connection tasks and every request of one
+//! [`serve`](crate::serve) call: options, counters, the shutdown phase and the task tracker.
+//! A leaf of the crate's module graph above `pool` and `routes`: the server, the request
+//! path and the response body all depend on it, it depends on none of them.
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+
+use crate::activate::Activator;
+use crate::pool::Pool;
+use crate::routes::RoutesHandle;
+
+/// Tunables of [`serve`].
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// Time a client has to send a complete request head: from accept until its first
+    /// request (HTTP/1 and HTTP/2), and from the first byte of each later HTTP/1 request head.
+    /// The connection is closed when it runs out. Default 10 s.
+    pub header_read_timeout: Duration,
+    /// A client connection with no request in flight (HTTP/2: no open stream) for this long
+    /// after its last response ended is closed. Default 60 s.
+    pub client_idle_timeout: Duration,
+    /// Open connections one client address may hold; further ones are closed at accept.
+    /// Default 1024.
+    pub max_connections_per_client: usize,
+    /// Open client connections in all; further ones are closed at accept. Default unlimited
+    /// (`usize::MAX`); `hako serve` sets it below its open-files limit.
+    pub max_connections: usize,
+    /// Time the upstream has to send response headers (connect included); then 504.
+    /// Default 60 s.
+    pub upstream_timeout: Duration,
+    /// Idle keep-alive connections kept per upstream instance. Default 32.
+    pub max_idle_per_upstream: usize,
+    /// Idle pooled connections older than this are closed. Default 90 s.
+    pub idle_conn_timeout: Duration,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions {
+            header_read_timeout: Duration::from_secs(10),
+            client_idle_timeout: Duration::from_secs(60),
+            max_connections_per_client: 1024,
+            max_connections: usize::MAX,
+            upstream_timeout: Duration::from_secs(60),
+            max_idle_per_upstream: 32,
+            idle_conn_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Phase {
+    Running,
+    Draining,
+    Force,
+}
+
+/// Resolves once the phase is at least `at_least` (or `serve` is gone).
+pub(crate) async fn wait_phase(rx: &mut watch::Receiver<Phase>, at_least: Phase) {
+    let _ = rx.wait_for(|p| *p >= at_least).await.map(|_| ());
+}
+
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub(crate) connections: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) completed_during_drain: AtomicU64,
+    pub(crate) forced_closes: AtomicU64,
+    pub(crate) refused: AtomicU64,
+    pub(crate) timed_out: AtomicU64,
+    pub(crate) draining: AtomicBool,
+}
+
+/// State shared by every connection and request of one [`serve`] call.
+pub(crate) struct Shared {
+    pub(crate) activator: Arc<dyn Activator>,
+    pub(crate) routes: Arc<RoutesHandle>,
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) opts: ProxyOptions,
+    pub(crate) stats: Stats,
+    pub(crate) phase: watch::Receiver<Phase>,
+    /// Connection and tunnel tasks; closed when shutdown begins, waited for during the grace.
+    pub(crate) tracker: TaskTracker,
+}
+
+impl Shared {
+    /// The upstream `id` failed (refused, reset, closed early): its pooled connections are
+    /// dropped and the supervisor is told.
+    pub(crate) fn upstream_failed(&self, id: u64, error: &std::io::Error) {
+        self.pool.purge(id);
+        self.activator.upstream_failed(id, error);
+    }
+}
