@@ -34,6 +34,9 @@ mod v2;
 use common::{io_err, validate_name};
 pub(crate) use types::CgroupManager;
 pub use types::{
+    cpu_shares_of_weight, cpu_weight_of_shares, CPU_WEIGHT_DEFAULT, CPU_WEIGHT_MAX, CPU_WEIGHT_MIN,
+};
+pub use types::{
     CgroupAttach, CgroupError, CgroupLimits, CgroupOptions, CgroupPressure, CgroupStats,
     CgroupVersion, CPU_PERIOD_US,
 };
@@ -228,6 +231,18 @@ impl InstanceCgroup {
     /// Reads back the effective limits from the interface files.
     pub fn limits(&self) -> Result<CgroupLimits, CgroupError> {
         self.manager.limits()
+    }
+
+    /// Writes the CPU weight (v2 scale, 1..=10000, default [`CPU_WEIGHT_DEFAULT`]): v2
+    /// `cpu.weight`, v1 `cpu.shares` = weight × 1024 / 100. The governor lowers it for the
+    /// tenants driving CPU contention.
+    pub fn set_cpu_weight(&self, weight: u32) -> Result<(), CgroupError> {
+        self.manager.set_cpu_weight(weight)
+    }
+
+    /// The CPU weight in force (v2 scale); `None` where the host has no such file.
+    pub fn cpu_weight(&self) -> Result<Option<u32>, CgroupError> {
+        self.manager.cpu_weight()
     }
 
     /// Usage counters. The governor's hot path (every instance, every ~100 ms): a few small

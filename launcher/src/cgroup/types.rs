@@ -31,6 +31,30 @@ pub struct CgroupStats {
     pub memory_current: u64,
     pub oom_kills: u64,
     pub pids_current: u64,
+    /// CFS bandwidth periods in which the group hit its quota (`cpu.stat` `nr_throttled`).
+    pub nr_throttled: u64,
+    /// Time the group spent throttled, microseconds (v2 `cpu.stat` `throttled_usec`; v1
+    /// `throttled_time`, nanoseconds, converted).
+    pub throttled_usec: u64,
+}
+
+/// The default CPU weight (v2 `cpu.weight`), the scale [`CgroupManager::set_cpu_weight`]
+/// takes on both versions: v1 `cpu.shares` = weight × 1024 / 100 (1024 is v1's default).
+pub const CPU_WEIGHT_DEFAULT: u32 = 100;
+/// The range the kernel accepts for v2 `cpu.weight`; weights are clamped into it.
+pub const CPU_WEIGHT_MIN: u32 = 1;
+/// See [`CPU_WEIGHT_MIN`].
+pub const CPU_WEIGHT_MAX: u32 = 10_000;
+
+/// v1 `cpu.shares` for a v2-scale weight (clamped to the kernel's minimum of 2).
+pub fn cpu_shares_of_weight(weight: u32) -> u64 {
+    (u64::from(weight.clamp(CPU_WEIGHT_MIN, CPU_WEIGHT_MAX)) * 1024 / 100).max(2)
+}
+
+/// The v2-scale weight of a v1 `cpu.shares` value (rounded to nearest, clamped).
+pub fn cpu_weight_of_shares(shares: u64) -> u32 {
+    let w = (shares * 100 + 512) / 1024;
+    (w.min(u64::from(CPU_WEIGHT_MAX)) as u32).max(CPU_WEIGHT_MIN)
 }
 
 /// Pressure stall totals of one group (v2 `cpu.pressure` and `memory.pressure`, the `total=`
@@ -125,6 +149,12 @@ pub(crate) trait CgroupManager: std::fmt::Debug + Send + Sync {
     fn set_limits(&self, limits: &CgroupLimits, fresh: bool) -> Result<(), CgroupError>;
     /// The limits in force, read back from the kernel's files.
     fn limits(&self) -> Result<CgroupLimits, CgroupError>;
+    /// Writes the group's CPU weight, on the v2 scale (1..=10000, default 100; clamped): v2
+    /// `cpu.weight`, v1 `cpu.shares` (× 1024 / 100). Work-conserving: it only matters while
+    /// groups compete for CPU.
+    fn set_cpu_weight(&self, weight: u32) -> Result<(), CgroupError>;
+    /// The CPU weight in force, on the v2 scale; `None` where the file does not exist.
+    fn cpu_weight(&self) -> Result<Option<u32>, CgroupError>;
     fn attach(&self) -> CgroupAttach;
     /// Stops every task of the group and waits until the kernel says so.
     fn freeze(&self, timeout: Duration) -> Result<(), CgroupError>;

@@ -17,7 +17,9 @@
 //!   errors, and needs its own parse of `/proc/self/mountinfo`, so it cannot serve a fake tree);
 //! - statistics: the file layer (the governor's hot path: cgroups-rs's v1 readers open 19
 //!   files, `memory.stat`, `numa_stat`, ..., and measured 255 µs per call against 59 µs);
-//! - pids and placement (`cgroup.procs`), hierarchy discovery: the file layer.
+//! - pids and placement (`cgroup.procs`), hierarchy discovery: the file layer;
+//! - `cpu.shares` (the governor's CPU weight, written every time contention starts or ends):
+//!   the file layer, one small write on the hot path beside the statistics.
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,11 +32,11 @@ use cgroups_rs::MaxValue;
 
 use super::common::{
     absent, cpu_quota, create_dir, io_err, is_cgroupfs, procs, read_key, read_limit, read_num,
-    remove_group, rs_err, rs_i64, rs_opt, unhuge, wait_until,
+    remove_group, rs_err, rs_i64, rs_opt, unhuge, wait_until, write,
 };
 use super::types::{
-    CgroupAttach, CgroupError, CgroupLimits, CgroupManager, CgroupOptions, CgroupPressure,
-    CgroupStats, CgroupVersion, CPU_PERIOD_US,
+    cpu_shares_of_weight, cpu_weight_of_shares, CgroupAttach, CgroupError, CgroupLimits,
+    CgroupManager, CgroupOptions, CgroupPressure, CgroupStats, CgroupVersion, CPU_PERIOD_US,
 };
 
 /// v1 controllers hako uses by default, in the order they are attached. No freezer: every
@@ -324,6 +326,24 @@ impl CgroupManager for V1Group {
         Ok(l)
     }
 
+    fn set_cpu_weight(&self, weight: u32) -> Result<(), CgroupError> {
+        let d = self.dir("cpu").ok_or(CgroupError::NoController {
+            what: "cpu weight",
+            controller: "cpu",
+        })?;
+        write(
+            &d.join("cpu.shares"),
+            &cpu_shares_of_weight(weight).to_string(),
+        )
+    }
+
+    fn cpu_weight(&self) -> Result<Option<u32>, CgroupError> {
+        match self.file("cpu.shares") {
+            Some(p) => Ok(read_num(&p)?.map(cpu_weight_of_shares)),
+            None => Ok(None),
+        }
+    }
+
     fn attach(&self) -> CgroupAttach {
         CgroupAttach::V1 {
             procs: self
@@ -352,8 +372,17 @@ impl CgroupManager for V1Group {
             },
             None => 0,
         };
+        let (nr_throttled, throttled_ns) = match self.file("cpu.stat") {
+            Some(p) => (
+                read_key(&p, "nr_throttled")?.unwrap_or(0),
+                read_key(&p, "throttled_time")?.unwrap_or(0),
+            ),
+            None => (0, 0),
+        };
         Ok(CgroupStats {
             cpu_usage_usec: num("cpuacct.usage")?.unwrap_or(0) / 1000,
+            nr_throttled,
+            throttled_usec: throttled_ns / 1000,
             memory_current: num("memory.usage_in_bytes")?.unwrap_or(0),
             oom_kills,
             pids_current: num("pids.current")?.unwrap_or(0),
@@ -508,6 +537,36 @@ mod tests {
     }
 
     #[test]
+    fn v1_cpu_weight_is_written_as_cpu_shares_and_read_back_on_the_v2_scale() {
+        let t = FakeTree::v1(ALL);
+        let root = t.root("hako");
+        let cg = root.create("w", &CgroupLimits::default()).unwrap();
+        assert_eq!(cg.cpu_weight().unwrap(), None, "no file yet");
+        cg.set_cpu_weight(100).unwrap();
+        assert_eq!(t.read("cpu/hako/w/cpu.shares"), "1024", "v1's default");
+        cg.set_cpu_weight(5).unwrap();
+        assert_eq!(t.read("cpu/hako/w/cpu.shares"), "51");
+        assert_eq!(cg.cpu_weight().unwrap(), Some(5));
+        cg.set_cpu_weight(0).unwrap();
+        assert_eq!(t.read("cpu/hako/w/cpu.shares"), "10", "weight 1 at least");
+        t.write("cpu/hako/w/cpu.shares", "2\n");
+        assert_eq!(cg.cpu_weight().unwrap(), Some(1));
+        // No cpu hierarchy: a typed error naming the controller.
+        let t = FakeTree::v1(&["memory"]);
+        let cg = t
+            .root("hako")
+            .create("w", &CgroupLimits::default())
+            .unwrap();
+        assert!(matches!(
+            cg.set_cpu_weight(50),
+            Err(CgroupError::NoController {
+                controller: "cpu",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn v1_stats_parse_kernel_files_and_pids_span_hierarchies() {
         let t = FakeTree::v1(ALL);
         let root = t.root("hako");
@@ -519,6 +578,10 @@ mod tests {
             "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n",
         );
         t.write("pids/hako/st/pids.current", "3\n");
+        t.write(
+            "cpu/hako/st/cpu.stat",
+            "nr_periods 40\nnr_throttled 4\nthrottled_time 2500000\n",
+        );
         t.write("cpu/hako/st/cgroup.procs", "42\n7\n");
         t.write("memory/hako/st/cgroup.procs", "7\n42\n");
         t.write("pids/hako/st/cgroup.procs", "42\n");
@@ -528,7 +591,9 @@ mod tests {
                 cpu_usage_usec: 12345,
                 memory_current: 4_096_000,
                 oom_kills: 2,
-                pids_current: 3
+                pids_current: 3,
+                nr_throttled: 4,
+                throttled_usec: 2500,
             }
         );
         assert_eq!(cg.pids().unwrap(), vec![7, 42]);

@@ -18,12 +18,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::common::{
-    cpu_quota, fmt_limit, io_err, is_cgroupfs, parse_limit, procs, read_key, read_limit, read_num,
-    read_opt, remove_group, wait_until, write,
+    cpu_quota, fmt_limit, io_err, is_cgroupfs, keyed_value, parse_limit, procs, read_key,
+    read_limit, read_num, read_opt, remove_group, wait_until, write,
 };
 use super::types::{
     CgroupAttach, CgroupError, CgroupLimits, CgroupManager, CgroupPressure, CgroupStats,
-    CgroupVersion, CPU_PERIOD_US,
+    CgroupVersion, CPU_PERIOD_US, CPU_WEIGHT_MAX, CPU_WEIGHT_MIN,
 };
 
 /// Controllers hako enables for its groups (those the host has).
@@ -186,6 +186,23 @@ impl CgroupManager for V2Group {
         Ok(l)
     }
 
+    fn set_cpu_weight(&self, weight: u32) -> Result<(), CgroupError> {
+        let w = weight.clamp(CPU_WEIGHT_MIN, CPU_WEIGHT_MAX);
+        write(&self.file("cpu.weight"), &w.to_string())
+    }
+
+    fn cpu_weight(&self) -> Result<Option<u32>, CgroupError> {
+        let p = self.file("cpu.weight");
+        read_num(&p)?
+            .map(|w| {
+                u32::try_from(w).map_err(|_| CgroupError::Parse {
+                    path: p.clone(),
+                    value: w.to_string(),
+                })
+            })
+            .transpose()
+    }
+
     fn attach(&self) -> CgroupAttach {
         CgroupAttach::V2 {
             dir: self.dir.clone(),
@@ -201,8 +218,14 @@ impl CgroupManager for V2Group {
     }
 
     fn stats(&self) -> Result<CgroupStats, CgroupError> {
+        // One read of cpu.stat for the three counters.
+        let stat = self.file("cpu.stat");
+        let text = read_opt(&stat)?.unwrap_or_default();
+        let key = |k: &str| keyed_value(&stat, &text, k).map(|v| v.unwrap_or(0));
         Ok(CgroupStats {
-            cpu_usage_usec: read_key(&self.file("cpu.stat"), "usage_usec")?.unwrap_or(0),
+            cpu_usage_usec: key("usage_usec")?,
+            nr_throttled: key("nr_throttled")?,
+            throttled_usec: key("throttled_usec")?,
             memory_current: read_num(&self.file("memory.current"))?.unwrap_or(0),
             oom_kills: read_key(&self.file("memory.events"), "oom_kill")?.unwrap_or(0),
             pids_current: read_num(&self.file("pids.current"))?.unwrap_or(0),
@@ -254,6 +277,7 @@ impl CgroupManager for V2Group {
 mod tests {
     use super::super::fake::FakeTree;
     use super::super::tests::V2_HOST;
+    use super::super::types::CPU_WEIGHT_DEFAULT;
     use super::super::CgroupRoot;
     use super::*;
 
@@ -332,7 +356,8 @@ mod tests {
         let cg = root.create("st", &CgroupLimits::default()).unwrap();
         t.write(
             "hako/st/cpu.stat",
-            "usage_usec 12345\nuser_usec 10000\nsystem_usec 2345\n",
+            "usage_usec 12345\nuser_usec 10000\nsystem_usec 2345\n\
+             nr_periods 50\nnr_throttled 7\nthrottled_usec 91000\n",
         );
         t.write("hako/st/memory.current", "4096000\n");
         t.write(
@@ -347,12 +372,32 @@ mod tests {
                 cpu_usage_usec: 12345,
                 memory_current: 4_096_000,
                 oom_kills: 1,
-                pids_current: 3
+                pids_current: 3,
+                nr_throttled: 7,
+                throttled_usec: 91_000,
             }
         );
         assert_eq!(cg.pids().unwrap(), vec![7, 42]);
         t.write("hako/st/memory.current", "garbage");
         assert!(matches!(cg.stats(), Err(CgroupError::Parse { .. })));
+    }
+
+    #[test]
+    fn v2_cpu_weight_is_written_to_cpu_weight_clamped_and_read_back() {
+        let (t, root) = tree();
+        let cg = root.create("w", &CgroupLimits::default()).unwrap();
+        assert_eq!(cg.cpu_weight().unwrap(), None, "no file yet");
+        cg.set_cpu_weight(5).unwrap();
+        assert_eq!(t.read("hako/w/cpu.weight"), "5");
+        assert_eq!(cg.cpu_weight().unwrap(), Some(5));
+        cg.set_cpu_weight(0).unwrap();
+        assert_eq!(t.read("hako/w/cpu.weight"), "1", "the kernel's minimum");
+        cg.set_cpu_weight(1_000_000).unwrap();
+        assert_eq!(t.read("hako/w/cpu.weight"), "10000", "the kernel's maximum");
+        cg.set_cpu_weight(CPU_WEIGHT_DEFAULT).unwrap();
+        assert_eq!(cg.cpu_weight().unwrap(), Some(100));
+        // Setting the weight leaves the quota alone.
+        assert!(!t.exists("hako/w/cpu.max"));
     }
 
     #[test]
