@@ -259,6 +259,9 @@ pub struct User {
 pub struct Limits {
     /// CPU in cores (`0.5` = half a core), > 0.
     pub cpu: f64,
+    /// CPU in cores the governor may lend the instance while the host has spare CPU and the
+    /// instance hits its quota (`limits.burst_cpu`, >= `cpu`); `None`: no lending.
+    pub burst_cpu: Option<f64>,
     /// Memory in bytes, > 0.
     pub memory: u64,
     /// Maximum number of tasks, > 0.
@@ -269,6 +272,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             cpu: 1.0,
+            burst_cpu: None,
             memory: DEFAULT_MEMORY,
             pids: 256,
         }

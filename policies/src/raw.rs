@@ -82,6 +82,7 @@ pub(crate) struct RawUser {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawLimits {
     pub cpu: Option<f64>,
+    pub burst_cpu: Option<f64>,
     #[serde(deserialize_with = "de_opt_size")]
     pub memory: Option<RawSize>,
     pub pids: Option<i64>,

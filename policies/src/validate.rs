@@ -623,6 +623,17 @@ impl<'a> Ctx<'a> {
         let path = join(at, "limits");
         let cpu = raw.cpu.unwrap_or(d.cpu);
         self.positive_f64(&join(&path, "cpu"), cpu);
+        let burst_cpu = raw.burst_cpu.filter(|&b| {
+            let p = join(&path, "burst_cpu");
+            if b.is_nan() || b.is_infinite() {
+                self.fault(&p, format!("{b} is not a finite number"));
+            } else if b < cpu {
+                self.fault(&p, format!("{b} must be at least limits.cpu {cpu}"));
+            } else {
+                return true;
+            }
+            false
+        });
         let mem_path = join(&path, "memory");
         let memory = self.size(&mem_path, raw.memory, d.memory);
         if raw.memory.is_some_and(|m| !m.negative && m.bytes > 0) && memory < MIN_MEMORY {
@@ -656,7 +667,12 @@ impl<'a> Ctx<'a> {
                 d.pids
             }
         };
-        Limits { cpu, memory, pids }
+        Limits {
+            cpu,
+            burst_cpu,
+            memory,
+            pids,
+        }
     }
 
     fn lifetime(&mut self, at: &str, raw: RawLifetime) -> Lifetime {

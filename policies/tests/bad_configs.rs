@@ -186,6 +186,20 @@ fn cases() -> Vec<Case> {
             &["apps[0].limits.cpu", "greater than zero"],
         ),
         case(
+            "burst_cpu below cpu",
+            app("    limits: {cpu: 1.0, burst_cpu: 0.5}\n"),
+            6,
+            35,
+            &["apps[0].limits.burst_cpu", "at least limits.cpu"],
+        ),
+        case(
+            "burst_cpu not a number",
+            app("    limits:\n      cpu: 1\n      burst_cpu: lots\n"),
+            8,
+            18,
+            &["apps[0].limits.burst_cpu", "invalid type"],
+        ),
+        case(
             "negative cpu",
             app("    limits: {cpu: -0.5}\n"),
             6,

@@ -26,6 +26,7 @@ fn minimal_config_gets_every_default() {
         a.limits,
         Limits {
             cpu: 1.0,
+            burst_cpu: None,
             memory: 256 << 20,
             pids: 256
         }
@@ -71,7 +72,7 @@ apps:
     port: 3000
     network: host
     user: {uid: 1000, gid: 100}
-    limits: {cpu: 0.5, memory: 1.5Gi, pids: 10}
+    limits: {cpu: 0.5, burst_cpu: 2, memory: 1.5Gi, pids: 10}
     lifetime: {idle_timeout: 250ms, max_lifetime: 1h, grace: 0, stop_timeout: 1s, prestart_successor: true}
     scaling: {max_instances: 3, concurrency: 7, queue: 0, queue_timeout: 2s}
     readiness: {probe: http, path: /health, timeout: 3s}
@@ -118,6 +119,7 @@ governor:
         a.limits,
         Limits {
             cpu: 0.5,
+            burst_cpu: Some(2.0),
             memory: 3 << 29,
             pids: 10
         }
