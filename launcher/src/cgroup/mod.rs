@@ -27,11 +27,16 @@ mod common;
 #[cfg(test)]
 pub(crate) mod fake;
 pub mod pool;
+mod reclaim;
 mod types;
 mod v1;
 mod v2;
 
 use common::{io_err, validate_name};
+pub use reclaim::{
+    host_swap_bytes, pageout_anon, private_writable_ranges, sigkill_pending, MemoryBreakdown,
+    Pageout, PageoutError, V1_SQUEEZE_SLACK,
+};
 pub(crate) use types::CgroupManager;
 pub use types::{
     cpu_shares_of_weight, cpu_weight_of_shares, CPU_WEIGHT_DEFAULT, CPU_WEIGHT_MAX, CPU_WEIGHT_MIN,
