@@ -69,6 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             app: "bench".into(),
             hosts,
             path_prefix: None,
+            redirect_https: false,
         }])));
         let activator = Arc::new(Static(Arc::new(Fixed(upstream))));
         let shutdown = async {

@@ -149,11 +149,12 @@ pub(crate) fn retry_after_secs(d: Duration) -> u64 {
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     peer: SocketAddr,
+    https: bool,
     in_flight: InFlight,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let mut guard = Some(RequestGuard::new(Arc::clone(&shared), in_flight));
-    let resp = match forward(&shared, peer, req, &mut guard).await {
+    let resp = match forward(&shared, peer, https, req, &mut guard).await {
         Ok(resp) => resp,
         Err(error) => {
             // The instance is not needed to send an error page: release it now.
@@ -182,6 +183,7 @@ pub(crate) async fn handle(
 async fn forward(
     shared: &Arc<Shared>,
     peer: SocketAddr,
+    https: bool,
     mut req: Request<Incoming>,
     guard_slot: &mut Option<RequestGuard>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -189,11 +191,11 @@ async fn forward(
         return Err(ProxyError::ConnectMethod);
     }
     let host = headers::request_host(&req)?;
-    let app = shared
+    let (app, redirect_https) = shared
         .routes
         .load()
-        .resolve_shared(&host, req.uri().path())
-        .cloned()
+        .resolve_entry(&host, req.uri().path())
+        .map(|(app, redirect)| (Arc::clone(app), redirect))
         .ok_or_else(|| ProxyError::UnknownHost {
             host: host.clone(),
             path: req.uri().path().to_string(),
@@ -202,6 +204,16 @@ async fn forward(
         unreachable_guard()
     };
     guard.app = Some(Arc::clone(&app));
+    if redirect_https && !https {
+        // Before any lease: a redirect never boots the app.
+        let location = headers::https_location(&host, req.uri(), shared.https_port);
+        let mut resp = Response::new(ProxyBody::empty());
+        *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+        if let Ok(v) = HeaderValue::from_str(&location) {
+            resp.headers_mut().insert(header::LOCATION, v);
+        }
+        return Ok(resp);
+    }
 
     // Lease an instance and make sure it takes connections before the request body is
     // touched. A refused connect means the instance died a moment ago (before the supervisor
@@ -264,7 +276,7 @@ async fn forward(
             parts.headers.insert(header::HOST, v);
         }
     }
-    headers::set_forwarded(&mut parts.headers, peer.ip(), &host);
+    headers::set_forwarded(&mut parts.headers, peer.ip(), &host, https);
     parts.uri = parts
         .uri
         .path_and_query()

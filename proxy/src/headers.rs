@@ -108,9 +108,10 @@ pub(crate) fn request_host<B>(req: &Request<B>) -> Result<String, HostError> {
     Ok(s.to_string())
 }
 
-/// Sets `X-Forwarded-For` (appending the peer), `X-Forwarded-Proto: http` and
-/// `X-Forwarded-Host` (the host the client asked for).
-pub(crate) fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, host: &str) {
+/// Sets `X-Forwarded-For` (appending the peer), `X-Forwarded-Proto` (`https` when the client
+/// came over TLS, else `http`; a value the client sent is replaced) and `X-Forwarded-Host`
+/// (the host the client asked for).
+pub(crate) fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, host: &str, https: bool) {
     let peer = peer.to_canonical().to_string();
     let previous: Vec<&str> = headers
         .get_all(&X_FORWARDED_FOR)
@@ -127,9 +128,23 @@ pub(crate) fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, host: &str) {
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    let proto = if https { "https" } else { "http" };
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     if let Ok(v) = HeaderValue::from_str(host) {
         headers.insert(X_FORWARDED_HOST.clone(), v);
+    }
+}
+
+/// The `Location` of a redirect to https: same host (its port replaced by `https_port`,
+/// omitted when 443), path and query.
+pub(crate) fn https_location(host: &str, uri: &http::Uri, https_port: u16) -> String {
+    let host = crate::routes::normalize_host(host);
+    let pq = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let pq = if pq.starts_with('/') { pq } else { "/" };
+    if https_port == 443 {
+        format!("https://{host}{pq}")
+    } else {
+        format!("https://{host}:{https_port}{pq}")
     }
 }
 
@@ -182,6 +197,7 @@ mod tests {
             &mut h,
             "::ffff:127.0.0.1".parse().unwrap(),
             "a.example:8080",
+            false,
         );
         assert_eq!(
             h.get(&X_FORWARDED_FOR).unwrap(),
@@ -189,5 +205,26 @@ mod tests {
         );
         assert_eq!(h.get(&X_FORWARDED_PROTO).unwrap(), "http");
         assert_eq!(h.get(&X_FORWARDED_HOST).unwrap(), "a.example:8080");
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "a.example", true);
+        assert_eq!(h.get(&X_FORWARDED_PROTO).unwrap(), "https");
+    }
+
+    #[test]
+    fn https_location_keeps_path_and_query_and_names_the_port() {
+        let uri: http::Uri = "/a/b?x=1".parse().unwrap();
+        assert_eq!(
+            https_location("Example.com:8080", &uri, 443),
+            "https://example.com/a/b?x=1"
+        );
+        assert_eq!(
+            https_location("example.com", &uri, 8443),
+            "https://example.com:8443/a/b?x=1"
+        );
+        let bare: http::Uri = "http://example.com".parse().unwrap();
+        assert_eq!(
+            https_location("[::1]:80", &bare, 8443),
+            "https://[::1]:8443/"
+        );
     }
 }

@@ -14,6 +14,9 @@ pub struct Route {
     /// Optional path prefix, matched on a segment boundary (`/api` matches `/api` and
     /// `/api/x`, not `/apix`). `None` or `/` matches every path.
     pub path_prefix: Option<String>,
+    /// Requests that arrive over plain HTTP are answered `308` to the same URL over https
+    /// (the TLS listener's port when it is not 443) instead of reaching the app.
+    pub redirect_https: bool,
 }
 
 /// One entry of a host's list: normalised prefix ("" = every path) and app.
@@ -21,6 +24,7 @@ pub struct Route {
 struct Entry {
     prefix: String,
     app: Arc<str>,
+    redirect_https: bool,
 }
 
 /// Immutable routing table; the supervisor swaps a new one in on reload (see [`RoutesHandle`]).
@@ -52,6 +56,7 @@ impl Routes {
                 entries.push(Entry {
                     prefix: prefix.clone(),
                     app: Arc::clone(&app),
+                    redirect_https: route.redirect_https,
                 });
             }
         }
@@ -69,11 +74,16 @@ impl Routes {
 
     /// [`Routes::resolve`] as a shared name, so a request can keep it without copying.
     pub(crate) fn resolve_shared(&self, host: &str, path: &str) -> Option<&Arc<str>> {
+        self.resolve_entry(host, path).map(|(app, _)| app)
+    }
+
+    /// [`Routes::resolve_shared`] with the route's `redirect_https`.
+    pub(crate) fn resolve_entry(&self, host: &str, path: &str) -> Option<(&Arc<str>, bool)> {
         let entries = self.by_host.get(normalize_host(host).as_ref())?;
         entries
             .iter()
             .find(|e| prefix_matches(&e.prefix, path))
-            .map(|e| &e.app)
+            .map(|e| (&e.app, e.redirect_https))
     }
 
     /// Number of distinct hosts in the table.

@@ -37,6 +37,10 @@ pub struct ProxyOptions {
     pub max_idle_per_upstream: usize,
     /// Idle pooled connections older than this are closed. Default 90 s.
     pub idle_conn_timeout: Duration,
+    /// HTTP/2: streams one client connection may have open at once. Default 128.
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2: largest request header list (decoded, RFC 9113 §6.5.2) accepted. Default 64 KiB.
+    pub max_header_list_size: u32,
 }
 
 impl Default for ProxyOptions {
@@ -49,6 +53,8 @@ impl Default for ProxyOptions {
             upstream_timeout: Duration::from_secs(60),
             max_idle_per_upstream: 32,
             idle_conn_timeout: Duration::from_secs(90),
+            h2_max_concurrent_streams: 128,
+            max_header_list_size: 64 << 10,
         }
     }
 }
@@ -73,6 +79,7 @@ pub(crate) struct Stats {
     pub(crate) forced_closes: AtomicU64,
     pub(crate) refused: AtomicU64,
     pub(crate) timed_out: AtomicU64,
+    pub(crate) tls_failed: AtomicU64,
     pub(crate) draining: AtomicBool,
 }
 
@@ -86,6 +93,8 @@ pub(crate) struct Shared {
     pub(crate) phase: watch::Receiver<Phase>,
     /// Connection and tunnel tasks; closed when shutdown begins, waited for during the grace.
     pub(crate) tracker: TaskTracker,
+    /// Port of the TLS listener, for `redirect_https` (443 when there is none).
+    pub(crate) https_port: u16,
 }
 
 impl Shared {

@@ -7,6 +7,7 @@ fn r(app: &str, hosts: &[&str], prefix: Option<&str>) -> Route {
         app: app.into(),
         hosts: hosts.iter().map(|h| h.to_string()).collect(),
         path_prefix: prefix.map(Into::into),
+        redirect_https: false,
     }
 }
 

@@ -64,6 +64,7 @@ fn routes_of(cfg: &Config) -> Routes {
                 app: a.name.clone(),
                 hosts: a.hosts.clone(),
                 path_prefix: a.path_prefix.clone(),
+                redirect_https: false,
             })
             .collect(),
     )

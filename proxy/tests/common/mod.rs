@@ -358,6 +358,7 @@ pub fn route(app: &str, host: &str, prefix: Option<&str>) -> Route {
         app: app.to_string(),
         hosts: vec![host.to_string()],
         path_prefix: prefix.map(str::to_string),
+        redirect_https: false,
     }
 }
 
