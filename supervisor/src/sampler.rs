@@ -382,14 +382,27 @@ mod tests {
                 pids: None,
             })
         }
-        fn set_soft_limits(&self, cpu: f64, _memory_high: Option<u64>) -> Result<(), String> {
+        fn set_soft_limits(
+            &self,
+            cpu: f64,
+            memory_high: Option<u64>,
+        ) -> Result<(), crate::instances::runtime::SoftLimitError> {
             self.knobs.advance();
             let failing = &self.knobs.failing_writes;
             if failing
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
                 .is_ok()
             {
-                return Err("write cpu.max: No such device (ENODEV)".into());
+                return Err(crate::instances::runtime::SoftLimitError::Cgroup {
+                    cgroup: "fake".into(),
+                    cpu,
+                    memory_high,
+                    source: Box::new(hako_launcher::cgroup::CgroupError::Io {
+                        op: "write",
+                        path: "cpu.max".into(),
+                        source: std::io::Error::from_raw_os_error(libc::ENODEV),
+                    }),
+                });
             }
             *self.knobs.cpu.lock().unwrap() = cpu;
             self.knobs.writes.lock().unwrap().push(cpu);

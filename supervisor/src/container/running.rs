@@ -4,11 +4,12 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use hako_launcher::cgroup::InstanceCgroup;
+use hako_launcher::cgroup::{CgroupError, InstanceCgroup};
 use hako_proxy::Upstream;
 use tokio::io::unix::AsyncFd;
 
 use super::oom::OomBaseline;
+use crate::instances::runtime::SoftLimitError;
 use crate::instances::{BoxFuture, EffectiveLimits, ExitInfo, Running, Usage};
 
 pub(super) struct Container {
@@ -201,12 +202,20 @@ impl Running for Container {
         })
     }
 
-    fn set_soft_limits(&self, cpu: f64, memory_high: Option<u64>) -> Result<(), String> {
-        let cg = self.cgroup().ok_or("instance has no cgroup")?;
-        let mut l = cg.limits().map_err(|e| e.to_string())?;
+    fn set_soft_limits(&self, cpu: f64, memory_high: Option<u64>) -> Result<(), SoftLimitError> {
+        let cg = self
+            .cgroup()
+            .ok_or(SoftLimitError::NoCgroup { pid: self.pid })?;
+        let failed = |source: CgroupError| SoftLimitError::Cgroup {
+            cgroup: cg.name().to_owned(),
+            cpu,
+            memory_high,
+            source: Box::new(source),
+        };
+        let mut l = cg.limits().map_err(failed)?;
         l.cpu = Some(cpu);
         l.memory_high = memory_high;
-        cg.set_limits(&l).map_err(|e| e.to_string())
+        cg.set_limits(&l).map_err(failed)
     }
 }
 

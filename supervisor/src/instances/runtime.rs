@@ -110,6 +110,26 @@ impl BootError {
     }
 }
 
+/// Why [`Running::set_soft_limits`] did not change an instance's limits.
+#[derive(Debug, thiserror::Error)]
+pub enum SoftLimitError {
+    /// The runtime cannot change the limits of a live instance.
+    #[error("not supported by this runtime")]
+    Unsupported,
+    /// The instance has no cgroup (cgroups are off, or it was removed at the instance's end).
+    #[error("instance {pid} has no cgroup")]
+    NoCgroup { pid: i32 },
+    /// Reading the instance's limits back or writing the new ones failed.
+    #[error("cgroup {cgroup}: cannot set cpu {cpu} and memory.high {memory_high:?}: {source}")]
+    Cgroup {
+        cgroup: String,
+        cpu: f64,
+        memory_high: Option<u64>,
+        #[source]
+        source: Box<hako_launcher::cgroup::CgroupError>,
+    },
+}
+
 /// A process started by a [`Runtime`].
 pub trait Running: Send + Sync + 'static {
     fn pid(&self) -> i32;
@@ -137,9 +157,9 @@ pub trait Running: Send + Sync + 'static {
         None
     }
     /// Changes cpu quota (cores) and memory.high (bytes) live; used by the governor.
-    fn set_soft_limits(&self, cpu: f64, memory_high: Option<u64>) -> Result<(), String> {
+    fn set_soft_limits(&self, cpu: f64, memory_high: Option<u64>) -> Result<(), SoftLimitError> {
         let _ = (cpu, memory_high);
-        Err("not supported by this runtime".into())
+        Err(SoftLimitError::Unsupported)
     }
 }
 
