@@ -19,12 +19,14 @@ mod index;
 mod limits;
 mod model;
 mod raw;
+mod tls;
 mod units;
 mod validate;
 
 pub use error::{Diagnostic, LoadError};
 pub use limits::{MAX_ALIAS_EXPANSION, MAX_CONFIG_BYTES, MAX_NESTING_DEPTH};
 pub use model::*;
+pub use tls::{check_files as check_tls_files, Tls, TlsCertificate};
 pub use units::{format_duration, format_size, parse_duration, parse_size};
 pub use validate::{
     DEFAULT_SPIKE_CPU_ABOVE, DEFAULT_SPIKE_FOR, MAX_APP_NAME_LEN, MIN_GOVERNOR_INTERVAL,

@@ -106,6 +106,8 @@ pub struct Config {
     pub governor: Governor,
     /// Defences against slow, silent and greedy clients of the proxy.
     pub clients: Clients,
+    /// TLS termination (`tls`); `None`: plain HTTP only.
+    pub tls: Option<crate::Tls>,
 }
 
 /// Default `client_header_timeout`.
@@ -186,6 +188,8 @@ pub struct App {
     pub expose_host_secrets: bool,
     /// Run in a user namespace of its own: container ids 0-65535 are host ids 100000-165535.
     pub user_namespace: bool,
+    /// Plain-HTTP requests are answered `308` to the same URL over https (`redirect_https`).
+    pub redirect_https: bool,
 }
 
 impl App {
@@ -211,6 +215,7 @@ impl App {
             seccomp: SeccompMode::default(),
             expose_host_secrets: false,
             user_namespace: false,
+            redirect_https: false,
         }
     }
 

@@ -23,6 +23,7 @@ pub(crate) struct RawConfig {
     #[serde(deserialize_with = "de_opt_duration")]
     pub client_idle_timeout: Option<Duration>,
     pub max_connections_per_client: Option<i64>,
+    pub tls: Option<crate::tls::RawTls>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -47,6 +48,7 @@ pub(crate) struct RawApp {
     pub seccomp: Option<RawSeccomp>,
     pub expose_host_secrets: Option<bool>,
     pub user_namespace: Option<bool>,
+    pub redirect_https: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

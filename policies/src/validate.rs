@@ -160,6 +160,15 @@ impl<'a> Ctx<'a> {
             }
         }
         self.cross_app(&apps);
+        let tls = self.tls(raw.tls, listen, admin);
+        for (i, app) in apps.iter().enumerate() {
+            if app.redirect_https && tls.is_none() {
+                self.fault(
+                    &format!("apps[{i}].redirect_https"),
+                    "needs a top-level `tls` listener to redirect to",
+                );
+            }
+        }
         Config {
             listen,
             admin,
@@ -169,6 +178,7 @@ impl<'a> Ctx<'a> {
             apps,
             governor,
             clients,
+            tls,
         }
     }
 
@@ -565,7 +575,27 @@ impl<'a> Ctx<'a> {
             seccomp,
             expose_host_secrets,
             user_namespace: raw.user_namespace.unwrap_or(false),
+            redirect_https: raw.redirect_https.unwrap_or(false),
         }
+    }
+
+    fn tls(
+        &mut self,
+        raw: Option<crate::tls::RawTls>,
+        listen: SocketAddr,
+        admin: SocketAddr,
+    ) -> Option<crate::Tls> {
+        let mut faults = Vec::new();
+        let tls = crate::tls::validate(
+            raw?,
+            &[("listen", listen), ("admin", admin)],
+            &|p| self.resolve(p),
+            &mut |path, msg| faults.push((path, msg)),
+        );
+        for (path, msg) in faults {
+            self.fault(&path, msg);
+        }
+        tls
     }
 
     fn hosts(&mut self, at: &str, raw: Option<Vec<String>>) -> Vec<String> {

@@ -470,6 +470,7 @@ mod tests {
                 ..Default::default()
             },
             clients: Default::default(),
+            tls: None,
         }
     }
 

@@ -64,7 +64,7 @@ fn routes_of(cfg: &Config) -> Routes {
                 app: a.name.clone(),
                 hosts: a.hosts.clone(),
                 path_prefix: a.path_prefix.clone(),
-                redirect_https: false,
+                redirect_https: a.redirect_https,
             })
             .collect(),
     )
@@ -284,6 +284,17 @@ async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow
 
     let listener =
         bind_proxy_listener(cfg.listen).with_context(|| format!("listen on {}", cfg.listen))?;
+    let tls = match &cfg.tls {
+        None => None,
+        Some(t) => {
+            let handle =
+                hako_proxy::TlsHandle::new(&load_certificates(t)?).context("TLS configuration")?;
+            let l = bind_proxy_listener(t.listen)
+                .with_context(|| format!("tls listen on {}", t.listen))?;
+            Some((l, Arc::new(handle)))
+        }
+    };
+    let tls_handle = tls.as_ref().map(|(_, h)| Arc::clone(h));
     let admin_listener = tokio::net::TcpListener::bind(cfg.admin)
         .await
         .with_context(|| format!("admin endpoint on {}", cfg.admin))?;
@@ -299,7 +310,7 @@ async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow
         let source = source.clone();
         let runtime = runtime.clone();
         crate::reload::Reloader::new(Arc::new(move || {
-            reload(&source, &sup, &runtime, &routes, &current)
+            reload(&source, &sup, &runtime, &routes, &current, tls_handle.as_deref())
         }))
     };
 
@@ -381,8 +392,11 @@ async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow
         .map(|a| a.lifetime.grace)
         .max()
         .unwrap_or(Duration::from_secs(10));
-    let report = hako_proxy::serve(
-        listener,
+    let report = hako_proxy::serve_listeners(
+        hako_proxy::Listeners {
+            plain: Some(listener),
+            tls,
+        },
         routes,
         sup.clone(),
         proxy_options(&cfg),
@@ -427,16 +441,44 @@ async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow
     Ok(())
 }
 
+/// Reads the PEM files of every `tls.certificates` entry.
+fn load_certificates(
+    tls: &hako_policies::Tls,
+) -> Result<Vec<hako_proxy::TlsCertificate>, hako_proxy::TlsError> {
+    tls.certificates
+        .iter()
+        .map(|c| hako_proxy::TlsCertificate::from_pem_files(c.hosts.clone(), &c.cert, &c.key))
+        .collect()
+}
+
 fn reload(
     source: &ConfigSource,
     sup: &Arc<Supervisor>,
     runtime: &ContainerRuntime,
     routes: &RoutesHandle,
     current: &Mutex<Config>,
+    tls: Option<&hako_proxy::TlsHandle>,
 ) -> Result<String, String> {
     let new = source.load().map_err(|e| e.to_string())?;
+    // Certificates are read again at every reload (an ACME client renews them in place); a
+    // file that fails keeps the whole old configuration.
+    let certificates = match (&new.tls, tls) {
+        (Some(t), Some(_)) => Some(load_certificates(t).map_err(|e| e.to_string())?),
+        _ => None,
+    };
     let mut cur = current.lock().expect("config lock");
     let mut notes = Vec::new();
+    match (&new.tls, tls, &certificates) {
+        (Some(t), Some(handle), Some(certs)) => {
+            handle.store(certs);
+            if cur.tls.as_ref().map(|c| c.listen) != Some(t.listen) {
+                notes.push(format!("tls listen change to {} needs a restart", t.listen));
+            }
+        }
+        (Some(_), None, _) => notes.push("turning tls on needs a restart".to_string()),
+        (None, Some(_), _) => notes.push("turning tls off needs a restart".to_string()),
+        _ => {}
+    }
     if new.listen != cur.listen {
         notes.push(format!("listen change to {} needs a restart", new.listen));
     }
