@@ -297,6 +297,9 @@ pub struct Lifetime {
     pub stop_timeout: Duration,
     /// Boot the successor before a lifetime-expired instance drains.
     pub prestart_successor: bool,
+    /// Hibernate an instance idle this long (frozen, memory reclaimed into swap), shorter
+    /// than `idle_timeout`; `None`: never.
+    pub hibernate_after: Option<Duration>,
 }
 
 impl Default for Lifetime {
@@ -307,6 +310,7 @@ impl Default for Lifetime {
             grace: Duration::from_secs(10),
             stop_timeout: Duration::from_secs(5),
             prestart_successor: false,
+            hibernate_after: None,
         }
     }
 }

@@ -102,6 +102,8 @@ pub(crate) struct RawLifetime {
     #[serde(deserialize_with = "de_opt_duration")]
     pub stop_timeout: Option<Duration>,
     pub prestart_successor: Option<bool>,
+    #[serde(deserialize_with = "de_opt_duration")]
+    pub hibernate_after: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -733,7 +733,24 @@ impl<'a> Ctx<'a> {
                 "needs lifetime.max_lifetime: a successor is started when the lifetime ends",
             );
         }
+        let hibernate_after = raw.hibernate_after;
+        if let Some(h) = hibernate_after {
+            if h.is_zero() {
+                self.fault(&join(&path, "hibernate_after"), "must be greater than zero");
+            } else if h >= idle_timeout {
+                // The instance would be stopped before it could hibernate.
+                self.fault(
+                    &join(&path, "hibernate_after"),
+                    format!(
+                        "hibernate_after {} must be shorter than idle_timeout {}",
+                        format_duration(h),
+                        format_duration(idle_timeout)
+                    ),
+                );
+            }
+        }
         Lifetime {
+            hibernate_after,
             idle_timeout,
             max_lifetime,
             grace: raw.grace.unwrap_or(d.grace),

@@ -242,6 +242,20 @@ fn cases() -> Vec<Case> {
             &["apps[0].lifetime.idle_timeout", "longer than max_lifetime 1m"],
         ),
         case(
+            "hibernate_after not shorter than idle_timeout",
+            app("    lifetime:\n      idle_timeout: 30s\n      hibernate_after: 30s\n"),
+            8,
+            24,
+            &["apps[0].lifetime.hibernate_after", "shorter than idle_timeout 30s"],
+        ),
+        case(
+            "hibernate_after zero",
+            app("    lifetime: {hibernate_after: 0s}\n"),
+            6,
+            33,
+            &["apps[0].lifetime.hibernate_after", "greater than zero"],
+        ),
+        case(
             "prestart successor without max lifetime",
             app("    lifetime: {prestart_successor: true}\n"),
             6,

@@ -35,6 +35,7 @@ const KEYS: &[&str] = &[
     "grace",
     "stop_timeout",
     "prestart_successor",
+    "hibernate_after",
     "scaling",
     "max_instances",
     "concurrency",

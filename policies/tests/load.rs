@@ -73,7 +73,7 @@ apps:
     network: host
     user: {uid: 1000, gid: 100}
     limits: {cpu: 0.5, burst_cpu: 2, memory: 1.5Gi, pids: 10}
-    lifetime: {idle_timeout: 250ms, max_lifetime: 1h, grace: 0, stop_timeout: 1s, prestart_successor: true}
+    lifetime: {idle_timeout: 250ms, max_lifetime: 1h, grace: 0, stop_timeout: 1s, prestart_successor: true, hibernate_after: 100ms}
     scaling: {max_instances: 3, concurrency: 7, queue: 0, queue_timeout: 2s}
     readiness: {probe: http, path: /health, timeout: 3s}
     spike: {cpu_above: 0.8, for: 1s, tighten_cpu: 0.25, tighten_memory_high: 512Mi}
@@ -132,6 +132,7 @@ governor:
             grace: Duration::ZERO,
             stop_timeout: Duration::from_secs(1),
             prestart_successor: true,
+            hibernate_after: Some(Duration::from_millis(100)),
         }
     );
     assert_eq!(a.scaling.queue, 0);
@@ -310,6 +311,7 @@ fn the_example_is_valid_and_uses_every_key() {
         "grace:",
         "stop_timeout:",
         "prestart_successor:",
+        "hibernate_after:",
         "scaling:",
         "max_instances:",
         "concurrency:",

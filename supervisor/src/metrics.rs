@@ -62,6 +62,9 @@ pub struct Metrics {
     cpu_seconds: prometheus::CounterVec,
     memory_bytes: IntGaugeVec,
     zygote_restarts: prometheus::IntCounter,
+    wakes: IntCounterVec,
+    wake_duration: HistogramVec,
+    hibernations: IntCounterVec,
 }
 
 const BOOT_RESULTS: [&str; 3] = ["ok", "failed", "not_ready"];
@@ -74,13 +77,14 @@ const STOP_REASONS: [StopReason; 7] = [
     StopReason::Evicted,
     StopReason::BootFailed,
 ];
+const WAKE_RESULTS: [&str; 2] = ["ok", "failed"];
 const DIRECTIONS: [&str; 2] = ["tighten", "relax"];
 const CACHED_CODES: [u16; 15] = [
     200, 201, 204, 206, 301, 302, 304, 400, 401, 403, 404, 500, 502, 503, 504,
 ];
 
 /// Instance states as the `state` label of `hako_instances`.
-pub const INSTANCE_STATES: [&str; 3] = ["booting", "ready", "draining"];
+pub const INSTANCE_STATES: [&str; 4] = ["booting", "ready", "draining", "hibernated"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -177,8 +181,38 @@ impl Metrics {
             "Times the launcher's zygote died and was restarted (boots in flight on it fail).",
         ))
         .expect("valid metric");
+        let wakes = IntCounterVec::new(
+            Opts::new(
+                "hako_wakes_total",
+                "Hibernated instances woken by a request, by app and result (ok: thawed and \
+                 serving; failed: it could not serve, e.g. killed while frozen, and was replaced).",
+            ),
+            &["app", "result"],
+        )
+        .expect("valid metric");
+        let wake_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "hako_wake_duration_seconds",
+                "Request-visible wake: from the request that found only hibernated instances \
+                 until the woken instance takes it.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["app"],
+        )
+        .expect("valid metric");
+        let hibernations = IntCounterVec::new(
+            Opts::new(
+                "hako_hibernations_total",
+                "Idle instances hibernated (frozen, memory reclaimed when the host has swap).",
+            ),
+            &["app"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(zygote_restarts.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(wakes.clone()),
+            Box::new(wake_duration.clone()),
+            Box::new(hibernations.clone()),
             Box::new(boots.clone()),
             Box::new(boot_duration.clone()),
             Box::new(instances.clone()),
@@ -205,6 +239,9 @@ impl Metrics {
             cpu_seconds,
             memory_bytes,
             zygote_restarts,
+            wakes,
+            wake_duration,
+            hibernations,
         }
     }
 
@@ -229,6 +266,9 @@ impl Metrics {
             requests: Default::default(),
             cpu_seconds: self.cpu_seconds.with_label_values(&[app]),
             memory_bytes: self.memory_bytes.with_label_values(&[app]),
+            wakes: WAKE_RESULTS.map(|r| self.wakes.with_label_values(&[app, r])),
+            wake_duration: self.wake_duration.with_label_values(&[app]),
+            hibernations: self.hibernations.with_label_values(&[app]),
         }
     }
 
@@ -246,6 +286,8 @@ impl Metrics {
             &self.requests,
             &self.stops,
             &self.limit_changes,
+            &self.wakes,
+            &self.hibernations,
         ] {
             remove_matching(family, app);
         }
@@ -257,6 +299,7 @@ impl Metrics {
         let _ = self.queue_depth.remove_label_values(&[app]);
         let _ = self.cpu_seconds.remove_label_values(&[app]);
         let _ = self.memory_bytes.remove_label_values(&[app]);
+        let _ = self.wake_duration.remove_label_values(&[app]);
     }
 
     /// Prometheus text exposition format.
@@ -316,7 +359,7 @@ pub struct AppMetrics {
     boot_duration: prometheus::Histogram,
     request_duration: prometheus::Histogram,
     queue_depth: prometheus::IntGauge,
-    instances: [prometheus::IntGauge; 3],
+    instances: [prometheus::IntGauge; 4],
     boots: [prometheus::IntCounter; 3],
     stops: [prometheus::IntCounter; 7],
     limit_changes: [prometheus::IntCounter; 2],
@@ -324,6 +367,9 @@ pub struct AppMetrics {
     requests: [std::sync::OnceLock<prometheus::IntCounter>; CACHED_CODES.len()],
     cpu_seconds: prometheus::Counter,
     memory_bytes: prometheus::IntGauge,
+    wakes: [prometheus::IntCounter; 2],
+    wake_duration: prometheus::Histogram,
+    hibernations: prometheus::IntCounter,
 }
 
 impl AppMetrics {
@@ -359,8 +405,8 @@ impl AppMetrics {
         self.queue_depth.set(depth as i64);
     }
 
-    /// Sets the `hako_instances` gauges: booting, ready, draining.
-    pub fn set_instances(&self, counts: [usize; 3]) {
+    /// Sets the `hako_instances` gauges: booting, ready, draining, hibernated.
+    pub fn set_instances(&self, counts: [usize; 4]) {
         for (gauge, n) in self.instances.iter().zip(counts) {
             gauge.set(n as i64);
         }
@@ -394,6 +440,21 @@ impl AppMetrics {
     pub fn set_memory_bytes(&self, bytes: u64) {
         self.memory_bytes.set(bytes as i64);
     }
+
+    /// A wake ended: `ok` after `elapsed`, or failed (`None`).
+    pub fn wake(&self, elapsed: Option<Duration>) {
+        match elapsed {
+            Some(d) => {
+                self.wakes[0].inc();
+                self.wake_duration.observe(d.as_secs_f64());
+            }
+            None => self.wakes[1].inc(),
+        }
+    }
+
+    pub fn hibernated(&self) {
+        self.hibernations.inc();
+    }
 }
 
 #[cfg(test)]
@@ -412,7 +473,9 @@ mod tests {
         a.add_cpu_seconds(0.5);
         a.set_memory_bytes(1024);
         a.set_queue_depth(2);
-        a.set_instances([0, 1, 0]);
+        a.set_instances([0, 1, 0, 1]);
+        a.wake(Some(Duration::from_millis(2)));
+        a.hibernated();
         let text = m.render();
         for name in [
             "hako_boots_total",
@@ -425,6 +488,9 @@ mod tests {
             "hako_limit_changes_total",
             "hako_cgroup_cpu_seconds_total",
             "hako_cgroup_memory_bytes",
+            "hako_wakes_total",
+            "hako_wake_duration_seconds",
+            "hako_hibernations_total",
         ] {
             assert!(
                 text.contains(&format!("# HELP {name} ")),

@@ -211,14 +211,14 @@ fn ps(args: &PsArgs) -> anyhow::Result<ExitCode> {
     let rows: Vec<serde_json::Value> =
         serde_json::from_str(&body).context("parse /v1/instances")?;
     println!(
-        "{:<16} {:<22} {:>8} {:<9} {:>9} {:>9} {:>6} {:>8} {:>9} {:>6}",
-        "APP", "ID", "PID", "STATE", "AGE", "REQUESTS", "CPU", "MEMORY", "MEM.HIGH", "PIDS"
+        "{:<16} {:<22} {:>8} {:<10} {:>9} {:>9} {:>8} {:>6} {:>8} {:>9} {:>6}",
+        "APP", "ID", "PID", "STATE", "AGE", "REQUESTS", "RSS", "CPU", "MEMORY", "MEM.HIGH", "PIDS"
     );
     for r in rows {
         let s = |k: &str| r.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();
         let l = &r["limits"];
         println!(
-            "{:<16} {:<22} {:>8} {:<9} {:>9} {:>9} {:>6} {:>8} {:>9} {:>6}",
+            "{:<16} {:<22} {:>8} {:<10} {:>9} {:>9} {:>8} {:>6} {:>8} {:>9} {:>6}",
             s("app"),
             s("id"),
             r["pid"]
@@ -228,6 +228,7 @@ fn ps(args: &PsArgs) -> anyhow::Result<ExitCode> {
             s("state"),
             fmt_age(r["age_seconds"].as_f64().unwrap_or(0.0)),
             r["requests"].as_u64().unwrap_or(0),
+            fmt_bytes(r["memory_bytes"].as_u64()),
             l["cpu"]
                 .as_f64()
                 .map(|c| format!("{c:.2}"))

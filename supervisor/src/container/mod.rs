@@ -14,6 +14,7 @@
 //!
 //! [`Running`]: crate::instances::Running
 mod boot_error;
+pub mod hibernate;
 mod oom;
 mod running;
 mod spawn;

@@ -10,7 +10,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::oom::OomBaseline;
 use crate::instances::runtime::SoftLimitError;
-use crate::instances::{BoxFuture, EffectiveLimits, ExitInfo, Running, Usage};
+use crate::instances::{BoxFuture, EffectiveLimits, ExitInfo, Hibernation, Running, Usage};
 
 pub(super) struct Container {
     pub(super) pid: i32,
@@ -200,6 +200,34 @@ impl Running for Container {
             memory_high: l.memory_high,
             pids: l.pids,
         })
+    }
+
+    fn hibernate(&self) -> BoxFuture<'static, Result<Hibernation, String>> {
+        let cg = self.cgroup();
+        Box::pin(async move {
+            let cg = cg.ok_or("instance has no cgroup")?;
+            tokio::task::spawn_blocking(move || super::hibernate::hibernate(&cg))
+                .await
+                .map_err(|e| e.to_string())?
+        })
+    }
+
+    fn wake(&self) -> BoxFuture<'static, Result<(), String>> {
+        let (cg, pid) = (self.cgroup(), self.pid);
+        Box::pin(async move {
+            let cg = cg.ok_or("instance has no cgroup")?;
+            tokio::task::spawn_blocking(move || super::hibernate::wake(&cg, pid))
+                .await
+                .map_err(|e| e.to_string())?
+        })
+    }
+
+    fn killed_while_frozen(&self) -> bool {
+        hako_launcher::cgroup::sigkill_pending(Path::new("/proc"), self.pid)
+    }
+
+    fn resident_bytes(&self) -> Option<u64> {
+        super::hibernate::resident(&*self.cgroup()?)
     }
 
     fn set_soft_limits(&self, cpu: f64, memory_high: Option<u64>) -> Result<(), SoftLimitError> {

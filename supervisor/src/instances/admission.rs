@@ -98,6 +98,26 @@ fn pick(st: &PoolState) -> Option<Arc<Instance>> {
         .cloned()
 }
 
+/// A hibernated instance no request has asked to wake yet: the least recently used one is
+/// left asleep longest (its neighbours are likelier to be needed again).
+fn sleeping(st: &PoolState) -> Option<Arc<Instance>> {
+    st.instances
+        .iter()
+        .filter(|i| i.state() == State::Hibernated && !i.waking.load(Ordering::Acquire))
+        .max_by_key(|i| i.last_used_ms.load(Ordering::Relaxed))
+        .cloned()
+}
+
+/// Asks a hibernated instance to wake (its task thaws it, makes it ready and wakes the
+/// pool's waiters); false if another request did already. Called with the pool locked.
+fn start_wake(inst: &Instance) -> bool {
+    if inst.waking.swap(true, Ordering::AcqRel) {
+        return false;
+    }
+    inst.sleep.notify_one();
+    true
+}
+
 /// The answer while the app is in its crash-loop backoff window, if it is.
 fn backing_off(st: &PoolState, app: &str) -> Option<ActivateError> {
     let (until, failure) = (st.backoff_until?, st.last_failure.as_ref()?);
@@ -176,29 +196,34 @@ impl Supervisor {
                     }
                 }
                 let booting = st.booting();
+                let waking = st.waking();
                 let live = st.live();
-                if booting == 0 {
+                let asleep = sleeping(&st);
+                if booting == 0 && waking == 0 && asleep.is_none() {
                     if let Some(refusal) = backing_off(&st, &app) {
                         return Err(refusal);
                     }
                 }
-                // Demand that the booting instances will not absorb → boot another.
+                // Demand that the booting and waking instances will not absorb → wake a
+                // hibernated instance, else boot another.
                 let demand = st.waiters + usize::from(!waiter.queued);
-                let capacity = booting * policy.scaling.concurrency as usize;
-                blocked_by_budget =
-                    if live < policy.scaling.max_instances as usize && demand > capacity {
-                        let over = self.over_budget(&policy);
-                        if !over {
-                            self.start_boot(&pool, &mut st);
-                        }
-                        over
-                    } else {
-                        false
-                    };
+                let capacity = (booting + waking) * policy.scaling.concurrency as usize;
+                let woke = demand > capacity && asleep.is_some_and(|i| start_wake(&i));
+                blocked_by_budget = if woke {
+                    false
+                } else if live < policy.scaling.max_instances as usize && demand > capacity {
+                    let over = self.over_budget(&policy);
+                    if !over {
+                        self.start_boot(&pool, &mut st);
+                    }
+                    over
+                } else {
+                    false
+                };
                 if !waiter.join(&mut st, policy.scaling.queue as usize) {
                     return Err(queue_full(app));
                 }
-                nothing_coming = booting == 0 && live == 0;
+                nothing_coming = booting == 0 && live == 0 && !woke;
             }
             if blocked_by_budget {
                 // Make room outside our pool's lock (eviction locks the other pools).
@@ -238,17 +263,22 @@ impl Supervisor {
                 .is_some_and(|max| memory + policy.limits.memory > max)
     }
 
-    /// Evicts the least recently used idle instance of any app to make room. Returns true if
-    /// one was asked to stop.
+    /// Evicts an instance of any app to make room: the least recently used hibernated one
+    /// (not being woken), else the least recently used idle ready one. Returns true if one
+    /// was asked to stop.
     fn evict_lru(&self) -> bool {
-        let mut best: Option<(u64, Arc<Instance>)> = None;
+        // (awake, last used): hibernated instances sort first.
+        let mut best: Option<((bool, u64), Arc<Instance>)> = None;
         for pool in self.pools.iter() {
             for i in &pool.lock().instances {
-                if i.state() == State::Ready && i.in_flight() == 0 {
-                    let used = i.last_used_ms.load(Ordering::Relaxed);
-                    if best.as_ref().is_none_or(|(u, _)| used < *u) {
-                        best = Some((used, i.clone()));
-                    }
+                let awake = match i.state() {
+                    State::Hibernated if !i.waking.load(Ordering::Acquire) => false,
+                    State::Ready if i.in_flight() == 0 => true,
+                    _ => continue,
+                };
+                let key = (awake, i.last_used_ms.load(Ordering::Relaxed));
+                if best.as_ref().is_none_or(|(k, _)| key < *k) {
+                    best = Some((key, i.clone()));
                 }
             }
         }

@@ -32,9 +32,20 @@ pub struct Instance {
     pub(super) stop: Notify,
     pub(super) idle: Notify,
     pub(super) successor_started: AtomicBool,
-    /// Host-wide budget this instance is charged to while it is booting or ready.
+    /// Asks the instance's task to look at its hibernation: hibernate (state `Hibernated`
+    /// and not `waking`) or wake (`waking`). Notifications coalesce; the task re-reads both.
+    pub(super) sleep: Notify,
+    /// A request asked a hibernated instance to wake (single flight: set once per wake).
+    pub(super) waking: AtomicBool,
+    /// The process is frozen (hibernated, or stopping and not yet thawed).
+    pub(super) frozen: AtomicBool,
+    /// Hibernation failed once (e.g. no freezer): the instance stays awake.
+    pub(super) hibernate_refused: AtomicBool,
+    /// Host-wide budget this instance is charged to while it is booting, ready or hibernated.
     budget: Arc<Budget>,
     charged: AtomicBool,
+    /// The memory it is charged with: its limit, or its resident size while hibernated.
+    charged_memory: AtomicU64,
 }
 
 impl std::fmt::Debug for Instance {
@@ -51,6 +62,7 @@ impl Instance {
     /// A new instance in state `Booting`, charged to `budget`.
     pub(super) fn booting(id: u64, policy: Arc<App>, epoch: Instant, budget: Arc<Budget>) -> Self {
         budget.charge(&policy);
+        let policy_memory = policy.limits.memory;
         let inst = Instance {
             id,
             app: policy.name.clone(),
@@ -66,6 +78,11 @@ impl Instance {
             stop: Notify::new(),
             idle: Notify::new(),
             successor_started: AtomicBool::new(false),
+            sleep: Notify::new(),
+            waking: AtomicBool::new(false),
+            hibernate_refused: AtomicBool::new(false),
+            frozen: AtomicBool::new(false),
+            charged_memory: AtomicU64::new(policy_memory),
             budget,
             charged: AtomicBool::new(true),
         };
@@ -128,7 +145,18 @@ impl Instance {
     /// counting when it starts draining: it takes no new work and is on its way out.
     pub(super) fn uncharge(&self) {
         if self.charged.swap(false, Ordering::AcqRel) {
-            self.budget.uncharge(&self.policy);
+            self.budget
+                .uncharge(self.charged_memory.load(Ordering::Acquire));
+        }
+    }
+
+    /// Charges the host-wide budget `bytes` of memory for this instance instead of what it
+    /// was charged so far (its limit while awake, its resident size while hibernated).
+    pub(super) fn recharge_memory(&self, bytes: u64) {
+        if self.charged.load(Ordering::Acquire) {
+            let old = self.charged_memory.swap(bytes, Ordering::AcqRel);
+            self.budget.memory.fetch_add(bytes, Ordering::AcqRel);
+            self.budget.memory.fetch_sub(old, Ordering::AcqRel);
         }
     }
 
@@ -167,6 +195,7 @@ impl Instance {
             idle_seconds: self.idle_for().as_secs_f64(),
             requests: self.requests.load(Ordering::Relaxed),
             in_flight: self.in_flight.load(Ordering::Relaxed),
+            memory_bytes: running.as_ref().and_then(|r| r.resident_bytes()),
             limits: running.and_then(|r| r.limits()).unwrap_or(configured),
         }
     }
@@ -186,5 +215,8 @@ pub struct InstanceInfo {
     pub idle_seconds: f64,
     pub requests: u64,
     pub in_flight: u32,
+    /// Memory the instance holds in RAM (its cgroup's usage; for a hibernated instance what
+    /// is left after reclaim).
+    pub memory_bytes: Option<u64>,
     pub limits: EffectiveLimits,
 }

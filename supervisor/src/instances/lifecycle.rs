@@ -44,6 +44,9 @@ fn backoff(failure: &BootFailure, failures: u32) -> Duration {
     (first * (1u32 << exp)).min(MAX_BACKOFF)
 }
 
+/// How often a hibernated instance is checked for a kill waiting for its thaw.
+const FROZEN_CHECK: Duration = Duration::from_secs(1);
+
 /// What a process that vanished without a recorded status is reported as.
 const UNKNOWN_EXIT: ExitInfo = ExitInfo {
     code: None,
@@ -152,10 +155,21 @@ impl Supervisor {
         }
         pool.changed.notify_waiters();
 
-        // Serve until asked to stop or the process dies.
-        let reason = tokio::select! {
-            _ = exit_rx.changed() => None,
-            _ = inst.stop.notified() => *inst.stop_reason.lock().expect("stop lock"),
+        // Serve until asked to stop or the process dies; hibernate and wake on the way.
+        let reason = loop {
+            let frozen = inst.frozen.load(Ordering::Acquire);
+            tokio::select! {
+                _ = exit_rx.changed() => break None,
+                _ = inst.stop.notified() => break *inst.stop_reason.lock().expect("stop lock"),
+                _ = inst.sleep.notified() => self.hibernation_step(&pool, &inst, &running).await,
+                // A frozen task killed on cgroup v1 dies only once thawed: look now and then.
+                _ = tokio::time::sleep(FROZEN_CHECK), if frozen => {
+                    if running.killed_while_frozen() {
+                        tracing::warn!(app = %inst.app, instance = inst.id, "hibernated instance was killed; replacing it");
+                        inst.request_stop(StopReason::Crashed);
+                    }
+                }
+            }
         };
         // Asked to stop or dead: never hand it out again, even while its cgroup is removed.
         {
@@ -163,6 +177,18 @@ impl Supervisor {
             inst.transition(State::Draining);
             inst.uncharge();
             pool.publish_gauges(&st);
+        }
+        if inst.waking.swap(false, Ordering::AcqRel) {
+            pool.metrics.wake(None);
+        }
+        // A frozen process cannot hear SIGTERM (and on cgroup v1 not even SIGKILL): thaw it
+        // first; if even that fails, SIGKILL and thaw again so the kill lands.
+        if inst.frozen.swap(false, Ordering::AcqRel) {
+            if let Err(e) = running.wake().await {
+                tracing::warn!(app = %inst.app, instance = inst.id, error = %e, "thaw before stop failed; killing");
+                running.signal(libc::SIGKILL);
+                let _ = running.wake().await;
+            }
         }
         let (reason, exit) = match reason {
             Some(reason) => {
@@ -202,6 +228,79 @@ impl Supervisor {
                 requests = inst.requests(), "instance stopped"),
         }
         self.forget(&pool, &inst, None);
+    }
+
+    /// Hibernates or wakes `inst`, whichever its state asks for (see `Instance::sleep`).
+    async fn hibernation_step(
+        &self,
+        pool: &Arc<AppPool>,
+        inst: &Arc<Instance>,
+        running: &Arc<dyn Running>,
+    ) {
+        let frozen = inst.frozen.load(Ordering::Acquire);
+        if inst.waking.load(Ordering::Acquire) {
+            let started = Instant::now();
+            let woken = if frozen {
+                running.wake().await
+            } else {
+                // Woken before it was frozen: nothing to thaw.
+                Ok(())
+            };
+            inst.frozen.store(false, Ordering::Release);
+            match woken {
+                Ok(()) => {
+                    {
+                        let st = pool.lock();
+                        inst.waking.store(false, Ordering::Release);
+                        if inst.transition(State::Ready) {
+                            inst.recharge_memory(inst.policy.limits.memory);
+                        }
+                        pool.publish_gauges(&st);
+                    }
+                    pool.changed.notify_waiters();
+                    let took = started.elapsed();
+                    pool.metrics.wake(Some(took));
+                    tracing::debug!(app = %inst.app, instance = inst.id,
+                        wake_ms = took.as_secs_f64() * 1e3, "instance woken");
+                }
+                Err(e) => {
+                    tracing::warn!(app = %inst.app, instance = inst.id, error = %e,
+                        "hibernated instance could not be woken; replacing it");
+                    // The stop path counts the failed wake (`waking` is still set).
+                    inst.request_stop(StopReason::Crashed);
+                }
+            }
+            return;
+        }
+        if frozen || inst.state() != State::Hibernated {
+            return;
+        }
+        match running.hibernate().await {
+            Ok(h) => {
+                inst.frozen.store(true, Ordering::Release);
+                pool.metrics.hibernated();
+                inst.recharge_memory(h.resident_after);
+                tracing::info!(app = %inst.app, instance = inst.id,
+                    resident_before = h.resident_before, resident_after = h.resident_after,
+                    reclaimed = h.reclaimed, "instance hibernated");
+                // A request may have asked for a wake meanwhile: look again.
+                if inst.waking.load(Ordering::Acquire) {
+                    inst.sleep.notify_one();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(app = %inst.app, instance = inst.id, error = %e,
+                    "hibernation failed; the instance stays awake");
+                inst.hibernate_refused.store(true, Ordering::Release);
+                {
+                    let st = pool.lock();
+                    inst.waking.store(false, Ordering::Release);
+                    inst.transition(State::Ready);
+                    pool.publish_gauges(&st);
+                }
+                pool.changed.notify_waiters();
+            }
+        }
     }
 
     /// Removes an instance from its pool and wakes waiters; a boot `failure` extends the

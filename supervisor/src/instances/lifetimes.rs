@@ -1,5 +1,5 @@
-//! The periodic lifetime check: idle timeout, maximum lifetime and the successor booted
-//! ahead of a lifetime's end. Stopped instances drain in their own task
+//! The periodic lifetime check: idle timeout, hibernation (`lifetime.hibernate_after`), maximum
+//! lifetime and the successor booted ahead of a lifetime's end. Stopped instances drain in their own task
 //! (`lifecycle::run_instance`).
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,8 +20,12 @@ impl Supervisor {
             let pool = pool.value().clone();
             let policy = pool.policy();
             let mut successors = 0usize;
-            for inst in &pool.lock().instances {
-                if inst.state() != State::Ready {
+            let mut slept = false;
+            let st = pool.lock();
+            for inst in &st.instances {
+                // The idle timeout and the maximum lifetime count for hibernated instances too.
+                let state = inst.state();
+                if state != State::Ready && state != State::Hibernated {
                     continue;
                 }
                 let lt = &inst.policy.lifetime;
@@ -29,10 +33,23 @@ impl Supervisor {
                     inst.request_stop(StopReason::Idle);
                     continue;
                 }
+                if let Some(after) = lt.hibernate_after {
+                    // Under the pool lock, so no lease is handed out on it from here on.
+                    if state == State::Ready
+                        && inst.in_flight() == 0
+                        && inst.idle_for() >= after
+                        && !inst.hibernate_refused.load(Ordering::Acquire)
+                        && inst.transition(State::Hibernated)
+                    {
+                        inst.sleep.notify_one();
+                        slept = true;
+                    }
+                }
                 if let Some(max) = lt.max_lifetime {
                     let age = inst.started.elapsed();
                     let lead = SUCCESSOR_LEAD.min(max / 4);
                     if lt.prestart_successor
+                        && state == State::Ready
                         && age + lead >= max
                         && !inst.successor_started.swap(true, Ordering::AcqRel)
                     {
@@ -43,6 +60,10 @@ impl Supervisor {
                     }
                 }
             }
+            if slept {
+                pool.publish_gauges(&st);
+            }
+            drop(st);
             if successors > 0 && !self.shutting_down.load(Ordering::Acquire) {
                 let mut st = pool.lock();
                 for _ in 0..successors {

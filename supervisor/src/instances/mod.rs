@@ -37,8 +37,8 @@ use crate::metrics::{AppMetrics, Metrics, StopReason};
 
 pub use instance::{Instance, InstanceInfo, RunningInstance};
 pub use runtime::{
-    BootError, BootErrorClass, BootErrorSource, BoxFuture, EffectiveLimits, ExitInfo, Running,
-    Runtime, Usage,
+    BootError, BootErrorClass, BootErrorSource, BoxFuture, EffectiveLimits, ExitInfo, Hibernation,
+    Running, Runtime, Usage,
 };
 pub use state::State;
 
@@ -60,11 +60,19 @@ struct PoolState {
 }
 
 impl PoolState {
-    /// Instances that take or will take requests (booting or ready).
+    /// Instances that take or will take requests (booting, ready or hibernated).
     fn live(&self) -> usize {
         self.instances
             .iter()
-            .filter(|i| matches!(i.state(), State::Booting | State::Ready))
+            .filter(|i| matches!(i.state(), State::Booting | State::Ready | State::Hibernated))
+            .count()
+    }
+
+    /// Hibernated instances a request asked to wake.
+    fn waking(&self) -> usize {
+        self.instances
+            .iter()
+            .filter(|i| i.state() == State::Hibernated && i.waking.load(Ordering::Acquire))
             .count()
     }
 
@@ -107,7 +115,7 @@ impl AppPool {
     }
 
     fn publish_gauges(&self, st: &PoolState) {
-        let mut counts = [0usize; 3];
+        let mut counts = [0usize; 4];
         for i in &st.instances {
             if let Some(slot) = i.state().gauge_slot() {
                 counts[slot] += 1;
@@ -126,7 +134,9 @@ impl AppPool {
     }
 }
 
-/// What the booting and ready instances of every app use of the host-wide budget.
+/// What the booting, ready and hibernated instances of every app use of the host-wide budget:
+/// each counts as one instance, with its memory limit while awake and its resident memory
+/// (after reclaim) while hibernated.
 #[derive(Debug, Default)]
 struct Budget {
     instances: AtomicU64,
@@ -141,10 +151,10 @@ impl Budget {
             .fetch_add(policy.limits.memory, Ordering::AcqRel);
     }
 
-    fn uncharge(&self, policy: &App) {
+    /// Releases one instance charged `memory` bytes (see `Instance::recharge_memory`).
+    fn uncharge(&self, memory: u64) {
         self.instances.fetch_sub(1, Ordering::AcqRel);
-        self.memory
-            .fetch_sub(policy.limits.memory, Ordering::AcqRel);
+        self.memory.fetch_sub(memory, Ordering::AcqRel);
     }
 }
 
@@ -247,7 +257,7 @@ impl Supervisor {
                         changed: Notify::new(),
                         metrics: self.metrics.app(&app.name),
                     });
-                    pool.metrics.set_instances([0, 0, 0]);
+                    pool.metrics.set_instances([0; 4]);
                     self.pools.insert(app.name.clone(), pool);
                 }
             }
@@ -284,11 +294,16 @@ impl Supervisor {
             .unwrap_or_default()
     }
 
-    /// Every live instance with its running handle (for the governor's sampler).
+    /// Every live instance with its running handle (for the governor's sampler), except the
+    /// hibernated ones: frozen, with their memory reclaimed, they are neither sampled nor
+    /// tightened.
     pub fn running_instances(&self) -> Vec<RunningInstance> {
         let mut out = Vec::new();
         for pool in self.pools.iter() {
             for i in &pool.lock().instances {
+                if i.state() == State::Hibernated {
+                    continue;
+                }
                 if let Some(r) = i.running() {
                     out.push((i.clone(), r, i.policy.clone()));
                 }
@@ -331,6 +346,10 @@ impl Supervisor {
             for inst in &pool.lock().instances {
                 if let Some(r) = inst.running() {
                     r.signal(libc::SIGKILL);
+                    // A frozen task (cgroup v1) gets the SIGKILL only once thawed.
+                    if inst.frozen.load(Ordering::Acquire) {
+                        tokio::spawn(r.wake());
+                    }
                 }
             }
         }

@@ -51,6 +51,25 @@ pub struct Usage {
     pub memory_current: u64,
 }
 
+/// What hibernating an instance did to its memory (resident: in RAM, anonymous + file cache).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Hibernation {
+    pub resident_before: u64,
+    pub resident_after: u64,
+    /// Memory was pushed to swap (false: frozen only, e.g. the host has no swap).
+    pub reclaimed: bool,
+}
+
+/// One governor reading of an instance's cgroup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reading {
+    pub usage: Usage,
+    /// Cumulative time the group was throttled at its quota (`cpu.stat`), µs.
+    pub throttled_usec: Option<u64>,
+    /// Cumulative `some` stall of the group's own `cpu.pressure` (v2 only), µs.
+    pub cpu_stall_usec: Option<u64>,
+}
+
 /// What the caller of a failed boot should do: try again soon, or stop trying for a while.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -156,10 +175,42 @@ pub trait Running: Send + Sync + 'static {
         let _ = signal;
         None
     }
+    /// Freezes the process (no CPU) and, when the host has swap, pushes its anonymous memory
+    /// out (hibernation). Resolves once done; an error leaves the process running.
+    fn hibernate(&self) -> BoxFuture<'static, Result<Hibernation, String>> {
+        Box::pin(async { Err("hibernation is not supported by this runtime".to_string()) })
+    }
+    /// Thaws a hibernated process. An error means it cannot serve (e.g. it was killed while
+    /// frozen: on cgroup v1 a frozen task dies only once thawed); it is then thawed anyway.
+    fn wake(&self) -> BoxFuture<'static, Result<(), String>> {
+        Box::pin(async { Err("hibernation is not supported by this runtime".to_string()) })
+    }
+    /// Whether the frozen process was killed meanwhile (a SIGKILL waits for the thaw).
+    fn killed_while_frozen(&self) -> bool {
+        false
+    }
+    /// Memory the instance holds in RAM (bytes); `None` when unknown.
+    fn resident_bytes(&self) -> Option<u64> {
+        self.usage().map(|u| u.memory_current)
+    }
     /// Changes cpu quota (cores) and memory.high (bytes) live; used by the governor.
     fn set_soft_limits(&self, cpu: f64, memory_high: Option<u64>) -> Result<(), SoftLimitError> {
         let _ = (cpu, memory_high);
         Err(SoftLimitError::Unsupported)
+    }
+    /// What the governor reads every tick: usage plus the CPU contention counters (throttled
+    /// time, the group's own CPU stall on v2). The default knows only [`Running::usage`].
+    fn reading(&self) -> Option<Reading> {
+        self.usage().map(|usage| Reading {
+            usage,
+            ..Default::default()
+        })
+    }
+    /// Changes the CPU weight live (v2 scale 1..=10000, default 100: v2 `cpu.weight`, v1
+    /// `cpu.shares`); used by the governor.
+    fn set_cpu_weight(&self, weight: u32) -> Result<(), String> {
+        let _ = weight;
+        Err("not supported by this runtime".into())
     }
 }
 

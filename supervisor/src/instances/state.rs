@@ -2,6 +2,10 @@
 //!
 //! ```text
 //! Booting ──ready──▶ Ready ──stop / died──▶ Draining ──gone──▶ Stopped
+//!    │                ▲  │                      ▲
+//!    │          woken │  │ idle hibernate_after │ stop / died / woken dead
+//!    │                │  ▼                      │
+//!    │               Hibernated ────────────────┘
 //!    └──────────── boot failed / stopped while booting ─────────▶ Stopped
 //! ```
 //!
@@ -23,6 +27,9 @@ pub enum State {
     Ready,
     /// Takes no new requests; in-flight ones finish, then the process is stopped.
     Draining,
+    /// Idle, frozen (no CPU) and its memory reclaimed into swap when the host has some; gets
+    /// no leases until a request wakes it (thaw), which makes it `Ready` again.
+    Hibernated,
     /// Gone: the process was reaped and cleaned up, the instance left its pool.
     Stopped,
 }
@@ -36,17 +43,25 @@ impl State {
         use State::*;
         matches!(
             (self, to),
-            (Booting, Ready) | (Booting, Stopped) | (Ready, Draining) | (Draining, Stopped)
+            (Booting, Ready)
+                | (Booting, Stopped)
+                | (Ready, Draining)
+                | (Ready, Hibernated)
+                | (Hibernated, Ready)
+                | (Hibernated, Draining)
+                | (Draining, Stopped)
         )
     }
 
-    /// The instance's slot in the `hako_instances` gauges (booting, ready, draining); `None`
+    /// The instance's slot in the `hako_instances` gauges (booting, ready, draining,
+    /// hibernated, as `crate::metrics::INSTANCE_STATES`); `None`
     /// for a state that is not counted.
     pub fn gauge_slot(self) -> Option<usize> {
         match self {
             State::Booting => Some(0),
             State::Ready => Some(1),
             State::Draining => Some(2),
+            State::Hibernated => Some(3),
             State::Stopped => None,
         }
     }
@@ -58,7 +73,7 @@ mod tests {
 
     #[test]
     fn only_the_lifecycle_transitions_are_allowed() {
-        let all = [Booting, Ready, Draining, Stopped];
+        let all = [Booting, Ready, Draining, Hibernated, Stopped];
         let mut allowed = Vec::new();
         for from in all {
             for to in all {
@@ -73,20 +88,23 @@ mod tests {
                 (Booting, Ready),
                 (Booting, Stopped),
                 (Ready, Draining),
-                (Draining, Stopped)
+                (Ready, Hibernated),
+                (Draining, Stopped),
+                (Hibernated, Ready),
+                (Hibernated, Draining),
             ]
         );
     }
 
     #[test]
     fn stopped_is_final_and_not_counted() {
-        assert!([Booting, Ready, Draining, Stopped]
+        assert!([Booting, Ready, Draining, Hibernated, Stopped]
             .iter()
             .all(|s| !Stopped.allows(*s)));
         assert_eq!(Stopped.gauge_slot(), None);
         assert_eq!(
-            [Booting, Ready, Draining].map(|s| s.gauge_slot()),
-            [Some(0), Some(1), Some(2)]
+            [Booting, Ready, Draining, Hibernated].map(|s| s.gauge_slot()),
+            [Some(0), Some(1), Some(2), Some(3)]
         );
     }
 }
