@@ -13,6 +13,7 @@ mod quiet;
 pub mod seccomp;
 pub mod spawn;
 pub mod spec;
+pub mod volumes;
 pub mod zygote;
 
 pub use cgroup::pool::{CgroupPool, DEFAULT_MAX_POOLED_APPS};
@@ -24,8 +25,8 @@ pub use error::LaunchError;
 pub use prepare::{PreparedSpec, USERNS_HOST_BASE, USERNS_SIZE};
 pub use spawn::{pidfd_signal, spawn_prepared, wait_pidfd, ExitStatusInfo, Output, Spawned};
 pub use spec::{
-    ContainerSpec, ListenSpec, NetworkMode, RootfsSpec, DEFAULT_CAPABILITIES,
-    DEFAULT_LISTEN_BACKLOG,
+    ContainerSpec, ListenSpec, NetworkMode, RootfsSpec, VolumeSpec, DEFAULT_CAPABILITIES,
+    DEFAULT_LISTEN_BACKLOG, DEFAULT_TMP_SIZE,
 };
 pub use zygote::{
     zygote_mode, SpawnRequest, Zygote, ZygoteMode, ZygoteOptions, ZygoteRestart, ZygoteStats,

@@ -305,6 +305,84 @@ impl Builder {
             None,
         )
     }
+    /// Adds the volumes' steps (see [`crate::volumes`]).
+    fn steps(&mut self, steps: &[crate::volumes::Step]) -> Result<(), LaunchError> {
+        use crate::volumes::{Step, SCAFFOLD_STAGING};
+        for step in steps {
+            match step {
+                Step::ScaffoldTmpfs => self.mount(
+                    Some("tmpfs"),
+                    Path::new(SCAFFOLD_STAGING),
+                    Some("tmpfs"),
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                    Some("mode=755,size=1m"),
+                )?,
+                Step::Mkdir(p) => self.mkdir(p, 0o755)?,
+                Step::Touch(p) => self.touch(p)?,
+                Step::Overlay { dir, upper, work } => {
+                    let data = format!(
+                        "lowerdir={},upperdir={},workdir={}",
+                        utf8(dir)?,
+                        utf8(upper)?,
+                        utf8(work)?
+                    );
+                    self.mount(
+                        Some("overlay"),
+                        dir,
+                        Some("overlay"),
+                        libc::MS_NOSUID | libc::MS_NODEV,
+                        Some(&data),
+                    )?
+                }
+                Step::ReadOnly(p) => self.mount(
+                    None,
+                    p,
+                    None,
+                    libc::MS_REMOUNT
+                        | libc::MS_BIND
+                        | libc::MS_RDONLY
+                        | libc::MS_NOSUID
+                        | libc::MS_NODEV,
+                    None,
+                )?,
+                Step::Bind {
+                    source,
+                    target,
+                    read_only,
+                    keep,
+                } => {
+                    self.mount(
+                        Some(utf8(source)?),
+                        target,
+                        None,
+                        libc::MS_BIND | libc::MS_REC,
+                        None,
+                    )?;
+                    let ro = if *read_only { libc::MS_RDONLY } else { 0 };
+                    self.mount(
+                        None,
+                        target,
+                        None,
+                        libc::MS_REMOUNT
+                            | libc::MS_BIND
+                            | libc::MS_NOSUID
+                            | libc::MS_NODEV
+                            | ro
+                            | keep,
+                        None,
+                    )?
+                }
+                Step::Tmpfs { target, size } => self.mount(
+                    Some("tmpfs"),
+                    target,
+                    Some("tmpfs"),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    Some(&format!("mode=1777,size={size}")),
+                )?,
+            }
+        }
+        Ok(())
+    }
     /// Makes `path` read-only (bound over itself, then remounted `ro,nosuid,nodev,noexec`);
     /// skipped if it does not exist.
     fn readonly_in_place(&mut self, path: &Path) -> Result<(), LaunchError> {
@@ -422,6 +500,8 @@ impl PreparedSpec {
             libc::MS_REC | libc::MS_PRIVATE,
             None,
         )?;
+        // Top-level names of a `host` rootfs that come from the host.
+        let mut host_entries: Vec<&str> = Vec::new();
         let root: PathBuf = match &spec.rootfs {
             RootfsSpec::Dir(dir) => {
                 let root = dir
@@ -461,6 +541,7 @@ impl PreparedSpec {
                     let Ok(meta) = std::fs::symlink_metadata(&host) else {
                         continue;
                     };
+                    host_entries.push(*e);
                     if meta.file_type().is_symlink() {
                         let t = std::fs::read_link(&host)
                             .map_err(|err| LaunchError::io("readlink", &host, &err))?;
@@ -476,6 +557,14 @@ impl PreparedSpec {
                 root
             }
         };
+        // Volumes: their mount points (made on the instance's own tmpfs or overlay scaffold,
+        // never on the rootfs or the host), mounted once /tmp and /run exist.
+        let volumes = crate::volumes::plan(&spec.rootfs, &root, &host_entries, &spec.volumes)?;
+        if volumes.early.contains(&crate::volumes::Step::ScaffoldTmpfs) {
+            let staging = Path::new(crate::volumes::SCAFFOLD_STAGING);
+            std::fs::create_dir_all(staging).map_err(|e| LaunchError::io("mkdir", staging, &e))?;
+        }
+        b.steps(&volumes.early)?;
         // Fresh /proc of the new pid namespace (a warm namespace gets it in the child only).
         let proc_op = b.ops.len();
         b.mount(
@@ -540,21 +629,31 @@ impl PreparedSpec {
         ] {
             b.symlink(Path::new(target), &dev.join(link))?;
         }
-        // Writable scratch space.
+        // Writable scratch space, bounded (`limits.disk`; /run at most MAX_RUN_SIZE).
+        if spec.tmp_size < 4096 {
+            return Err(LaunchError::InvalidSpec(format!(
+                "tmp_size {} is below one page",
+                spec.tmp_size
+            )));
+        }
         b.mount(
             Some("tmpfs"),
             &root.join("tmp"),
             Some("tmpfs"),
             libc::MS_NOSUID | libc::MS_NODEV,
-            Some("mode=1777"),
+            Some(&format!("mode=1777,size={}", spec.tmp_size)),
         )?;
         b.mount(
             Some("tmpfs"),
             &root.join("run"),
             Some("tmpfs"),
             libc::MS_NOSUID | libc::MS_NODEV,
-            Some("mode=755"),
+            Some(&format!(
+                "mode=755,size={}",
+                spec.tmp_size.min(crate::spec::MAX_RUN_SIZE)
+            )),
         )?;
+        b.steps(&volumes.late)?;
         // The root itself read-only (its sub-mounts above stay as they are).
         b.mount(
             None,

@@ -29,6 +29,32 @@ pub enum NetworkMode {
     Host,
 }
 
+/// A volume of the container (see [`crate::volumes`] for where its mount point comes from).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VolumeSpec {
+    /// `source` (an absolute, symlink-free host directory or file) bind-mounted on `target`,
+    /// `nosuid,nodev`, and `ro` when `read_only`.
+    Bind {
+        source: PathBuf,
+        target: PathBuf,
+        read_only: bool,
+    },
+    /// A tmpfs of `size` bytes, `nosuid,nodev`, mode 1777.
+    Tmpfs { target: PathBuf, size: u64 },
+}
+
+/// Size of the container's `/tmp` unless the spec says otherwise (64Mi, the default
+/// `limits.disk`).
+pub const DEFAULT_TMP_SIZE: u64 = 64 << 20;
+
+/// Largest size of the container's `/run` (it holds sockets and pid files, not data); smaller
+/// when `tmp_size` is.
+pub const MAX_RUN_SIZE: u64 = 16 << 20;
+
+fn default_tmp_size() -> u64 {
+    DEFAULT_TMP_SIZE
+}
+
 /// The backlog of a listening socket the launcher creates, unless the spec says otherwise.
 pub const DEFAULT_LISTEN_BACKLOG: u32 = 1024;
 
@@ -98,6 +124,13 @@ pub struct ContainerSpec {
     /// as owned by `nobody` unless mapped, and it boots without warm namespaces.
     #[serde(default)]
     pub user_namespace: bool,
+    /// Volumes, mounted in this order (targets never nest).
+    #[serde(default)]
+    pub volumes: Vec<VolumeSpec>,
+    /// Size in bytes of the container's `/tmp` tmpfs (never unbounded); `/run` gets the same,
+    /// at most [`MAX_RUN_SIZE`].
+    #[serde(default = "default_tmp_size")]
+    pub tmp_size: u64,
 }
 
 impl ContainerSpec {
@@ -126,6 +159,8 @@ impl ContainerSpec {
             listen: None,
             expose_host_secrets: false,
             user_namespace: false,
+            volumes: Vec::new(),
+            tmp_size: DEFAULT_TMP_SIZE,
         }
     }
 }
@@ -141,6 +176,8 @@ mod tests {
         json.as_object_mut().unwrap().remove("listen");
         json.as_object_mut().unwrap().remove("expose_host_secrets");
         json.as_object_mut().unwrap().remove("user_namespace");
+        json.as_object_mut().unwrap().remove("volumes");
+        json.as_object_mut().unwrap().remove("tmp_size");
         let back: ContainerSpec = serde_json::from_value(json).unwrap();
         assert_eq!(back, spec);
         assert_eq!(back.listen, None);

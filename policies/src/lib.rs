@@ -14,7 +14,9 @@
 
 use std::path::{Path, PathBuf};
 
+mod env_file;
 mod error;
+mod hooks;
 mod index;
 mod limits;
 mod model;
@@ -22,8 +24,11 @@ mod raw;
 mod tls;
 mod units;
 mod validate;
+mod volumes;
 
+pub use env_file::{read_env_file, EnvFile, EnvFileError, Secret, MAX_ENV_FILE_BYTES};
 pub use error::{Diagnostic, LoadError};
+pub use hooks::{find_program, Hook, HookPoint, Hooks, DEFAULT_HOOK_TIMEOUT, MAX_HOOK_TIMEOUT};
 pub use limits::{MAX_ALIAS_EXPANSION, MAX_CONFIG_BYTES, MAX_NESTING_DEPTH};
 pub use model::*;
 pub use tls::{check_files as check_tls_files, Tls, TlsCertificate};
@@ -31,6 +36,7 @@ pub use units::{format_duration, format_size, parse_duration, parse_size};
 pub use validate::{
     DEFAULT_SPIKE_CPU_ABOVE, DEFAULT_SPIKE_FOR, MAX_APP_NAME_LEN, MIN_GOVERNOR_INTERVAL,
 };
+pub use volumes::{Volume, DEFAULT_TMPFS_VOLUME_SIZE, RESERVED_TARGETS};
 
 /// Reads and validates the configuration file at `path`. A file larger than
 /// [`MAX_CONFIG_BYTES`] is refused before it is read whole.

@@ -188,6 +188,13 @@ pub struct App {
     pub expose_host_secrets: bool,
     /// Run in a user namespace of its own: container ids 0-65535 are host ids 100000-165535.
     pub user_namespace: bool,
+    /// Host paths and tmpfs mounts inside the container, in file order.
+    pub volumes: Vec<crate::Volume>,
+    /// Secrets read from `env_file` (at load and at every reload); `env` wins over a name
+    /// also written there.
+    pub env_file: Option<crate::EnvFile>,
+    /// Commands run on the host at points of an instance's life.
+    pub hooks: crate::Hooks,
     /// Plain-HTTP requests are answered `308` to the same URL over https (`redirect_https`).
     pub redirect_https: bool,
 }
@@ -215,8 +222,26 @@ impl App {
             seccomp: SeccompMode::default(),
             expose_host_secrets: false,
             user_namespace: false,
+            volumes: Vec::new(),
+            env_file: None,
+            hooks: crate::Hooks::default(),
             redirect_https: false,
         }
+    }
+
+    /// The container's environment: `env_file`'s variables, then `env` (which wins over a
+    /// name written in both), sorted by name. Holds secrets: never log it.
+    pub fn environment(&self) -> Vec<(String, String)> {
+        let mut all: BTreeMap<String, String> = BTreeMap::new();
+        if let Some(f) = &self.env_file {
+            for (k, v) in &f.vars {
+                all.insert(k.clone(), v.expose().to_owned());
+            }
+        }
+        for (k, v) in &self.env {
+            all.insert(k.clone(), v.clone());
+        }
+        all.into_iter().collect()
     }
 
     /// The capabilities the app keeps: its own list or [`DEFAULT_CAPABILITIES`].
@@ -271,7 +296,13 @@ pub struct Limits {
     pub memory: u64,
     /// Maximum number of tasks, > 0.
     pub pids: u64,
+    /// Bytes of the container's writable space: the size of its `/tmp` tmpfs (and of the
+    /// writable layer of an image rootfs).
+    pub disk: u64,
 }
+
+/// Default `limits.disk` (64Mi).
+pub const DEFAULT_DISK: u64 = 64 << 20;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -280,6 +311,7 @@ impl Default for Limits {
             burst_cpu: None,
             memory: DEFAULT_MEMORY,
             pids: 256,
+            disk: DEFAULT_DISK,
         }
     }
 }

@@ -48,6 +48,9 @@ pub(crate) struct RawApp {
     pub seccomp: Option<RawSeccomp>,
     pub expose_host_secrets: Option<bool>,
     pub user_namespace: Option<bool>,
+    pub volumes: Option<Vec<crate::volumes::RawVolume>>,
+    pub env_file: Option<String>,
+    pub hooks: Option<crate::hooks::RawHooks>,
     pub redirect_https: Option<bool>,
 }
 
@@ -88,6 +91,8 @@ pub(crate) struct RawLimits {
     #[serde(deserialize_with = "de_opt_size")]
     pub memory: Option<RawSize>,
     pub pids: Option<i64>,
+    #[serde(deserialize_with = "de_opt_size")]
+    pub disk: Option<RawSize>,
 }
 
 #[derive(Debug, Default, Deserialize)]

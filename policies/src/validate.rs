@@ -11,6 +11,8 @@ use crate::model::*;
 use crate::raw::*;
 use crate::units::{format_duration, format_size, RawSize};
 
+mod extras;
+
 /// Longest accepted app name (it becomes a cgroup and a directory name, plus a suffix).
 pub const MAX_APP_NAME_LEN: usize = 64;
 /// Shortest accepted governor sampling interval.
@@ -555,6 +557,7 @@ impl<'a> Ctx<'a> {
             );
         }
 
+        let (volumes, env_file, hooks) = self.app_extras(at, raw.volumes, raw.env_file, raw.hooks);
         App {
             name,
             hosts,
@@ -575,6 +578,9 @@ impl<'a> Ctx<'a> {
             seccomp,
             expose_host_secrets,
             user_namespace: raw.user_namespace.unwrap_or(false),
+            volumes,
+            env_file,
+            hooks,
             redirect_https: raw.redirect_https.unwrap_or(false),
         }
     }
@@ -697,11 +703,13 @@ impl<'a> Ctx<'a> {
                 d.pids
             }
         };
+        let disk = self.disk(&path, raw.disk, d.disk);
         Limits {
             cpu,
             burst_cpu,
             memory,
             pids,
+            disk,
         }
     }
 

@@ -28,7 +28,8 @@ fn minimal_config_gets_every_default() {
             cpu: 1.0,
             burst_cpu: None,
             memory: 256 << 20,
-            pids: 256
+            pids: 256,
+            disk: 64 << 20
         }
     );
     assert_eq!(a.lifetime.idle_timeout, Duration::from_secs(60));
@@ -121,7 +122,8 @@ governor:
             cpu: 0.5,
             burst_cpu: Some(2.0),
             memory: 3 << 29,
-            pids: 10
+            pids: 10,
+            disk: 64 << 20
         }
     );
     assert_eq!(

@@ -324,7 +324,14 @@ async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow
         let source = source.clone();
         let runtime = runtime.clone();
         crate::reload::Reloader::new(Arc::new(move || {
-            reload(&source, &sup, &runtime, &routes, &current, tls_handle.as_deref())
+            reload(
+                &source,
+                &sup,
+                &runtime,
+                &routes,
+                &current,
+                tls_handle.as_deref(),
+            )
         }))
     };
 
