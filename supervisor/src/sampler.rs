@@ -11,7 +11,8 @@ use hako_policies::{App, Config};
 use tokio::time::Instant;
 
 use crate::governor::{
-    read_host_pressure, Governor, GovernorParams, InstanceSample, Limits, Sample, SpikeRule,
+    read_host_pressure, Governor, GovernorParams, InstanceSample, Limits, PressureSource, Sample,
+    SpikeRule,
 };
 use crate::instances::Supervisor;
 
@@ -26,7 +27,13 @@ pub fn params_of(cfg: &Config) -> GovernorParams {
         relax_step: g.relax_step,
         floor_cpu: g.floor_cpu,
         floor_memory: g.floor_memory,
+        host_cpus: host_cpus(),
     }
+}
+
+/// The CPUs this process may run on (the capacity the governor shares among tenants).
+fn host_cpus() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
 }
 
 /// An instance that used less than this (in cores) since its last reading, with no request in
@@ -89,6 +96,7 @@ pub async fn run_with_proc(
     // the cpu seconds counter. The entry of an instance that could not be read is kept:
     // forgetting it would count its whole lifetime's CPU again at its next reading.
     let mut activity: HashMap<u64, Activity> = HashMap::new();
+    let mut source: Option<PressureSource> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -106,6 +114,8 @@ pub async fn run_with_proc(
             }
             c.governor.enabled
         };
+        // The one place where the governed instances are chosen: `running_instances` leaves out
+        // hibernated instances (never sampled, never tightened).
         let running = sup.running_instances();
         let live: HashSet<u64> = running.iter().map(|(inst, _, _)| inst.id).collect();
         activity.retain(|id, _| live.contains(id));
@@ -115,21 +125,19 @@ pub async fn run_with_proc(
         let (due, skipped): (Vec<_>, Vec<_>) =
             running.into_iter().partition(|(inst, _, policy)| {
                 // A tightened instance is followed every tick so that it relaxes on time.
-                let tightened = governor
-                    .current(inst.id)
-                    .is_some_and(|l| l.cpu < policy.limits.cpu || l.memory_high.is_some());
-                tightened
+                let _ = policy;
+                governor.adjusted(inst.id)
                     || activity
                         .get(&inst.id)
                         .is_none_or(|a| a.due(tick_at, inst.requests(), inst.in_flight()))
             });
-        let proc = proc.clone();
+        let proc_dir = proc.clone();
         let sampled = tokio::task::spawn_blocking(move || {
-            let host = read_host_pressure(&proc);
+            let host = read_host_pressure(&proc_dir);
             let mut rows = Vec::with_capacity(due.len());
             let mut unsampled: Vec<u64> = skipped.iter().map(|(inst, _, _)| inst.id).collect();
             for (inst, r, policy) in due {
-                match r.usage() {
+                match r.reading() {
                     Some(u) => rows.push((inst, u, policy, r)),
                     None => unsampled.push(inst.id),
                 }
@@ -142,7 +150,8 @@ pub async fn run_with_proc(
             continue;
         };
         let mut cpu_by_app: HashMap<String, f64> = HashMap::new();
-        for (inst, u, _, _) in &rows {
+        for (inst, reading, _, _) in &rows {
+            let u = &reading.usage;
             // CPU since the last reading (since the start, at the first one).
             let used = match activity.entry(inst.id) {
                 Entry::Occupied(mut e) => {
@@ -193,11 +202,14 @@ pub async fn run_with_proc(
             host,
             instances: rows
                 .iter()
-                .map(|(inst, u, policy, _)| InstanceSample {
+                .map(|(inst, reading, policy, _)| InstanceSample {
                     id: inst.id,
                     app: inst.app.clone(),
-                    cpu_usage_usec: u.cpu_usage_usec,
-                    memory_current: u.memory_current,
+                    cpu_usage_usec: reading.usage.cpu_usage_usec,
+                    memory_current: reading.usage.memory_current,
+                    burst_cpu: policy.limits.burst_cpu,
+                    throttled_usec: reading.throttled_usec,
+                    cpu_stall_usec: reading.cpu_stall_usec,
                     policy: policy_limits(policy),
                     spike: policy.spike.as_ref().map(|s| SpikeRule {
                         cpu_above: s.cpu_above,
@@ -210,14 +222,50 @@ pub async fn run_with_proc(
             unsampled,
         };
         let decisions = governor.observe(&sample);
+        if governor.pressure_source() != source {
+            source = governor.pressure_source();
+            match source {
+                Some(PressureSource::Usage) => tracing::warn!(
+                    proc = %proc.display(),
+                    "no PSI on this host (no readable pressure/cpu): the governor detects CPU \
+                     contention from busy CPU and the tenants' usage and throttling counters"
+                ),
+                Some(PressureSource::Psi) => tracing::info!(
+                    proc = %proc.display(),
+                    "the governor detects CPU contention from host PSI over each interval"
+                ),
+                None => {}
+            }
+        }
         for d in decisions {
             let Some((_, _, policy, r)) = rows.iter().find(|row| row.0.id == d.id) else {
                 continue;
             };
             let r = r.clone();
-            let after = d.after;
+            let (before, after) = (d.before, d.after);
             let applied = tokio::task::spawn_blocking(move || {
-                let res = r.set_soft_limits(after.cpu, after.memory_high);
+                // The weight first when it goes down (it is what protects the neighbours at
+                // once), last when it goes back up.
+                let weight = |r: &Arc<dyn crate::instances::Running>| {
+                    if after.weight == before.weight {
+                        Ok(())
+                    } else {
+                        r.set_cpu_weight(after.weight)
+                    }
+                };
+                let soft = |r: &Arc<dyn crate::instances::Running>| {
+                    if after.cpu == before.cpu && after.memory_high == before.memory_high {
+                        Ok(())
+                    } else {
+                        r.set_soft_limits(after.cpu, after.memory_high)
+                            .map_err(|e| e.to_string())
+                    }
+                };
+                let res = if after.weight < before.weight {
+                    weight(&r).and_then(|()| soft(&r))
+                } else {
+                    soft(&r).and_then(|()| weight(&r))
+                };
                 // On failure, read back what is in force so the governor can resync.
                 let in_force = res.is_err().then(|| r.limits()).flatten();
                 (res, in_force)
@@ -228,6 +276,7 @@ pub async fn run_with_proc(
                     tracing::info!(
                         app = %d.app, instance = d.id, direction = d.direction.as_str(),
                         cpu_before = d.before.cpu, cpu_after = d.after.cpu,
+                        weight_before = d.before.weight, weight_after = d.after.weight,
                         memory_high_before = ?d.before.memory_high, memory_high_after = ?d.after.memory_high,
                         reason = %d.reason, "limits changed"
                     );
@@ -241,11 +290,14 @@ pub async fn run_with_proc(
                         cpu_after = d.after.cpu, error = %e, "cannot change limits"
                     );
                     match in_force {
+                        // The weight cannot be read back here: assume the old one is in force
+                        // (a later decision rewrites it either way).
                         Some(l) => governor.resync(
                             d.id,
                             Limits {
                                 cpu: l.cpu.unwrap_or(policy.limits.cpu),
                                 memory_high: l.memory_high,
+                                weight: d.before.weight,
                             },
                         ),
                         None => governor.forget(d.id),
@@ -262,10 +314,7 @@ pub async fn run_with_proc(
 
 /// The limits the governor moves, as configured for an app.
 fn policy_limits(app: &App) -> Limits {
-    Limits {
-        cpu: app.limits.cpu,
-        memory_high: None,
-    }
+    Limits::new(app.limits.cpu, None)
 }
 
 /// A fixed-period ticker whose first tick is one period from now.

@@ -230,6 +230,24 @@ impl Running for Container {
         super::hibernate::resident(&*self.cgroup()?)
     }
 
+    fn reading(&self) -> Option<crate::instances::runtime::Reading> {
+        let usage = self.usage()?;
+        let cg = self.cgroup()?;
+        // cpu.stat a second time (usage() read it too): cheap, and keeps usage() unchanged.
+        let throttled_usec = cg.stats().ok().map(|s| s.throttled_usec);
+        let cpu_stall_usec = cg.pressure().ok().flatten().map(|p| p.cpu_some_usec);
+        Some(crate::instances::runtime::Reading {
+            usage,
+            throttled_usec,
+            cpu_stall_usec,
+        })
+    }
+
+    fn set_cpu_weight(&self, weight: u32) -> Result<(), String> {
+        let cg = self.cgroup().ok_or("instance has no cgroup")?;
+        cg.set_cpu_weight(weight).map_err(|e| e.to_string())
+    }
+
     fn set_soft_limits(&self, cpu: f64, memory_high: Option<u64>) -> Result<(), SoftLimitError> {
         let cg = self
             .cgroup()

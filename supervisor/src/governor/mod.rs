@@ -1,73 +1,80 @@
-//! The governor: detects load spikes and decides how to tighten and relax cgroup limits.
+//! The governor: detects contention and load spikes and decides how to move each instance's
+//! CPU weight, CPU quota and `memory.high`.
 //!
 //! This module is pure decision logic plus a reader of the host's PSI files whose paths are
 //! parameters (cgroup usage is read through the launcher's cgroup API). It writes nothing: the
 //! supervisor's sampling loop feeds a [`Sample`] every [`GovernorParams::interval`] to
 //! [`Governor::observe`], applies each returned [`Decision`] through the launcher's cgroup API
-//! and emits a tracing event with `before` and `after`. The governor moves only the CPU quota and `memory.high`; `memory.max` is never
+//! and emits a tracing event with `before`, `after` and the reason. `memory.max` is never
 //! touched and nothing is ever killed.
 //!
 //! # Semantics
 //!
-//! **Utilisation.** An instance's CPU utilisation, in cores, is
-//! `Δ cpu_usage_usec / Δ now` between two consecutive samples of that instance. The first
-//! sample of an instance, a sample whose `now` does not advance, and a counter that goes
-//! backwards give no new measurement (a backwards counter also restarts the spike clock). The
-//! *ratio* is the utilisation divided by the CPU limit **currently in force** (the policy limit
-//! unless the governor has tightened it). An instance is *hot* when its ratio is at least the
-//! threshold of the rule that governs it (below); it has been hot "since" the start of the
-//! first measurement window of its current hot streak, so a condition observed over the window
-//! `[t-100ms, t]` counts from `t-100ms`.
+//! **Measurements over the interval.** An instance's CPU utilisation, in cores, is
+//! `Δ cpu_usage_usec / Δ now` between two consecutive samples of that instance; it *hit its
+//! quota* when its throttled time grew in that interval (`cpu.stat`; without that counter: it
+//! used at least [`share::QUOTA_HIT`] of the quota in force). Host pressure is the share of the
+//! interval during which some task stalled: `Δ total / Δ now` of `/proc/pressure/cpu` and
+//! `/memory` (the `avg10` percentage only when no `total` is given); host busy CPU is
+//! `Δ busy / Δ now` of `/proc/stat` (else the sum of the tenants' utilisations). The first
+//! sample, a sample whose `now` does not advance, and a counter that goes backwards give no new
+//! measurement (a backwards CPU counter also restarts the hot streak). The *ratio* is the
+//! utilisation divided by the CPU quota **currently in force**. An instance is *hot* when its
+//! ratio is at least its rule's `cpu_above`; it has been hot "since" the start of the first
+//! measurement window of its current hot streak.
+//!
+//! **Host CPU contention** (apps without a rule): with PSI, the CPU stall over the interval
+//! ≥ `cpu_pressure` % (calm below half of it); without PSI ([`PressureSource::Usage`], logged
+//! once by the sampler), busy CPU ≥ [`share::SATURATED`] of `host_cpus` (calm below
+//! [`share::UNSATURATED`]). The tenants *driving* it are the rule-less instances using at least
+//! [`share::DRIVER_MIN_CORES`] and at least [`share::DRIVER_SHARE`] of the heaviest rule-less
+//! user, plus those already lowered by this rule that are not idle.
+//!
+//! **Weight first** (work-conserving): at the first contended sample every driver's CPU weight
+//! goes to [`share::CONTENDED_WEIGHT`] (v2 `cpu.weight`; v1 `cpu.shares` × 1024 / 100). An idle
+//! host still gives it everything; a neighbour that wakes up runs first.
+//!
+//! **Quota when weight is not enough**: when a driver's weight has been low for
+//! [`share::QUOTA_AFTER`] and a neighbour is still stalled (v2: an active non-driver instance
+//! whose own `cpu.pressure` stall ≥ `cpu_pressure` %; without per-cgroup PSI: the host is still
+//! contended and an active non-driver exists), its quota goes to the max-min fair share of
+//! `host_cpus` among the tenants ([`share::fair_share`] of their utilisations), never below
+//! `floor_cpu`, never raising.
+//!
+//! **Lending** (`limits.burst_cpu` > `limits.cpu`, any app): an instance that hit its quota in
+//! the last interval while the host has at least [`share::SPARE_MIN_CORES`] idle and is not
+//! contended by another active tenant is raised one step per interval: `max(+0.25 core, ×1.5)`,
+//! capped by the idle CPU and by `burst_cpu` (direction `burst`). **Take-back**: under
+//! contention with another active tenant, lent CPU goes back to `limits.cpu` at once (first,
+//! before any weight or quota tightening is felt). Lent CPU that is no longer used (usage ≤
+//! [`share::LENT_IDLE`] of `limits.cpu` for `relax_after`) is returned too.
 //!
 //! **Spike, per-app rule** ([`SpikeRule`]): hot with threshold `cpu_above` continuously for at
-//! least `for`. Host pressure plays no part. An app with a rule is governed on CPU by its rule
-//! only.
+//! least `for` → CPU quota to `tighten_cpu` (else half the policy) and `memory.high` to
+//! `tighten_memory_high`. Host pressure plays no part. An app with a rule is governed on CPU by
+//! its rule only (never a driver of the default protection; it may still borrow CPU).
 //!
-//! **Spike, default CPU rule** (apps without a rule): host PSI `cpu some avg10` ≥
-//! `cpu_pressure` at this sample, AND the instance has been hot with threshold
-//! [`DEFAULT_CPU_ABOVE`] (50 % of its limit) for at least [`DEFAULT_SPIKE_FOR`] (300 ms), AND
-//! it is the heaviest CPU user (absolute cores, ties → lowest id) among the instances without a
-//! rule that are either hot that long or already tightened by this rule. PSI `avg10` lags by
-//! seconds, so the debounce is on the instance's own utilisation and the pressure is only a
-//! gate: an instance that is already heavy is tightened at the first sample where the host
-//! pressure crosses the threshold. Counting already-tightened instances among the candidates
-//! keeps the rule from cascading onto the next tenant while PSI is still catching up: as long
-//! as the tightened hog remains the heaviest user, nobody else is touched. A tightened instance
-//! that has gone *idle* (ratio below `DEFAULT_CPU_ABOVE × HYSTERESIS`, 25 % of the limit in
-//! force) is no longer a candidate.
+//! **Spike, memory** (every app): host memory stall over the interval ≥ `memory_pressure` % →
+//! the heaviest memory user (`memory_current`, ties → lowest id) gets
+//! `memory.high = max(floor_memory, memory_current × 0.9)` ([`MEMORY_TIGHTEN_FRACTION`]),
+//! once per episode.
 //!
-//! **Spike, memory** (every app, rule or not): host PSI `memory some avg10` ≥
-//! `memory_pressure` → the heaviest memory user (`memory_current`, ties → lowest id) gets
-//! `memory.high = max(floor_memory, memory_current × 0.9)` ([`MEMORY_TIGHTEN_FRACTION`]): the
-//! kernel reclaims and throttles it, it is not killed. An instance is tightened this way once
-//! per episode (no ratchet while PSI lags).
+//! **Relax.** Each adjusted instance remembers which causes (rule, host CPU, host memory,
+//! lending) moved it in this episode. It is *calm* when every cause is calm, with hysteresis
+//! ([`HYSTERESIS`] = 0.5): rule → ratio below `cpu_above × 0.5`; host CPU → contention calm
+//! (above), or the instance itself idle (ratio below 25 % of the quota in force): PSI is
+//! host-wide and other processes can hold it up, so an instance whose own load is gone relaxes
+//! even while the host stays pressed; host memory → memory stall below half its threshold;
+//! lending → usage ≤ [`share::LENT_IDLE`] of `limits.cpu`. Any non-calm sample restarts the calm
+//! clock; a condition met again re-tightens. After `relax_after` of uninterrupted calm, one
+//! relax step is made every `max(interval, relax_after / 4)`: the weight and lent CPU go back at
+//! once, a tightened quota and `memory.high` regain `relax_step` of the remaining gap and snap
+//! to the policy within 1 % ([`SNAP_FRACTION`]). When the policy has no `memory.high`, the gap
+//! is measured to twice the value the governor set, and `memory.high` is lifted at the snap.
 //!
-//! **Tighten targets.** CPU: the rule's `tighten_cpu`, else `policy.cpu × 0.5`
-//! ([`DEFAULT_TIGHTEN_CPU_FRACTION`]). `memory.high`: the rule's `tighten_memory_high` (none →
-//! unchanged by a CPU spike), or the memory target above. Every target is clamped: never below
-//! `floor_cpu` / `floor_memory`, never above the limit currently in force (tightening never
-//! raises). A decision is returned at the very sample where the condition is met; with 100 ms
-//! sampling and `for` = 300 ms that is at most ~400 ms after the load crosses the threshold.
-//!
-//! **Relax.** Each tightened instance remembers which causes (rule, host CPU, host memory)
-//! tightened it in this episode. It is *calm* when every cause is calm, with hysteresis
-//! ([`HYSTERESIS`] = 0.5): rule → ratio below `cpu_above × 0.5`; host CPU → cpu PSI below
-//! `cpu_pressure × 0.5` (or unavailable), or the instance itself idle (above): PSI is host-wide
-//! and lags, and on a busy host other processes can hold it up indefinitely, so an instance
-//! whose own load is gone relaxes even while the host stays under pressure (should its load
-//! come back, the default rule tightens it again); host memory → memory PSI below
-//! `memory_pressure × 0.5` (or unavailable). Any non-calm sample restarts the calm clock; a
-//! spike condition met again re-tightens (to the target, if lower than the current value).
-//! After `relax_after` of uninterrupted calm, one relax step is made every
-//! `max(interval, relax_after / 4)`: each step restores `relax_step` of the remaining gap to the
-//! policy value, and snaps to the policy value when within 1 % of it ([`SNAP_FRACTION`]). When
-//! the policy has no `memory.high`, the gap is measured to twice the value the governor set,
-//! and `memory.high` is lifted (back to `None`) at the snap. When every limit is back at the
-//! policy the episode ends.
-//!
-//! **Flapping.** Entering needs the hot condition for `for` (or the PSI gate above the upper
-//! threshold); leaving needs the lower threshold for a full `relax_after`. A signal oscillating
-//! around the threshold therefore tightens at most once and never relaxes while it oscillates.
+//! **Flapping.** Entering needs one contended sample (weight) or the rule's `for`; leaving needs
+//! calm for a full `relax_after`. A load oscillating faster than that is handled once and
+//! never relaxed while it oscillates.
 //!
 //! **Bookkeeping.** Instances absent from a sample are forgotten, as are ids passed to
 //! [`Governor::forget`], except those listed in [`Sample::unsampled`] (alive, but their usage
@@ -75,29 +82,39 @@
 //! their next measurement spans the gap. The governor assumes every decision is applied; when a
 //! write fails the caller reports the limits actually in force with [`Governor::resync`] (or
 //! forgets the instance), and the governor retries from there. [`Governor::set_params`]
-//! changes the parameters without losing what is tightened. If an instance's policy changes,
-//! an untightened instance follows it and a tightened one is clamped to be no higher than it.
+//! changes the parameters without losing what is adjusted. If an instance's policy changes, an
+//! unadjusted instance follows it and a tightened one is clamped to be no higher than it.
 //! `policy.cpu` must be the app's CPU limit in cores; pass the host's core count for an app
 //! without a CPU limit.
 #![forbid(unsafe_code)]
 
 mod psi;
+mod relax;
+pub mod share;
+mod types;
 
 #[cfg(test)]
 mod tests;
 
 pub use psi::{read_host_pressure, read_psi, Psi, PsiError, PsiLine};
+pub use share::{PressureSource, CONTENDED_WEIGHT, DEFAULT_WEIGHT};
+
+pub use types::{
+    Decision, Direction, GovernorParams, HostPressure, InstanceSample, Limits, Sample, SpikeRule,
+};
+
+use relax::{clamp_params, heaviest, min_mem, relax_step};
+use share::HostView;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::time::Duration;
 
 /// How long an app without a rule must be hot before the default CPU rule may tighten it: the
 /// same debounce as a rule's default `spike.for`.
 pub use hako_policies::DEFAULT_SPIKE_FOR;
-/// Hot threshold of the default CPU rule: this fraction of the instance's CPU limit.
+/// An instance below `DEFAULT_CPU_ABOVE × HYSTERESIS` of its quota in force is idle.
 pub const DEFAULT_CPU_ABOVE: f64 = 0.5;
-/// Default CPU tighten target: this fraction of the policy CPU limit.
+/// CPU tighten target of a rule without `tighten_cpu`: this fraction of the policy CPU limit.
 pub const DEFAULT_TIGHTEN_CPU_FRACTION: f64 = 0.5;
 /// Memory-pressure tighten target: this fraction of the instance's current memory usage.
 pub const MEMORY_TIGHTEN_FRACTION: f64 = 0.9;
@@ -106,159 +123,13 @@ pub const HYSTERESIS: f64 = 0.5;
 /// A relax step that lands within this fraction of the policy value snaps to it.
 pub const SNAP_FRACTION: f64 = 0.01;
 
-/// The global `governor` section, mirrored (the lead maps the configuration onto it).
-#[derive(Debug, Clone, PartialEq)]
-pub struct GovernorParams {
-    /// Sampling period; also the shortest period between two relax steps.
-    pub interval: Duration,
-    /// Host PSI `cpu some avg10` percentage at or above which the host is under CPU pressure.
-    pub cpu_pressure: f64,
-    /// Host PSI `memory some avg10` percentage at or above which the host is under memory
-    /// pressure.
-    pub memory_pressure: f64,
-    /// Uninterrupted calm needed before relaxing starts.
-    pub relax_after: Duration,
-    /// Fraction of the remaining gap to the policy value restored per relax step (0 < x ≤ 1).
-    pub relax_step: f64,
-    /// Never tighten CPU below this many cores.
-    pub floor_cpu: f64,
-    /// Never tighten `memory.high` below this many bytes.
-    pub floor_memory: u64,
-}
-
-impl Default for GovernorParams {
-    fn default() -> Self {
-        GovernorParams {
-            interval: Duration::from_millis(100),
-            cpu_pressure: 20.0,
-            memory_pressure: 10.0,
-            relax_after: Duration::from_secs(2),
-            relax_step: 0.25,
-            floor_cpu: 0.05,
-            floor_memory: 32 * 1024 * 1024,
-        }
-    }
-}
-
-/// The per-app `spike` policy, mirrored.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SpikeRule {
-    /// Hot threshold: fraction of the instance's CPU limit.
-    pub cpu_above: f64,
-    /// How long the instance must stay hot before it is tightened.
-    pub for_: Duration,
-    /// CPU limit (cores) while spiking; `None` → half the policy limit.
-    pub tighten_cpu: Option<f64>,
-    /// `memory.high` (bytes) while spiking; `None` → unchanged.
-    pub tighten_memory_high: Option<u64>,
-}
-
-/// The limits the governor moves. `memory.max` is never touched.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Limits {
-    /// CPU quota in cores.
-    pub cpu: f64,
-    /// `memory.high` in bytes; `None` = no `memory.high` ("max").
-    pub memory_high: Option<u64>,
-}
-
-impl fmt::Display for Limits {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cpu={:.3} memory.high=", self.cpu)?;
-        match self.memory_high {
-            Some(bytes) => write!(f, "{bytes}"),
-            None => f.write_str("max"),
-        }
-    }
-}
-
-/// One instance as seen by one sample.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InstanceSample {
-    /// The instance id (stable for the instance's life).
-    pub id: u64,
-    /// The app it belongs to.
-    pub app: String,
-    /// Cumulative CPU time of its cgroup, in microseconds.
-    pub cpu_usage_usec: u64,
-    /// Current memory usage of its cgroup, in bytes.
-    pub memory_current: u64,
-    /// The app's configured limits.
-    pub policy: Limits,
-    /// The app's spike rule, if it has one.
-    pub spike: Option<SpikeRule>,
-}
-
-/// Host-wide pressure (PSI `some avg10`, in percent); `None` where PSI is unavailable.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct HostPressure {
-    /// `/proc/pressure/cpu` `some avg10`.
-    pub cpu_some_avg10: Option<f64>,
-    /// `/proc/pressure/memory` `some avg10`.
-    pub memory_some_avg10: Option<f64>,
-}
-
-/// Everything the governor sees at one sampling tick.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    /// Monotonic time since an arbitrary start.
-    pub now: Duration,
-    /// Host pressure.
-    pub host: HostPressure,
-    /// Every live instance whose usage was read.
-    pub instances: Vec<InstanceSample>,
-    /// Live instances whose usage could not be read this time: kept, not forgotten.
-    pub unsampled: Vec<u64>,
-}
-
-/// Which way a decision moves the limits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// Limits go down.
-    Tighten,
-    /// Limits go back up toward the policy.
-    Relax,
-}
-
-impl Direction {
-    /// The metric label value: `tighten` or `relax`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Tighten => "tighten",
-            Direction::Relax => "relax",
-        }
-    }
-}
-
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A change of one instance's limits, to be applied to its cgroup.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Decision {
-    /// The instance.
-    pub id: u64,
-    /// Its app.
-    pub app: String,
-    /// Tighten or relax.
-    pub direction: Direction,
-    /// Limits in force before.
-    pub before: Limits,
-    /// Limits to apply.
-    pub after: Limits,
-    /// Human-readable cause, for the tracing event.
-    pub reason: String,
-}
-
 /// What tightened an instance during the current episode.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Causes {
     rule: bool,
     host_cpu: bool,
     host_memory: bool,
+    lent: bool,
 }
 
 /// Per-instance state.
@@ -272,6 +143,15 @@ struct State {
     util: Option<f64>,
     /// Start of the current hot streak.
     hot_since: Option<Duration>,
+    /// Previous throttled-time and own-stall counters.
+    last_throttled: Option<u64>,
+    last_stall: Option<u64>,
+    /// Hit its quota in the last interval (`None`: no measurement).
+    throttled: Option<bool>,
+    /// Own CPU stall share over the last interval (v2 `cpu.pressure`).
+    stall: Option<f64>,
+    /// Since when the weight has been lowered.
+    weight_low_since: Option<Duration>,
     causes: Causes,
     calm_since: Option<Duration>,
     last_change: Duration,
@@ -287,6 +167,11 @@ impl State {
             last: None,
             util: None,
             hot_since: None,
+            last_throttled: None,
+            last_stall: None,
+            throttled: None,
+            stall: None,
+            weight_low_since: None,
             causes: Causes::default(),
             calm_since: None,
             last_change: now,
@@ -333,8 +218,33 @@ impl State {
         }
     }
 
-    /// Measures utilisation from the CPU counter; updates the hot streak.
-    fn measure(&mut self, now: Duration, usage: u64, hot_threshold: f64) {
+    /// Lent CPU in force.
+    fn lent(&self) -> bool {
+        self.current.cpu > self.policy.cpu
+    }
+
+    /// Measures utilisation, throttling and own stall from the counters; updates the hot
+    /// streak.
+    fn measure(&mut self, now: Duration, inst: &InstanceSample, hot_threshold: f64) {
+        let usage = inst.cpu_usage_usec;
+        let span = self
+            .last
+            .filter(|(then, before)| now > *then && usage >= *before)
+            .map(|(then, _)| (now - then).as_micros() as f64);
+        self.throttled = match (span, self.last_throttled, inst.throttled_usec) {
+            (Some(_), Some(old), Some(new)) => Some(new > old),
+            _ => None,
+        };
+        self.stall = match (span, self.last_stall, inst.cpu_stall_usec) {
+            (Some(dt), Some(old), Some(new)) if new >= old => {
+                Some(((new - old) as f64 / dt).min(1.0))
+            }
+            _ => None,
+        };
+        if span.is_some() || self.last.is_none() {
+            self.last_throttled = inst.throttled_usec;
+            self.last_stall = inst.cpu_stall_usec;
+        }
         match self.last {
             Some((_, before)) if usage < before => {
                 // Counter reset: no measurement, the streak restarts.
@@ -362,15 +272,7 @@ impl State {
         self.causes = Causes::default();
         self.calm_since = None;
         self.mem_tightened_to = None;
-    }
-}
-
-/// `min` over `memory.high` values where `None` means unlimited.
-fn min_mem(a: Option<u64>, b: Option<u64>) -> Option<u64> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (Some(x), None) | (None, Some(x)) => Some(x),
-        (None, None) => None,
+        self.weight_low_since = None;
     }
 }
 
@@ -379,6 +281,9 @@ fn min_mem(a: Option<u64>, b: Option<u64>) -> Option<u64> {
 pub struct Governor {
     params: GovernorParams,
     states: BTreeMap<u64, State>,
+    /// The previous host reading, for deltas.
+    host_last: Option<(Duration, HostPressure)>,
+    source: Option<PressureSource>,
 }
 
 impl Governor {
@@ -387,6 +292,8 @@ impl Governor {
         Governor {
             params: clamp_params(params),
             states: BTreeMap::new(),
+            host_last: None,
+            source: None,
         }
     }
 
@@ -421,6 +328,18 @@ impl Governor {
         }
     }
 
+    /// Where the last sample's view of host CPU contention came from (`None` before the
+    /// first sample).
+    pub fn pressure_source(&self) -> Option<PressureSource> {
+        self.source
+    }
+
+    /// Whether the governor has moved any limit of `id` away from its policy (it is then
+    /// followed every tick so that it relaxes on time).
+    pub fn adjusted(&self, id: u64) -> bool {
+        self.states.get(&id).is_some_and(|s| s.tightened())
+    }
+
     /// The parameters in use.
     pub fn params(&self) -> &GovernorParams {
         &self.params
@@ -447,7 +366,7 @@ impl Governor {
         let now = sample.now;
         let p = self.params.clone();
 
-        // Bookkeeping: forget the absent, update policy and utilisation of the present.
+        // Bookkeeping: forget the absent, update policy and measurements of the present.
         let present: BTreeSet<u64> = sample
             .instances
             .iter()
@@ -465,29 +384,109 @@ impl Governor {
                 .spike
                 .as_ref()
                 .map_or(DEFAULT_CPU_ABOVE, |r| r.cpu_above);
-            state.measure(now, inst.cpu_usage_usec, threshold);
+            state.measure(now, inst, threshold);
         }
 
-        let cpu_psi = sample.host.cpu_some_avg10;
-        let mem_psi = sample.host.memory_some_avg10;
-        let cpu_pressed = cpu_psi.is_some_and(|v| v >= p.cpu_pressure);
-        let mem_pressed = mem_psi.is_some_and(|v| v >= p.memory_pressure);
-        let cpu_calm_host = cpu_psi.is_none_or(|v| v < p.cpu_pressure * HYSTERESIS);
-        let mem_calm_host = mem_psi.is_none_or(|v| v < p.memory_pressure * HYSTERESIS);
-
-        // Default CPU rule: the heaviest of the rule-less instances that are hot long enough or
-        // already tightened by this rule.
-        let cpu_victim = if cpu_pressed {
-            heaviest(sample.instances.iter().filter_map(|inst| {
-                let state = &self.states[&inst.id];
-                let eligible = inst.spike.is_none()
-                    && (state.hot_for(now).is_some_and(|d| d >= DEFAULT_SPIKE_FOR)
-                        || (state.causes.host_cpu && !state.idle()));
-                eligible.then_some((inst.id, state.util?))
-            }))
-        } else {
-            None
+        // The host over the interval.
+        let view = HostView::between(self.host_last, now, &sample.host);
+        self.host_last = Some((now, sample.host));
+        let utils: BTreeMap<u64, f64> = sample
+            .instances
+            .iter()
+            .filter_map(|i| Some((i.id, self.states[&i.id].util?)))
+            .collect();
+        let busy = view.busy.unwrap_or_else(|| utils.values().sum());
+        // A host whose /proc/stat is read but has no interval yet has no known spare CPU.
+        let spare = match view.busy {
+            None if sample.host.cpu_busy_usec.is_some() => 0.0,
+            _ => (p.host_cpus - busy).max(0.0),
         };
+        let psi = sample.host.cpu_some_total_usec.is_some() || sample.host.cpu_some_avg10.is_some();
+        self.source = Some(if psi {
+            PressureSource::Psi
+        } else {
+            PressureSource::Usage
+        });
+        let stall_pct = view.cpu_stall.map(|s| s * 100.0);
+        let (cpu_pressed, cpu_calm_host, contention) = if psi {
+            (
+                stall_pct.is_some_and(|v| v >= p.cpu_pressure),
+                stall_pct.is_none_or(|v| v < p.cpu_pressure * HYSTERESIS),
+                format!(
+                    "host cpu stall {:.1}% of the last interval >= {:.1}%",
+                    stall_pct.unwrap_or_default(),
+                    p.cpu_pressure
+                ),
+            )
+        } else {
+            (
+                busy >= share::SATURATED * p.host_cpus,
+                busy < share::UNSATURATED * p.host_cpus,
+                format!(
+                    "host cpu busy {busy:.2} of {} cores (no PSI: usage counters)",
+                    p.host_cpus
+                ),
+            )
+        };
+        let mem_pct = view.mem_stall.map(|s| s * 100.0);
+        let mem_pressed = mem_pct.is_some_and(|v| v >= p.memory_pressure);
+        let mem_calm_host = mem_pct.is_none_or(|v| v < p.memory_pressure * HYSTERESIS);
+
+        // Default CPU protection: the drivers of the contention among rule-less instances.
+        let ruleless = || {
+            sample
+                .instances
+                .iter()
+                .filter(|i| i.spike.is_none())
+                .filter_map(|i| Some((i.id, *utils.get(&i.id)?)))
+        };
+        let max_ruleless = ruleless().map(|(_, u)| u).fold(0.0, f64::max);
+        let drivers: BTreeSet<u64> = if cpu_pressed {
+            ruleless()
+                .filter(|&(id, u)| {
+                    let state = &self.states[&id];
+                    (u >= share::DRIVER_MIN_CORES && u >= share::DRIVER_SHARE * max_ruleless)
+                        || (state.causes.host_cpu && !state.idle())
+                })
+                .map(|(id, _)| id)
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+        let active = |id: u64| utils.get(&id).is_some_and(|u| *u >= share::ACTIVE_CORES);
+        let others_active = |me: u64| utils.keys().any(|&id| id != me && active(id));
+        let own_psi = utils.keys().any(|id| self.states[id].stall.is_some());
+        let neighbour_stalled = |me: u64| {
+            utils.keys().any(|&id| {
+                id != me
+                    && !drivers.contains(&id)
+                    && active(id)
+                    && if own_psi {
+                        self.states[&id]
+                            .stall
+                            .is_some_and(|s| s * 100.0 >= p.cpu_pressure)
+                    } else {
+                        // No per-group PSI (v1): the host staying contended is the only sign.
+                        cpu_pressed
+                    }
+            })
+        };
+        let fair = share::fair_share(p.host_cpus, &utils.values().copied().collect::<Vec<_>>());
+        let stalled: BTreeSet<u64> = drivers
+            .iter()
+            .copied()
+            .filter(|&id| neighbour_stalled(id))
+            .collect();
+        let contended_by_others: BTreeSet<u64> = if cpu_pressed {
+            utils
+                .keys()
+                .copied()
+                .filter(|&id| others_active(id))
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
+
         // Memory rule: the heaviest memory user.
         let mem_victim = if mem_pressed {
             heaviest(
@@ -509,9 +508,11 @@ impl Governor {
             let Some(state) = self.states.get_mut(&inst.id) else {
                 continue;
             };
+            let util = state.util.unwrap_or_default();
             let mut reasons = Vec::new();
             let mut cpu_target: Option<f64> = None;
             let mut mem_target: Option<u64> = None;
+            let mut weight_target: Option<u32> = None;
             let mut fired = Causes::default();
 
             if let Some(rule) = &inst.spike {
@@ -523,24 +524,45 @@ impl Governor {
                     );
                     mem_target = rule.tighten_memory_high;
                     reasons.push(format!(
-                        "app rule: cpu {:.2} cores >= {:.2} of limit {:.2} for {:?}",
-                        state.util.unwrap_or_default(),
-                        rule.cpu_above,
-                        state.current.cpu,
-                        hot_for,
+                        "app rule: cpu {util:.2} cores >= {:.2} of limit {:.2} for {hot_for:?}",
+                        rule.cpu_above, state.current.cpu,
                     ));
                 }
             }
-            if cpu_victim == Some(inst.id) {
+            if state.lent() && contended_by_others.contains(&inst.id) {
                 fired.host_cpu = true;
-                let target = state.policy.cpu * DEFAULT_TIGHTEN_CPU_FRACTION;
+                let target = state.policy.cpu;
                 cpu_target = Some(cpu_target.map_or(target, |t| t.min(target)));
                 reasons.push(format!(
-                    "host cpu pressure {:.1}% >= {:.1}%, heaviest cpu user {:.2} cores",
-                    cpu_psi.unwrap_or_default(),
-                    p.cpu_pressure,
-                    state.util.unwrap_or_default(),
+                    "{contention} with another tenant active: lent cpu taken back to limits.cpu {target:.2}"
                 ));
+            }
+            if drivers.contains(&inst.id) {
+                fired.host_cpu = true;
+                weight_target = Some(CONTENDED_WEIGHT);
+                reasons.push(format!(
+                    "{contention}, driver using {util:.2} cores: weight {CONTENDED_WEIGHT}"
+                ));
+                let low_for = state.weight_low_since.map(|t| now.saturating_sub(t));
+                // Without per-group PSI the host's stall cannot tell the driver's own waiting
+                // tasks from a starved neighbour: only a fair share well below the quota in
+                // force counts there.
+                let worth = if own_psi {
+                    fair < state.current.cpu
+                } else {
+                    fair < state.current.cpu * share::V1_QUOTA_MARGIN
+                };
+                if low_for.is_some_and(|d| d >= share::QUOTA_AFTER)
+                    && stalled.contains(&inst.id)
+                    && worth
+                {
+                    cpu_target = Some(cpu_target.map_or(fair, |t| t.min(fair)));
+                    reasons.push(format!(
+                        "a neighbour still stalled after {:?} at a low weight: quota to the fair share {fair:.2} of {} cores",
+                        low_for.unwrap_or_default(),
+                        p.host_cpus
+                    ));
+                }
             }
             if mem_victim == Some(inst.id) && !state.causes.host_memory {
                 fired.host_memory = true;
@@ -548,7 +570,7 @@ impl Governor {
                 mem_target = Some(mem_target.map_or(target, |t| t.min(target)));
                 reasons.push(format!(
                     "host memory pressure {:.1}% >= {:.1}%, heaviest memory user {} bytes",
-                    mem_psi.unwrap_or_default(),
+                    mem_pct.unwrap_or_default(),
                     p.memory_pressure,
                     inst.memory_current,
                 ));
@@ -556,10 +578,13 @@ impl Governor {
 
             let before = state.current;
             if fired != Causes::default() {
-                // A spike condition holds: tighten (never below floors, never raising).
+                // A condition holds: tighten (never below floors, never raising).
                 let mut after = before;
                 if let Some(target) = cpu_target {
                     after.cpu = before.cpu.min(target.max(p.floor_cpu));
+                }
+                if let Some(target) = weight_target {
+                    after.weight = before.weight.min(target);
                 }
                 if let Some(target) = mem_target {
                     let target = target.max(p.floor_memory);
@@ -571,7 +596,11 @@ impl Governor {
                     }
                 }
                 state.calm_since = None;
-                if after != before {
+                if after.weight < state.policy.weight {
+                    state.weight_low_since.get_or_insert(now);
+                }
+                let changed = after != before;
+                if changed {
                     state.current = after;
                     state.last_change = now;
                     decisions.push(Decision {
@@ -588,6 +617,51 @@ impl Governor {
                     state.causes.host_cpu |= fired.host_cpu;
                     state.causes.host_memory |= fired.host_memory;
                 }
+                state.causes.lent &= state.lent();
+                if changed || cpu_target.is_some() {
+                    continue;
+                }
+            }
+
+            // Lending: a tenant at its quota on a host with idle CPU borrows, step by step.
+            if let Some(burst) = inst.burst_cpu {
+                let cur = state.current.cpu;
+                let hit = state.util.is_some()
+                    && state
+                        .throttled
+                        .unwrap_or_else(|| state.ratio().is_some_and(|r| r >= share::QUOTA_HIT));
+                let target = burst
+                    .min((cur + share::LEND_STEP_CORES).max(cur * share::LEND_STEP_FACTOR))
+                    .min(cur + spare);
+                if hit
+                    && cur >= state.policy.cpu
+                    && spare >= share::SPARE_MIN_CORES
+                    && !contended_by_others.contains(&inst.id)
+                    && now.saturating_sub(state.last_change) >= p.interval * 3 / 4
+                    && target > cur + 0.01
+                {
+                    let after = Limits {
+                        cpu: target,
+                        ..before
+                    };
+                    state.current = after;
+                    state.last_change = now;
+                    state.causes.lent = true;
+                    state.calm_since = None;
+                    decisions.push(Decision {
+                        id: inst.id,
+                        app: inst.app.clone(),
+                        direction: Direction::Burst,
+                        before,
+                        after,
+                        reason: format!(
+                            "at its quota ({util:.2} cores, throttled) with {spare:.2} cores idle on the host: lent up to burst_cpu {burst:.2}"
+                        ),
+                    });
+                    continue;
+                }
+            }
+            if fired != Causes::default() {
                 continue;
             }
 
@@ -601,9 +675,13 @@ impl Governor {
                     .is_none_or(|r| r < rule.cpu_above * HYSTERESIS),
                 None => true,
             };
+            let lent_calm = state
+                .util
+                .is_none_or(|u| u <= state.policy.cpu * share::LENT_IDLE);
             let calm = (!state.causes.rule || rule_calm)
                 && (!state.causes.host_cpu || cpu_calm_host || state.idle())
-                && (!state.causes.host_memory || mem_calm_host);
+                && (!state.causes.host_memory || mem_calm_host)
+                && (!state.lent() || lent_calm);
             if !calm {
                 state.calm_since = None;
                 continue;
@@ -615,6 +693,9 @@ impl Governor {
             let after = relax_step(state, p.relax_step);
             state.current = after;
             state.last_change = now;
+            if after.weight >= state.policy.weight {
+                state.weight_low_since = None;
+            }
             let done = !state.tightened();
             decisions.push(Decision {
                 id: inst.id,
@@ -636,66 +717,5 @@ impl Governor {
             }
         }
         decisions
-    }
-}
-
-/// `relax_step` clamped into (0, 1].
-fn clamp_params(mut params: GovernorParams) -> GovernorParams {
-    if !(params.relax_step > 0.0 && params.relax_step <= 1.0) {
-        params.relax_step = if params.relax_step > 1.0 { 1.0 } else { 0.25 };
-    }
-    params
-}
-
-/// The id with the largest value (ties → lowest id).
-fn heaviest(items: impl Iterator<Item = (u64, f64)>) -> Option<u64> {
-    let mut best: Option<(u64, f64)> = None;
-    for (id, value) in items {
-        best = match best {
-            Some((bid, bv)) if bv > value || (bv == value && bid < id) => Some((bid, bv)),
-            _ => Some((id, value)),
-        };
-    }
-    best.map(|(id, _)| id)
-}
-
-/// One relax step of `state.current` toward `state.policy`.
-fn relax_step(state: &State, step: f64) -> Limits {
-    let policy = state.policy;
-    let cur = state.current;
-    let cpu = if cur.cpu >= policy.cpu {
-        policy.cpu
-    } else {
-        let next = cur.cpu + (policy.cpu - cur.cpu) * step;
-        if policy.cpu - next <= policy.cpu * SNAP_FRACTION {
-            policy.cpu
-        } else {
-            next
-        }
-    };
-    let memory_high = match (cur.memory_high, policy.memory_high) {
-        (None, _) => policy.memory_high,
-        (Some(c), Some(target)) => Some(step_toward(c, target, step).unwrap_or(target)),
-        (Some(c), None) => {
-            let ceiling = state.mem_tightened_to.unwrap_or(c).saturating_mul(2);
-            step_toward(c, ceiling, step)
-        }
-    };
-    Limits { cpu, memory_high }
-}
-
-/// `cur` moved `step` of the way to `target`; `None` when it lands within the snap distance
-/// (or was already there).
-fn step_toward(cur: u64, target: u64, step: f64) -> Option<u64> {
-    if cur >= target {
-        return None;
-    }
-    let gap = (target - cur) as f64;
-    let next = cur + (gap * step) as u64;
-    let remaining = (target - next) as f64;
-    if remaining <= target as f64 * SNAP_FRACTION {
-        None
-    } else {
-        Some(next)
     }
 }

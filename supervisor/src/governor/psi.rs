@@ -133,24 +133,49 @@ fn parse_line<'a>(words: impl Iterator<Item = &'a str>) -> Result<PsiLine, Strin
     })
 }
 
-/// Host pressure from `<proc_root>/pressure/cpu` and `<proc_root>/pressure/memory`
-/// (`some avg10` of each). A file that is missing, unreadable or malformed gives `None` (logged
-/// at debug level): PSI is optional (kernels built or booted without it).
+/// Host pressure from `<proc_root>/pressure/cpu` and `<proc_root>/pressure/memory` (`some`
+/// `avg10` and `total` of each) and the host's busy CPU time from `<proc_root>/stat`. A file
+/// that is missing, unreadable or malformed gives `None` (logged at debug level): PSI is
+/// optional (kernels built or booted without it).
 pub fn read_host_pressure(proc_root: &Path) -> HostPressure {
     let read = |name: &str| {
         let path = proc_root.join("pressure").join(name);
         match read_psi(&path) {
-            Ok(psi) => Some(psi.some.avg10),
+            Ok(psi) => Some(psi.some),
             Err(error) => {
                 tracing::debug!(%error, "host PSI unavailable");
                 None
             }
         }
     };
+    let (cpu, memory) = (read("cpu"), read("memory"));
     HostPressure {
-        cpu_some_avg10: read("cpu"),
-        memory_some_avg10: read("memory"),
+        cpu_some_avg10: cpu.map(|l| l.avg10),
+        memory_some_avg10: memory.map(|l| l.avg10),
+        cpu_some_total_usec: cpu.map(|l| l.total),
+        memory_some_total_usec: memory.map(|l| l.total),
+        cpu_busy_usec: std::fs::read_to_string(proc_root.join("stat"))
+            .ok()
+            .and_then(|text| busy_usec(&text)),
     }
+}
+
+/// Clock ticks per second of `/proc/stat` (`USER_HZ`, 100 on every Linux architecture hako
+/// runs on).
+const USER_HZ: u64 = 100;
+
+/// Busy CPU time of all CPUs (user, nice, system, irq, softirq, steal; not idle nor iowait)
+/// from the aggregate `cpu` line of `/proc/stat`, in µs.
+fn busy_usec(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    let at = |i: usize| f.get(i).copied().unwrap_or(0);
+    let ticks = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
+    Some(ticks * (1_000_000 / USER_HZ))
 }
 
 #[cfg(test)]
@@ -259,12 +284,21 @@ mod tests {
             "some avg10=12.50 avg60=3.00 avg300=1.00 total=77\n\
              full avg10=4.00 avg60=1.00 avg300=0.20 total=33\n",
         );
+        std::fs::write(
+            root.path().join("stat"),
+            "cpu  100 20 30 1000 50 4 6 2 0 0\ncpu0 50 10 15 500 25 2 3 1 0 0\nintr 1\n",
+        )
+        .unwrap();
         let host = read_host_pressure(root.path());
         assert_eq!(
             host,
             HostPressure {
                 cpu_some_avg10: Some(25.78),
-                memory_some_avg10: Some(12.5)
+                memory_some_avg10: Some(12.5),
+                cpu_some_total_usec: Some(21_128_880),
+                memory_some_total_usec: Some(77),
+                // (100 + 20 + 30 + 4 + 6 + 2) ticks of 10 ms
+                cpu_busy_usec: Some(1_620_000),
             }
         );
     }
@@ -276,12 +310,14 @@ mod tests {
         std::fs::create_dir(root.path().join("pressure")).unwrap();
         write(&root.path().join("pressure"), "cpu", CPU_SOME_ONLY);
         write(&root.path().join("pressure"), "memory", "not psi\n");
+        std::fs::write(root.path().join("stat"), "cpu  garbage\n").unwrap();
         let host = read_host_pressure(root.path());
         assert_eq!(
             host,
             HostPressure {
                 cpu_some_avg10: Some(1.5),
-                memory_some_avg10: None
+                cpu_some_total_usec: Some(123_456),
+                ..Default::default()
             }
         );
     }
