@@ -5,6 +5,7 @@ pub mod cli;
 pub mod container;
 pub mod exclusive;
 pub mod governor;
+pub mod hooks;
 pub mod image;
 pub mod instances;
 pub mod metrics;

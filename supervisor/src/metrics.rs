@@ -59,6 +59,7 @@ pub struct Metrics {
     queue_depth: IntGaugeVec,
     stops: IntCounterVec,
     limit_changes: IntCounterVec,
+    hook_runs: IntCounterVec,
     cpu_seconds: prometheus::CounterVec,
     memory_bytes: IntGaugeVec,
     zygote_restarts: prometheus::IntCounter,
@@ -168,6 +169,15 @@ impl Metrics {
             &["app"],
         )
         .expect("valid metric");
+        let hook_runs = IntCounterVec::new(
+            Opts::new(
+                "hako_hook_runs_total",
+                "Lifecycle hooks run, by app, hook (before_boot, after_ready, before_stop, \
+                 after_stop, on_pressure) and result (ok, failed, timeout).",
+            ),
+            &["app", "hook", "result"],
+        )
+        .expect("valid metric");
         let memory_bytes = IntGaugeVec::new(
             Opts::new(
                 "hako_cgroup_memory_bytes",
@@ -221,6 +231,7 @@ impl Metrics {
             Box::new(queue_depth.clone()),
             Box::new(stops.clone()),
             Box::new(limit_changes.clone()),
+            Box::new(hook_runs.clone()),
             Box::new(cpu_seconds.clone()),
             Box::new(memory_bytes.clone()),
         ] {
@@ -236,6 +247,7 @@ impl Metrics {
             queue_depth,
             stops,
             limit_changes,
+            hook_runs,
             cpu_seconds,
             memory_bytes,
             zygote_restarts,
@@ -429,6 +441,14 @@ impl AppMetrics {
                 .with_label_values(&[&self.app, direction])
                 .inc(),
         }
+    }
+
+    /// A lifecycle hook ran (`hako_hook_runs_total`).
+    pub fn hook_run(&self, hook: &str, result: &str) {
+        self.all
+            .hook_runs
+            .with_label_values(&[&self.app, hook, result])
+            .inc();
     }
 
     pub fn add_cpu_seconds(&self, secs: f64) {

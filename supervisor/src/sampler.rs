@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hako_policies::{App, Config};
+use hako_policies::{App, Config, HookPoint};
 use tokio::time::Instant;
 
 use crate::governor::{
@@ -241,6 +241,7 @@ pub async fn run_with_proc(
             let Some((_, _, policy, r)) = rows.iter().find(|row| row.0.id == d.id) else {
                 continue;
             };
+            let hook_pid = r.pid();
             let r = r.clone();
             let (before, after) = (d.before, d.after);
             let applied = tokio::task::spawn_blocking(move || {
@@ -282,6 +283,16 @@ pub async fn run_with_proc(
                     );
                     if let Some(m) = sup.app_metrics(&d.app) {
                         m.limit_change(d.direction.as_str());
+                        // on_pressure: in a task of its own, never delaying the sampler.
+                        if d.direction.as_str() == "tighten" {
+                            let (point, pid) = (HookPoint::OnPressure, Some(hook_pid));
+                            let why = d.reason.to_string();
+                            if let Some(f) =
+                                crate::hooks::fire_later(policy, point, d.id, pid, why, &m)
+                            {
+                                tokio::spawn(f);
+                            }
+                        }
                     }
                 }
                 Ok((Err(e), in_force)) => {

@@ -15,8 +15,9 @@ pub fn container_spec(app: &App, port: u16) -> ContainerSpec {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     env.insert("PATH".into(), DEFAULT_PATH.into());
     env.insert("HOME".into(), "/".into());
-    for (k, v) in &app.env {
-        env.insert(k.clone(), v.clone());
+    // env_file's secrets, then `env` (which wins). Never logged: the spec is only hashed.
+    for (k, v) in app.environment() {
+        env.insert(k, v);
     }
     env.insert("PORT".into(), port.to_string());
     let mut spec = ContainerSpec::new(rootfs, app.command.clone());
@@ -34,6 +35,26 @@ pub fn container_spec(app: &App, port: u16) -> ContainerSpec {
     spec.seccomp = matches!(app.seccomp, hako_policies::SeccompMode::Default);
     spec.expose_host_secrets = app.expose_host_secrets;
     spec.user_namespace = app.user_namespace;
+    spec.tmp_size = app.limits.disk;
+    spec.volumes = app
+        .volumes
+        .iter()
+        .map(|v| match v {
+            hako_policies::Volume::Bind {
+                source,
+                target,
+                read_only,
+            } => hako_launcher::VolumeSpec::Bind {
+                source: source.clone(),
+                target: target.clone(),
+                read_only: *read_only,
+            },
+            hako_policies::Volume::Tmpfs { target, size } => hako_launcher::VolumeSpec::Tmpfs {
+                target: target.clone(),
+                size: *size,
+            },
+        })
+        .collect();
     if matches!(app.readiness.probe, hako_policies::Probe::ListenFds) {
         // Socket activation: the listening socket exists before the app runs, so the
         // instance is ready the moment it is spawned (the kernel queues connections).

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hako_policies::{App, Probe};
+use hako_policies::{App, HookPoint, Probe};
 use hako_proxy::Upstream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
@@ -36,7 +36,9 @@ fn backoff(failure: &BootFailure, failures: u32) -> Duration {
             (BootErrorClass::Transient, BootErrorSource::Launcher | BootErrorSource::Zygote) => {
                 Duration::from_millis(100)
             }
-            (_, BootErrorSource::AppExit | BootErrorSource::Readiness) => Duration::from_secs(1),
+            (_, BootErrorSource::AppExit | BootErrorSource::Readiness | BootErrorSource::Hook) => {
+                Duration::from_secs(1)
+            }
         },
         BootFailure::NotReady(_) => Duration::from_secs(1),
     };
@@ -84,6 +86,23 @@ impl Supervisor {
         policy: Arc<App>,
     ) {
         let boot_start = Instant::now();
+        // A failing before_boot hook fails the boot (502 naming the hook, 1 s doubling backoff).
+        if let Err(why) = crate::hooks::fire(
+            &policy,
+            HookPoint::BeforeBoot,
+            inst.id,
+            None,
+            "boot",
+            &pool.metrics,
+        )
+        .await
+        {
+            tracing::warn!(app = %inst.app, instance = inst.id, reason = %why, "boot failed");
+            pool.metrics.boot("failed", None);
+            let e = BootError::permanent(BootErrorSource::Hook, why);
+            self.forget(&pool, &inst, Some(BootFailure::Failed(e)));
+            return;
+        }
         let running = match self.runtime.spawn(policy.clone(), inst.id).await {
             Ok(r) => r,
             Err(reason) => {
@@ -137,6 +156,11 @@ impl Supervisor {
             let exit = stop_process(running.as_ref(), &mut exit_rx, Duration::ZERO).await;
             running.cleanup().await;
             pool.metrics.stop(StopReason::BootFailed);
+            let pid = Some(running.pid());
+            let after = HookPoint::AfterStop;
+            if let Some(f) = hook_later(&policy, after, inst.id, pid, "boot_failed", &pool) {
+                self.tasks.spawn(f);
+            }
             tracing::info!(app = %inst.app, instance = inst.id, %exit, "instance removed");
             self.forget(&pool, &inst, Some(failure));
             return;
@@ -154,6 +178,10 @@ impl Supervisor {
             pool.publish_gauges(&st);
         }
         pool.changed.notify_waiters();
+        let pid = Some(running.pid());
+        if let Some(f) = hook_later(&policy, HookPoint::AfterReady, inst.id, pid, "ready", &pool) {
+            self.tasks.spawn(f);
+        }
 
         // Serve until asked to stop or the process dies; hibernate and wake on the way.
         let reason = loop {
@@ -193,6 +221,17 @@ impl Supervisor {
         let (reason, exit) = match reason {
             Some(reason) => {
                 pool.changed.notify_waiters();
+                // No new requests reach it any more: the hook delays only the stop.
+                let (point, pid) = (HookPoint::BeforeStop, Some(running.pid()));
+                let _ = crate::hooks::fire(
+                    &policy,
+                    point,
+                    inst.id,
+                    pid,
+                    reason.as_str(),
+                    &pool.metrics,
+                )
+                .await;
                 drain(&inst, policy.lifetime.grace).await;
                 let exit =
                     stop_process(running.as_ref(), &mut exit_rx, policy.lifetime.stop_timeout)
@@ -226,6 +265,17 @@ impl Supervisor {
             }
             _ => tracing::info!(app = %inst.app, instance = inst.id, %reason, %exit, age_s = age,
                 requests = inst.requests(), "instance stopped"),
+        }
+        let pid = Some(running.pid());
+        if let Some(f) = hook_later(
+            &policy,
+            HookPoint::AfterStop,
+            inst.id,
+            pid,
+            reason.as_str(),
+            &pool,
+        ) {
+            self.tasks.spawn(f);
         }
         self.forget(&pool, &inst, None);
     }
@@ -320,6 +370,18 @@ impl Supervisor {
         *inst.running.lock().expect("instance lock") = None;
         pool.changed.notify_waiters();
     }
+}
+
+/// The app's hook at `point` as a future to spawn (see [`crate::hooks::fire_later`]).
+fn hook_later(
+    policy: &Arc<App>,
+    point: HookPoint,
+    id: u64,
+    pid: Option<i32>,
+    reason: &str,
+    pool: &AppPool,
+) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+    crate::hooks::fire_later(policy, point, id, pid, reason.to_owned(), &pool.metrics)
 }
 
 /// Waits until the instance has no request in flight, at most `grace`.

@@ -95,6 +95,8 @@ pub enum BootErrorSource {
     AppExit,
     /// The app did not become ready in time.
     Readiness,
+    /// The app's `before_boot` hook failed or timed out.
+    Hook,
 }
 
 /// Why an instance could not be booted: a reason for humans, a class the supervisor acts on
