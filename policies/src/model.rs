@@ -108,7 +108,14 @@ pub struct Config {
     pub clients: Clients,
     /// TLS termination (`tls`); `None`: plain HTTP only.
     pub tls: Option<crate::Tls>,
+    /// This node's name in logs and `/v1/instances` (`node_name`); `None`: the host name.
+    pub node_name: Option<String>,
+    /// How long `hako drain` waits for the node to empty before it exits anyway.
+    pub drain_timeout: Duration,
 }
+
+/// Default `drain_timeout`.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Default `client_header_timeout`.
 pub const DEFAULT_CLIENT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);

@@ -24,6 +24,9 @@ pub(crate) struct RawConfig {
     pub client_idle_timeout: Option<Duration>,
     pub max_connections_per_client: Option<i64>,
     pub tls: Option<crate::tls::RawTls>,
+    pub node_name: Option<String>,
+    #[serde(deserialize_with = "de_opt_duration")]
+    pub drain_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1,13 +1,15 @@
-//! The admin endpoint: `GET /metrics`, `GET /healthz`, `GET /v1/instances`, `POST /v1/reload`.
+//! The admin endpoint: `GET /metrics`, `GET /healthz`, `GET /v1/instances`, `POST /v1/reload`,
+//! `POST /v1/drain`, `POST /v1/undrain`.
 //!
 //! It binds loopback by default (the configuration refuses a public address unless
 //! `allow_public_admin` is set).
 //!
-//! `POST /v1/reload` changes what the node serves, so it refuses what a web page could send
-//! (a cross-site "simple" POST, or a DNS-rebound host name): it needs the header
-//! `X-Hako-Reload: 1` or a JSON content type (neither can be sent cross-site without a CORS
-//! preflight, which this endpoint never answers), a `Host` naming the admin address itself
-//! and no foreign `Origin`; else 403. Every reload request is logged with its peer and result.
+//! The POSTs change what the node does, so one rule refuses what a web page could send
+//! (a cross-site "simple" POST, or a DNS-rebound host name): each needs the header
+//! `X-Hako-Admin: 1` (or its older name `X-Hako-Reload: 1`) or a JSON content type (neither
+//! can be sent cross-site without a CORS preflight, which this endpoint never answers), a
+//! `Host` naming the admin address itself and no foreign `Origin`; else 403. Every such
+//! request is logged with its peer and result.
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -26,8 +28,13 @@ use crate::instances::Supervisor;
 /// Reloads the running process's configuration (coalesced; see [`crate::reload`]).
 pub type ReloadHook = Arc<crate::reload::Reloader>;
 
-/// The header that makes a reload request one a browser cannot send cross-site unasked.
+/// The header that makes a reload request one a browser cannot send cross-site unasked (also
+/// accepted on every other admin POST; the reply to a reload carries the generation in it).
 pub const RELOAD_HEADER: &str = "x-hako-reload";
+
+/// The header that makes an admin POST (drain, undrain, reload) one a browser cannot send
+/// cross-site unasked.
+pub const ADMIN_HEADER: &str = "x-hako-admin";
 
 /// The two ends of an admin connection and the configured admin address.
 #[derive(Debug, Clone, Copy)]
@@ -54,8 +61,8 @@ impl Conn {
         out
     }
 
-    /// Why a reload request is refused, if it is.
-    fn refuse_reload(&self, req: &Request<Incoming>) -> Option<String> {
+    /// Why a state-changing request (reload, drain, undrain) is refused, if it is.
+    fn refuse_post(&self, req: &Request<Incoming>) -> Option<String> {
         let headers = req.headers();
         let header = |name| {
             headers
@@ -64,10 +71,13 @@ impl Conn {
         };
         let json = header(http::header::CONTENT_TYPE.as_str())
             .is_some_and(|t| t.to_ascii_lowercase().starts_with("application/json"));
-        if !json && header(RELOAD_HEADER).is_none_or(|v| v.is_empty()) {
+        let marked = [ADMIN_HEADER, RELOAD_HEADER]
+            .into_iter()
+            .any(|name| header(name).is_some_and(|v| !v.is_empty()));
+        if !json && !marked {
             return Some(
-                "a reload needs the header `X-Hako-Reload: 1` (sent by `hako reload`) or a JSON \
-                 content type"
+                "an admin POST needs the header `X-Hako-Admin: 1` (sent by `hako reload`, \
+                 `hako drain`, `hako undrain`) or a JSON content type"
                     .to_owned(),
             );
         }
@@ -77,7 +87,7 @@ impl Conn {
         match host {
             Some(h) if allowed.iter().any(|a| a.eq_ignore_ascii_case(&h)) => {}
             Some(h) => return Some(format!("Host `{h}` is not this admin endpoint")),
-            None => return Some("a reload needs a Host header".to_owned()),
+            None => return Some("an admin POST needs a Host header".to_owned()),
         }
         if let Some(origin) = header(http::header::ORIGIN.as_str()) {
             let own = allowed
@@ -100,7 +110,7 @@ async fn reload_request(
     let peer = conn
         .peer
         .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
-    if let Some(why) = conn.refuse_reload(req) {
+    if let Some(why) = conn.refuse_post(req) {
         tracing::warn!(peer = %peer, reason = %why, "admin reload request refused");
         return reply(StatusCode::FORBIDDEN, "text/plain", format!("{why}\n"));
     }
@@ -119,6 +129,38 @@ async fn reload_request(
     resp.headers_mut()
         .insert(RELOAD_HEADER, http::HeaderValue::from(outcome.generation));
     resp
+}
+
+/// `POST /v1/drain` and `POST /v1/undrain`: checked like a reload, logged.
+fn drain_request(
+    sup: &Supervisor,
+    req: &Request<Incoming>,
+    conn: Conn,
+    drain: bool,
+) -> Response<Full<Bytes>> {
+    use crate::drain::DrainChange;
+    let peer = conn
+        .peer
+        .map_or_else(|| "unknown".to_owned(), |p| p.to_string());
+    let what = if drain { "drain" } else { "undrain" };
+    if let Some(why) = conn.refuse_post(req) {
+        tracing::warn!(peer = %peer, request = what, reason = %why, "admin request refused");
+        return reply(StatusCode::FORBIDDEN, "text/plain", format!("{why}\n"));
+    }
+    let node = sup.node();
+    let change = if drain { node.drain() } else { node.undrain() };
+    tracing::info!(peer = %peer, request = what, result = ?change, "admin request");
+    let (status, body) = match (drain, change) {
+        (true, DrainChange::Changed) => (StatusCode::OK, "draining\n"),
+        (true, _) => (StatusCode::OK, "already draining\n"),
+        (false, DrainChange::Changed) => (StatusCode::OK, "serving again\n"),
+        (false, DrainChange::Already) => (StatusCode::OK, "not draining\n"),
+        (false, DrainChange::TooLate) => (
+            StatusCode::CONFLICT,
+            "too late: the drain is over and the node is exiting\n",
+        ),
+    };
+    reply(status, "text/plain", body)
 }
 
 fn reply(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -166,7 +208,10 @@ fn handle(
                 "reload is not available\n",
             ),
         },
-        (_, "/metrics" | "/healthz" | "/v1/instances" | "/v1/reload") => reply(
+        (
+            _,
+            "/metrics" | "/healthz" | "/v1/instances" | "/v1/reload" | "/v1/drain" | "/v1/undrain",
+        ) => reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
             "method not allowed\n",
@@ -227,6 +272,8 @@ pub async fn serve(
                         (Some(r), &Method::POST, "/v1/reload") => {
                             reload_request(r, &req, conn).await
                         }
+                        (_, &Method::POST, "/v1/drain") => drain_request(&sup, &req, conn, true),
+                        (_, &Method::POST, "/v1/undrain") => drain_request(&sup, &req, conn, false),
                         _ => handle(&sup, reload.as_ref(), &req),
                     };
                     Ok::<_, Infallible>(resp)

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod cli;
 pub mod container;
+pub mod drain;
 pub mod exclusive;
 pub mod governor;
 pub mod hooks;

@@ -531,6 +531,8 @@ mod tests {
             },
             clients: Default::default(),
             tls: None,
+            node_name: None,
+            drain_timeout: hako_policies::DEFAULT_DRAIN_TIMEOUT,
         }
     }
 

@@ -236,15 +236,42 @@ pub fn run(source: ConfigSource) -> anyhow::Result<()> {
         &cfg.cgroup_parent,
         &cfg.state_dir,
     )?;
+    let node = node_name(&cfg);
+    // Every log line of this node carries `node`: the span is entered on the main thread and
+    // on every runtime thread for the life of the process (spawned tasks do not inherit a
+    // span), so instance and request logs of a fleet can be told apart once shipped.
+    let span = tracing::info_span!("hako", node = %node);
+    let thread_span = span.clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("hako-worker")
+        .on_thread_start(move || {
+            // Never exited: the thread lives as long as the runtime.
+            std::mem::forget(thread_span.clone().entered());
+        })
         .build()
         .context("start the tokio runtime")?;
-    rt.block_on(serve(source, cfg, zygote))
+    let _entered = span.enter();
+    rt.block_on(serve(source, cfg, zygote, node))
 }
 
-async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow::Result<()> {
+/// `node_name`, or the host name (`localhost` if even that is unknown).
+pub fn node_name(cfg: &Config) -> String {
+    cfg.node_name.clone().unwrap_or_else(|| {
+        nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_owned())
+    })
+}
+
+async fn serve(
+    source: ConfigSource,
+    cfg: Config,
+    zygote: Arc<Zygote>,
+    node: String,
+) -> anyhow::Result<()> {
     use anyhow::Context;
     // v1: groups in the freezer hierarchy too, always: hibernation freezes them, and orphan
     // recovery must be able to thaw what a previous hako froze (cost: create + remove p50
@@ -291,6 +318,9 @@ async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow
     let options = supervisor_options(&cfg);
     let tick = options.tick;
     let sup = Supervisor::new(runtime.clone(), metrics, options.clone());
+    sup.node().set_name(&node);
+    // Unhealthy until the proxy listens.
+    sup.node().set_listening(false);
     sup.apply_apps(&cfg.apps, options);
     // First boots from warm namespaces: prepared in the background, never blocking startup.
     runtime.prepare_apps(&cfg.apps);
@@ -312,6 +342,7 @@ async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow
     let admin_listener = tokio::net::TcpListener::bind(cfg.admin)
         .await
         .with_context(|| format!("admin endpoint on {}", cfg.admin))?;
+    sup.node().set_listening(true);
     tracing::info!(listen = %cfg.listen, admin = %cfg.admin, apps = cfg.apps.len(), "hako serving");
 
     // Reload: SIGHUP or POST /v1/reload, coalesced, run on a blocking thread. A broken file
@@ -407,6 +438,17 @@ async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow
         })
     };
 
+    // `hako drain`: once the node is empty (or at drain_timeout), the same graceful shutdown
+    // as SIGTERM, then exit 0.
+    let drain = {
+        let sup = sup.clone();
+        let current = current.clone();
+        tokio::spawn(crate::drain::run(sup, move || {
+            current
+                .lock()
+                .map_or(hako_policies::DEFAULT_DRAIN_TIMEOUT, |c| c.drain_timeout)
+        }))
+    };
     let grace = cfg
         .apps
         .iter()
@@ -422,12 +464,16 @@ async fn serve(source: ConfigSource, cfg: Config, zygote: Arc<Zygote>) -> anyhow
         sup.clone(),
         proxy_options(&cfg),
         async move {
-            let _ = first_signal_rx.await;
+            tokio::select! {
+                _ = first_signal_rx => {}
+                _ = drain => {}
+            }
         },
         grace,
     )
     .await
     .context("proxy failed")?;
+    sup.node().set_listening(false);
     tracing::info!(
         requests = report.requests,
         completed_during_drain = report.completed_during_drain,
@@ -508,6 +554,9 @@ fn reload(
     }
     if new.state_dir != cur.state_dir {
         notes.push("state_dir change needs a restart".to_string());
+    }
+    if new.node_name != cur.node_name {
+        notes.push("node_name change needs a restart".to_string());
     }
     if new.clients != cur.clients {
         notes.push("client_* and max_connections_per_client changes need a restart".to_string());

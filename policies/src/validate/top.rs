@@ -59,6 +59,15 @@ impl Ctx<'_> {
             raw.client_idle_timeout,
             raw.max_connections_per_client,
         );
+        let node_name = raw.node_name.filter(|n| self.node_name_ok(n));
+        let drain_timeout = match raw.drain_timeout {
+            Some(d) if d.is_zero() => {
+                self.fault("drain_timeout", "must be greater than zero");
+                DEFAULT_DRAIN_TIMEOUT
+            }
+            Some(d) => d,
+            None => DEFAULT_DRAIN_TIMEOUT,
+        };
         let mut apps = Vec::new();
         match raw.apps {
             None => self.missing("", "apps", "at least one app is required"),
@@ -91,7 +100,26 @@ impl Ctx<'_> {
             governor,
             clients,
             tls,
+            node_name,
+            drain_timeout,
         }
+    }
+
+    /// `node_name`: 1 to 64 characters of letters, digits, `.`, `-` and `_` (a host name's
+    /// alphabet), so that it is safe in log fields, JSON and metric label values.
+    fn node_name_ok(&mut self, name: &str) -> bool {
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+        if !ok {
+            self.fault(
+                "node_name",
+                format!("`{name}` is not a node name: 1 to 64 letters, digits, `.`, `-` or `_`"),
+            );
+        }
+        ok
     }
 
     pub(super) fn clients(

@@ -52,6 +52,13 @@ pub enum Command {
     /// Ask a running hako to reload its configuration (same as SIGHUP); prints the summary or
     /// the errors. Reloads asked for while one runs share the next one.
     Reload(PsArgs),
+    /// Take this node out of a fleet: /healthz answers 503 `draining` (the load balancer
+    /// moves the node's apps to other nodes), requests still received are served, instances
+    /// stop as they go idle, and `hako serve` exits 0 once nothing is left (or after
+    /// drain_timeout). Undone by `hako undrain` until then.
+    Drain(AdminArgs),
+    /// Cancel a drain before the node exits: /healthz answers 200 again.
+    Undrain(AdminArgs),
     /// Launcher boot latency benchmark (used by `hako-bench launcher`).
     #[command(hide = true)]
     BenchSpawn(spawnbench::BenchSpawnArgs),
@@ -82,6 +89,13 @@ pub struct PsArgs {
     /// Print the raw JSON of /v1/instances instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AdminArgs {
+    /// Address of the admin endpoint.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+    pub admin: SocketAddr,
 }
 
 /// Installs the tracing subscriber (stderr; RUST_LOG overrides the default `info`).
@@ -121,6 +135,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Ps(args) => ps(&args),
         Command::BenchSpawn(args) => spawnbench::run(args),
+        Command::Drain(args) => admin_post(args.admin, "/v1/drain"),
+        Command::Undrain(args) => admin_post(args.admin, "/v1/undrain"),
         Command::Reload(args) => {
             // The header marks the request as not cross-site (the endpoint refuses it without).
             let (status, body) = admin_request_with(
@@ -137,6 +153,24 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         }
+    }
+}
+
+/// A state-changing admin request (with the header that marks it as not cross-site); prints
+/// the answer, exit 0 on 200.
+fn admin_post(admin: SocketAddr, path: &str) -> anyhow::Result<ExitCode> {
+    let (status, body) = admin_request_with(
+        admin,
+        "POST",
+        path,
+        &format!("{}: 1\r\n", crate::admin::ADMIN_HEADER),
+    )?;
+    if status == 200 {
+        println!("{}", body.trim_end());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("{}", body.trim_end());
+        Ok(ExitCode::from(1))
     }
 }
 

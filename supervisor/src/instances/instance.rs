@@ -187,6 +187,7 @@ impl Instance {
             pids: Some(policy.pids),
         };
         InstanceInfo {
+            node: String::new(),
             app: self.app.clone(),
             id: format!("{}-{}", self.app, self.id),
             pid: running.as_ref().map(|r| r.pid()),
@@ -207,6 +208,8 @@ pub type RunningInstance = (Arc<Instance>, Arc<dyn Running>, Arc<App>);
 /// A snapshot of an instance for the admin API and `hako ps`.
 #[derive(Debug, Clone, Serialize)]
 pub struct InstanceInfo {
+    /// The node (`node_name`) this instance runs on; filled in by the supervisor.
+    pub node: String,
     pub app: String,
     pub id: String,
     pub pid: Option<i32>,

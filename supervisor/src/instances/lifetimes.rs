@@ -16,6 +16,8 @@ const SUCCESSOR_LEAD: Duration = Duration::from_millis(500);
 impl Supervisor {
     /// Checks lifetimes of every instance; called every tick.
     pub fn tick(self: &Arc<Self>) {
+        // A draining node stops instances as soon as they are idle (see `crate::drain`).
+        let draining = self.node.is_draining();
         for pool in self.pools.iter() {
             let pool = pool.value().clone();
             let policy = pool.policy();
@@ -29,7 +31,12 @@ impl Supervisor {
                     continue;
                 }
                 let lt = &inst.policy.lifetime;
-                if inst.in_flight() == 0 && inst.idle_for() >= lt.idle_timeout {
+                let idle_limit = if draining {
+                    lt.idle_timeout.min(crate::drain::DRAIN_IDLE_GRACE)
+                } else {
+                    lt.idle_timeout
+                };
+                if inst.in_flight() == 0 && inst.idle_for() >= idle_limit {
                     inst.request_stop(StopReason::Idle);
                     continue;
                 }
@@ -64,7 +71,7 @@ impl Supervisor {
                 pool.publish_gauges(&st);
             }
             drop(st);
-            if successors > 0 && !self.shutting_down.load(Ordering::Acquire) {
+            if successors > 0 && !self.shutting_down.load(Ordering::Acquire) && !draining {
                 let mut st = pool.lock();
                 for _ in 0..successors {
                     // The successor may exceed max_instances by one for a moment: the old one

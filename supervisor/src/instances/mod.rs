@@ -193,6 +193,8 @@ pub struct Supervisor {
     epoch: Instant,
     /// The instance tasks, so shutdown can wait for all of them.
     tasks: TaskTracker,
+    /// This node: its name, listening and draining (see [`crate::drain`]).
+    node: crate::drain::NodeState,
     me: Weak<Supervisor>,
 }
 
@@ -223,6 +225,7 @@ impl Supervisor {
             budget: Arc::new(Budget::default()),
             epoch: Instant::now(),
             tasks: TaskTracker::new(),
+            node: crate::drain::NodeState::default(),
         })
     }
 
@@ -231,9 +234,18 @@ impl Supervisor {
     }
 
     /// Why this node cannot serve right now, one reason each (empty: healthy); `/healthz`
-    /// answers 503 with them. Today: the runtime cannot boot ([`Runtime::cannot_boot`]).
+    /// answers 503 with them: the proxy does not listen, the node drains
+    /// ([`crate::drain::NodeState::problems`]), the runtime cannot boot
+    /// ([`Runtime::cannot_boot`]).
     pub fn health_problems(&self) -> Vec<String> {
-        self.runtime.cannot_boot()
+        let mut out = self.node.problems();
+        out.extend(self.runtime.cannot_boot());
+        out
+    }
+
+    /// This node's name, listening and draining state.
+    pub fn node(&self) -> &crate::drain::NodeState {
+        &self.node
     }
 
     /// Installs a new set of apps. New apps get a pool; changed apps apply the new policy to
@@ -279,8 +291,13 @@ impl Supervisor {
     /// Snapshot of every live instance.
     pub fn instances(&self) -> Vec<InstanceInfo> {
         let mut out = Vec::new();
+        let node = self.node.name();
         for pool in self.pools.iter() {
-            out.extend(pool.lock().instances.iter().map(|i| i.info()));
+            out.extend(pool.lock().instances.iter().map(|i| {
+                let mut info = i.info();
+                info.node.clone_from(&node);
+                info
+            }));
         }
         out.sort_by(|a, b| a.app.cmp(&b.app).then(a.id.cmp(&b.id)));
         out
@@ -384,6 +401,7 @@ impl Activator for Supervisor {
         app: &str,
     ) -> Pin<Box<dyn Future<Output = Result<Lease, ActivateError>> + Send + '_>> {
         let app = app.to_string();
+        self.node.touch();
         Box::pin(async move {
             // Boots spawn tasks that own the supervisor, so `acquire_inner` needs the Arc.
             let this = self.self_arc();
@@ -392,6 +410,7 @@ impl Activator for Supervisor {
     }
 
     fn record(&self, app: Option<&str>, status: u16, elapsed: Duration) {
+        self.node.touch();
         match app.and_then(|a| self.pools.get(a)) {
             Some(pool) => pool.metrics.request(status, elapsed),
             None => self.metrics.unrouted_request(status),
