@@ -8,6 +8,7 @@
 pub mod cgroup;
 mod child;
 pub mod error;
+pub mod overlay;
 pub mod prepare;
 mod quiet;
 pub mod seccomp;

@@ -108,6 +108,8 @@ pub struct Config {
     pub clients: Clients,
     /// TLS termination (`tls`); `None`: plain HTTP only.
     pub tls: Option<crate::Tls>,
+    /// How to reach image registries (`registries`).
+    pub registries: Vec<crate::Registry>,
     /// This node's name in logs and `/v1/instances` (`node_name`); `None`: the host name.
     pub node_name: Option<String>,
     /// How long `hako drain` waits for the node to empty before it exits anyway.
@@ -270,6 +272,8 @@ pub enum Rootfs {
     Host,
     /// A directory (absolute; it existed when the configuration was loaded).
     Dir(PathBuf),
+    /// An OCI image (`image`): its layers under an overlay per instance.
+    Image(crate::ImageSource),
 }
 
 /// Network mode of an app.

@@ -24,6 +24,7 @@ pub(crate) struct RawConfig {
     pub client_idle_timeout: Option<Duration>,
     pub max_connections_per_client: Option<i64>,
     pub tls: Option<crate::tls::RawTls>,
+    pub registries: Option<Vec<crate::image::RawRegistry>>,
     pub node_name: Option<String>,
     #[serde(deserialize_with = "de_opt_duration")]
     pub drain_timeout: Option<Duration>,
@@ -36,6 +37,8 @@ pub(crate) struct RawApp {
     pub hosts: Option<Vec<String>>,
     pub path_prefix: Option<String>,
     pub rootfs: Option<String>,
+    pub image: Option<String>,
+    pub read_only: Option<bool>,
     pub command: Option<Vec<String>>,
     pub env: Option<BTreeMap<String, String>>,
     pub workdir: Option<String>,

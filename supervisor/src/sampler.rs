@@ -530,9 +530,10 @@ mod tests {
                 ..Default::default()
             },
             clients: Default::default(),
-            tls: None,
             node_name: None,
             drain_timeout: hako_policies::DEFAULT_DRAIN_TIMEOUT,
+            tls: None,
+            registries: Vec::new(),
         }
     }
 

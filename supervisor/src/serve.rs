@@ -324,6 +324,10 @@ async fn serve(
     sup.apply_apps(&cfg.apps, options);
     // First boots from warm namespaces: prepared in the background, never blocking startup.
     runtime.prepare_apps(&cfg.apps);
+    // Images of image-based apps: pulled in the background, never on the request path.
+    let images = crate::image::Images::for_state_dir(&cfg.state_dir)
+        .with_context(|| format!("open the image store in {}", cfg.state_dir.display()))?;
+    images.configure(&cfg.registries, &cfg.apps);
     let routes = Arc::new(RoutesHandle::new(routes_of(&cfg)));
 
     let listener =
@@ -563,6 +567,9 @@ fn reload(
     }
     sup.apply_apps(&new.apps, supervisor_options(&new));
     runtime.prepare_apps(&new.apps);
+    if let Ok(images) = crate::image::Images::for_state_dir(&cur.state_dir) {
+        images.configure(&new.registries, &new.apps);
+    }
     routes.store(routes_of(&new));
     let summary = format!(
         "{} apps{}{}",

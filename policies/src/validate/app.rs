@@ -40,9 +40,28 @@ impl Ctx<'_> {
             prefix
         });
 
+        let image = self.app_image(
+            at,
+            raw.image.as_deref(),
+            raw.read_only,
+            [
+                raw.command.is_some(),
+                raw.port.is_some(),
+                raw.workdir.is_some(),
+                raw.user.is_some(),
+            ],
+        );
         let rootfs = match raw.rootfs.as_deref() {
+            None if raw.image.is_some() => image.clone().map(Rootfs::Image),
             None => {
-                self.missing(at, "rootfs", "give a directory or `host`");
+                self.missing(at, "rootfs", "give a directory, `host` or an `image`");
+                None
+            }
+            Some(_) if raw.image.is_some() => {
+                self.fault(
+                    &p("image"),
+                    "give exactly one of `image` and `rootfs`, not both",
+                );
                 None
             }
             Some("host") => Some(Rootfs::Host),
@@ -93,6 +112,7 @@ impl Ctx<'_> {
         };
 
         let command = match raw.command {
+            None if raw.image.is_some() => Vec::new(),
             None => {
                 self.missing(
                     at,
@@ -128,8 +148,10 @@ impl Ctx<'_> {
                             d.join(cmd[0].trim_start_matches('/')),
                             format!("rootfs `{}`", d.display()),
                         ),
+                        // Checked once the image is pulled.
+                        Rootfs::Image(_) => (PathBuf::new(), String::new()),
                     };
-                    if std::fs::symlink_metadata(&inside).is_err() {
+                    if !shown.is_empty() && std::fs::symlink_metadata(&inside).is_err() {
                         self.fault(
                             &format!("{}[0]", p("command")),
                             format!("`{}` does not exist in {shown}", cmd[0]),

@@ -21,6 +21,7 @@ use crate::model::*;
 use crate::raw::*;
 
 mod extras;
+mod image;
 
 /// Longest accepted app name (it becomes a cgroup and a directory name, plus a suffix).
 pub const MAX_APP_NAME_LEN: usize = 64;

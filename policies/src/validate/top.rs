@@ -82,6 +82,7 @@ impl Ctx<'_> {
         }
         self.cross_app(&apps);
         let tls = self.tls(raw.tls, listen, admin);
+        let registries = self.registries(raw.registries);
         for (i, app) in apps.iter().enumerate() {
             if app.redirect_https && tls.is_none() {
                 self.fault(
@@ -100,6 +101,7 @@ impl Ctx<'_> {
             governor,
             clients,
             tls,
+            registries,
             node_name,
             drain_timeout,
         }

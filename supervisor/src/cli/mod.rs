@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod check;
+mod image;
 mod run;
 mod spawnbench;
 
@@ -59,6 +60,8 @@ pub enum Command {
     Drain(AdminArgs),
     /// Cancel a drain before the node exits: /healthz answers 200 again.
     Undrain(AdminArgs),
+    /// Manage the image store: pull, ls, rm, prune.
+    Image(image::ImageArgs),
     /// Launcher boot latency benchmark (used by `hako-bench launcher`).
     #[command(hide = true)]
     BenchSpawn(spawnbench::BenchSpawnArgs),
@@ -134,6 +137,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ps(args) => ps(&args),
+        Command::Image(args) => image::run(args),
         Command::BenchSpawn(args) => spawnbench::run(args),
         Command::Drain(args) => admin_post(args.admin, "/v1/drain"),
         Command::Undrain(args) => admin_post(args.admin, "/v1/undrain"),

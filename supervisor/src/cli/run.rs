@@ -87,6 +87,9 @@ fn build(args: &RunArgs) -> anyhow::Result<(ContainerSpec, CgroupLimits)> {
         let app = cfg
             .app(app_name)
             .with_context(|| format!("{}: no app named {app_name:?}", config.display()))?;
+        if matches!(app.rootfs, hako_policies::Rootfs::Image(_)) {
+            bail!("{app_name}: `hako run` does not run image-based apps yet; use `hako serve`");
+        }
         let spec = crate::container::container_spec(app, app.port);
         (spec, crate::container::cgroup_limits(app))
     } else {

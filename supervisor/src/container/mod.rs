@@ -216,6 +216,8 @@ fn prepare_work(
     let wanted: Vec<(String, String, ContainerSpec)> = apps
         .iter()
         .filter(|a| matches!(a.network, Network::Isolated))
+        // An image-based instance has a root of its own: nothing to prepare per app.
+        .filter(|a| !matches!(a.rootfs, hako_policies::Rootfs::Image(_)))
         .map(|a| {
             let spec = container_spec(a, a.port);
             (a.name.clone(), spec_key(&a.name, &spec), spec)

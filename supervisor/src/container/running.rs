@@ -22,6 +22,9 @@ pub(super) struct Container {
     pub(super) exit: Arc<Mutex<Option<ExitInfo>>>,
     /// The cgroup's OOM-kill count from before the instance's death.
     pub(super) oom_baseline: Arc<Mutex<OomBaseline>>,
+    /// An image-based instance's overlay root: unmounted, and its writes discarded, when the
+    /// instance is dropped.
+    pub(super) _rootfs: Option<hako_launcher::overlay::OverlayRoot>,
 }
 
 impl Container {

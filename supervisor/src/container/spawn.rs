@@ -80,15 +80,25 @@ impl Runtime for ContainerRuntime {
         let claimed_map = self.claimed.clone();
         Box::pin(async move {
             let name = format!("{}-{}", app.name, id);
+            // An image-based app: its image (awaited if still pulling), its config's
+            // defaults, and this instance's overlay root.
+            let (app, rootfs) = match image_root(&app, &state_dir, &name).await? {
+                Some((effective, root)) => (Arc::new(effective), Some(root)),
+                None => (app, None),
+            };
             let port = match app.network {
                 Network::Isolated => app.port,
                 Network::Host => free_host_port().map_err(|e| {
                     BootError::transient(Launcher, format!("no free host port: {e}"))
                 })?,
             };
-            let spec = container_spec(&app, port);
+            let mut spec = container_spec(&app, port);
+            if let Some(root) = &rootfs {
+                spec.rootfs = hako_launcher::spec::RootfsSpec::Dir(root.merged().to_owned());
+            }
             let spec_key = spec_key(&app.name, &spec);
-            let per_instance_key = matches!(app.network, Network::Host);
+            // A key used once: a host port, or an instance's own overlay root.
+            let per_instance_key = matches!(app.network, Network::Host) || rootfs.is_some();
             let log_path = state_dir.join("logs").join(format!("{name}.log"));
             let limits = cgroup_limits(&app);
             let req_name = name.clone();
@@ -214,9 +224,41 @@ impl Runtime for ContainerRuntime {
                 log_path,
                 exit: Arc::new(Mutex::new(None)),
                 oom_baseline: Arc::default(),
+                _rootfs: rootfs,
             }) as Arc<dyn Running>)
         })
     }
+}
+
+/// For an image-based app: the app with its image's defaults and a mounted overlay root for
+/// instance `name` (a pull failure or a mount failure is a permanent boot error naming the
+/// reference and the reason: 502).
+async fn image_root(
+    app: &App,
+    state_dir: &Path,
+    name: &str,
+) -> Result<Option<(App, hako_launcher::overlay::OverlayRoot)>, BootError> {
+    let hako_policies::Rootfs::Image(src) = &app.rootfs else {
+        return Ok(None);
+    };
+    let fail = |reason: String| {
+        BootError::permanent(Launcher, format!("image {}: {reason}", src.reference))
+    };
+    let images = crate::image::Images::for_state_dir(state_dir).map_err(|e| fail(e.to_string()))?;
+    let img = images.get(&src.reference.to_string()).await.map_err(fail)?;
+    let effective = crate::image::service::effective_app(app, src, &img).map_err(fail)?;
+    let base = state_dir.join("rootfs").join(name);
+    let layers = img.layers.clone();
+    let (disk, read_only) = (app.limits.disk, src.read_only);
+    let root = tokio::task::spawn_blocking(move || {
+        // A leftover of an earlier instance with the same name.
+        hako_launcher::overlay::OverlayRoot::clean_stale_one(&base);
+        hako_launcher::overlay::OverlayRoot::mount(&base, &layers, disk, read_only)
+    })
+    .await
+    .map_err(|e| BootError::transient(Launcher, format!("mount task failed: {e}")))?
+    .map_err(|e| fail(e.to_string()))?;
+    Ok(Some((effective, root)))
 }
 
 /// Reaps those of `pids` that are our children (a boot's container whose zygote died before

@@ -11,6 +11,8 @@ pub fn container_spec(app: &App, port: u16) -> ContainerSpec {
     let rootfs = match &app.rootfs {
         Rootfs::Host => RootfsSpec::Host,
         Rootfs::Dir(p) => RootfsSpec::Dir(p.clone()),
+        // The instance's overlay, mounted by the spawn: see `container_spec_on`.
+        Rootfs::Image(_) => RootfsSpec::Dir(std::path::PathBuf::new()),
     };
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     env.insert("PATH".into(), DEFAULT_PATH.into());

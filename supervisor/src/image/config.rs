@@ -245,12 +245,15 @@ mod tests {
         assert_eq!(d.workdir, Some(PathBuf::from("/srv")));
         assert_eq!(d.user, Some((33, 50)));
         assert_eq!(d.port, Some(80));
-        assert_eq!(resolve_user("web", &[l1.clone()]).unwrap(), (33, 34));
         assert_eq!(
-            resolve_user("1000:1000", &[l1.clone()]).unwrap(),
+            resolve_user("web", std::slice::from_ref(&l1)).unwrap(),
+            (33, 34)
+        );
+        assert_eq!(
+            resolve_user("1000:1000", std::slice::from_ref(&l1)).unwrap(),
             (1000, 1000)
         );
-        assert!(resolve_user("nobody", &[l1.clone()]).is_err());
+        assert!(resolve_user("nobody", std::slice::from_ref(&l1)).is_err());
         // A higher layer's whiteout hides /etc/passwd.
         let l2 = t.path().join("l2");
         std::fs::create_dir_all(l2.join("etc")).unwrap();

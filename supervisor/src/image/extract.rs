@@ -212,7 +212,11 @@ pub fn extract_layer<R: Read>(input: R, root: &Path) -> Result<ExtractStats, Ext
         cached: None,
         stats: ExtractStats::default(),
     };
-    let mut archive = tar::Archive::new(input);
+    let mut archive = tar::Archive::new(EofPad {
+        inner: input,
+        count: 0,
+        pad: None,
+    });
     let entries = archive.entries().map_err(ExtractError::Read)?;
     for entry in entries {
         let mut entry = entry.map_err(ExtractError::Read)?;
@@ -445,6 +449,33 @@ pub fn extract_layer<R: Read>(input: R, root: &Path) -> Result<ExtractStats, Ext
         }
     }
     Ok(ex.stats)
+}
+
+/// Ends a stream cut right after an entry's data (some writers omit the block padding and the
+/// end-of-archive blocks) with the zeros the format wants: up to the next 512-byte block plus
+/// two empty blocks, and no more.
+struct EofPad<R> {
+    inner: R,
+    count: u64,
+    pad: Option<u64>,
+}
+
+impl<R: Read> Read for EofPad<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pad.is_none() {
+            let n = self.inner.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                self.count += n as u64;
+                return Ok(n);
+            }
+            self.pad = Some((512 - self.count % 512) % 512 + 1024);
+        }
+        let left = self.pad.as_mut().expect("set above");
+        let n = (*left).min(buf.len() as u64) as usize;
+        buf[..n].fill(0);
+        *left -= n as u64;
+        Ok(n)
+    }
 }
 
 /// The `user.` extended attributes of an entry (PAX `SCHILY.xattr.`); others are counted

@@ -374,3 +374,18 @@ fn compressed_layers() {
     extract_layer(decompress(&zs[..]).unwrap(), &h.root).unwrap();
     assert_eq!(std::fs::read_to_string(h.root.join("a")).unwrap(), "gz");
 }
+
+#[test]
+fn unpadded_last_entry_is_accepted() {
+    // Some writers (umoci) end the stream right after the last entry's data, without the
+    // block padding and the end-of-archive blocks.
+    let mut t = build(vec![file("a", "x"), file("b", "twelve bytes")]);
+    let end = t.len() - 1024 - (512 - 12);
+    t.truncate(end);
+    let h = host();
+    extract_layer(&t[..], &h.root).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(h.root.join("b")).unwrap(),
+        "twelve bytes"
+    );
+}

@@ -11,3 +11,6 @@ pub mod store;
 pub use pull::{PullError, PullProgress, Puller, ResolvedImage};
 pub use reference::ImageRef;
 pub use store::Store;
+pub mod service;
+
+pub use service::{registries_of, Images};

@@ -236,7 +236,7 @@ impl Puller {
                         source: e.into(),
                     }
                 })?;
-                let src = Source::Registry(client);
+                let src = Source::Registry(Box::new(client));
                 let (tag_or_digest, pinned) = match rr {
                     RegistryRef::Tag(t) => (t.clone(), None),
                     RegistryRef::Digest(d) => (d.clone(), Some(d.clone())),

@@ -214,7 +214,7 @@ impl DockerArchive {
 
 /// Where a pull reads from.
 pub enum Source {
-    Registry(RegistryClient),
+    Registry(Box<RegistryClient>),
     Layout(PathBuf),
 }
 

@@ -363,8 +363,8 @@ impl Store {
         }
         let size_file = tmp.join("size");
         fs::write(&size_file, stats.bytes.to_string()).map_err(io_at(&size_file))?;
-        // SAFETY: syncfs on the descriptor of an open directory.
         if let Ok(d) = File::open(&tmp) {
+            // SAFETY: syncfs on the descriptor of an open directory.
             unsafe { libc::syncfs(d.as_raw_fd()) };
         }
         match fs::rename(&tmp, &dst) {
