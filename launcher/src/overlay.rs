@@ -72,6 +72,7 @@ fn detach(p: &Path) {
 pub struct OverlayRoot {
     base: PathBuf,
     merged: PathBuf,
+    read_only: bool,
 }
 
 impl OverlayRoot {
@@ -96,6 +97,7 @@ impl OverlayRoot {
         let root = OverlayRoot {
             base: base.to_owned(),
             merged: base.join("merged"),
+            read_only,
         };
         mount(
             "hako-rootfs",
@@ -147,6 +149,11 @@ impl OverlayRoot {
         let flags = libc::MS_NOSUID | if read_only { libc::MS_RDONLY } else { 0 };
         mount("overlay", &root.merged, "overlay", flags, Some(&data))?;
         Ok(root)
+    }
+
+    /// Whether the root has no writable layer.
+    pub fn read_only(&self) -> bool {
+        self.read_only
     }
 
     /// The directory to use as the container's rootfs.

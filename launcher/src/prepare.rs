@@ -654,12 +654,18 @@ impl PreparedSpec {
             )),
         )?;
         b.steps(&volumes.late)?;
-        // The root itself read-only (its sub-mounts above stay as they are).
+        // The root itself read-only (its sub-mounts above stay as they are), unless it is an
+        // image's overlay with a writable layer of its own.
+        let root_ro = if spec.writable_root && matches!(spec.rootfs, RootfsSpec::Dir(_)) {
+            0
+        } else {
+            libc::MS_RDONLY
+        };
         b.mount(
             None,
             &root,
             None,
-            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+            libc::MS_REMOUNT | libc::MS_BIND | root_ro | libc::MS_NOSUID | libc::MS_NODEV,
             None,
         )?;
         let new_root = b.s(root.as_os_str().as_bytes())?;

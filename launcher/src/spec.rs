@@ -131,6 +131,10 @@ pub struct ContainerSpec {
     /// at most [`MAX_RUN_SIZE`].
     #[serde(default = "default_tmp_size")]
     pub tmp_size: u64,
+    /// With [`RootfsSpec::Dir`]: leave the root writable (an image's overlay whose writable
+    /// layer is a tmpfs of `limits.disk`) instead of remounting it read-only.
+    #[serde(default)]
+    pub writable_root: bool,
 }
 
 impl ContainerSpec {
@@ -161,6 +165,7 @@ impl ContainerSpec {
             user_namespace: false,
             volumes: Vec::new(),
             tmp_size: DEFAULT_TMP_SIZE,
+            writable_root: false,
         }
     }
 }

@@ -95,6 +95,7 @@ impl Runtime for ContainerRuntime {
             let mut spec = container_spec(&app, port);
             if let Some(root) = &rootfs {
                 spec.rootfs = hako_launcher::spec::RootfsSpec::Dir(root.merged().to_owned());
+                spec.writable_root = !root.read_only();
             }
             let spec_key = spec_key(&app.name, &spec);
             // A key used once: a host port, or an instance's own overlay root.
