@@ -327,6 +327,15 @@ async fn serve(
     // Images of image-based apps: pulled in the background, never on the request path.
     let images = crate::image::Images::for_state_dir(&cfg.state_dir)
         .with_context(|| format!("open the image store in {}", cfg.state_dir.display()))?;
+    {
+        let m = sup.metrics().clone();
+        let store = images.store().clone();
+        m.set_image_store_bytes(store.bytes());
+        images.set_observer(Arc::new(move |ok, secs| {
+            m.image_pull(ok, secs);
+            m.set_image_store_bytes(store.bytes());
+        }));
+    }
     images.configure(&cfg.registries, &cfg.apps);
     let routes = Arc::new(RoutesHandle::new(routes_of(&cfg)));
 
