@@ -19,6 +19,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -124,6 +125,7 @@ pub(crate) struct Activity {
     state: Mutex<State>,
     /// Set while the next byte read starts a request head (no request in flight).
     armed: AtomicBool,
+    changed: Notify,
     header_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -143,6 +145,7 @@ impl Activity {
                 h2: false,
             }),
             armed: AtomicBool::new(true),
+            changed: Notify::new(),
             header_timeout,
             idle_timeout,
         })
@@ -167,8 +170,8 @@ impl Activity {
         if s.in_flight == 0 && s.first_byte.is_none() {
             s.first_byte = Some(Instant::now());
         }
-        // No wake-up: the deadline this sets is at least `header_timeout` away, and the
-        // connection task looks again within that (see `next_check`).
+        drop(s);
+        self.changed.notify_one();
     }
 
     /// When the connection is to be closed, as things stand (`None` while a request is in
@@ -194,17 +197,9 @@ impl Activity {
         !s.fresh && (s.first_byte.is_none() || s.h2)
     }
 
-    /// When the connection task must look at [`Activity::deadline`] again: the deadline if
-    /// it is nearer than `min(header_timeout, idle_timeout)` from `now`, else that. Every
-    /// deadline a later event sets lies at or after it (a first byte or the end of a
-    /// response at `t` sets `t + header_timeout` or `t + idle_timeout`), so the events never
-    /// wake the connection task: a keep-alive request costs no wake-up and no timer reset.
-    pub(crate) fn next_check(&self, now: Instant) -> Instant {
-        let step = now + self.header_timeout.min(self.idle_timeout);
-        match self.deadline() {
-            Some(d) => d.min(step),
-            None => step,
-        }
+    /// Resolves when [`Activity::deadline`] may have changed.
+    pub(crate) async fn changed(&self) {
+        self.changed.notified().await;
     }
 }
 
@@ -217,6 +212,8 @@ impl Drop for InFlight {
             s.first_byte = None;
             self.0.armed.store(true, Ordering::Release);
         }
+        drop(s);
+        self.0.changed.notify_one();
     }
 }
 

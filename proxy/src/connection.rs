@@ -87,14 +87,12 @@ where
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     let mut draining = false;
-    // Created once: re-created in every turn of the loop they would register with the shared
-    // phase channel (a lock every connection contends for) several times per request.
-    let drain = wait_phase(&mut drain_rx, Phase::Draining);
-    tokio::pin!(drain);
-    let force = wait_phase(&mut force_rx, Phase::Force);
-    tokio::pin!(force);
-    let timer = tokio::time::sleep_until(activity.next_check(tokio::time::Instant::now()));
+    let timer = tokio::time::sleep_until(tokio::time::Instant::now());
     tokio::pin!(timer);
+    let mut deadline = activity.deadline();
+    if let Some(at) = deadline {
+        timer.as_mut().reset(at);
+    }
     loop {
         tokio::select! {
             res = conn.as_mut() => {
@@ -103,10 +101,16 @@ where
                 }
                 break;
             }
-            () = timer.as_mut() => {
-                let now = tokio::time::Instant::now();
-                match activity.deadline() {
-                    Some(at) if at <= now => {
+            () = activity.changed() => {
+                deadline = activity.deadline();
+                if let Some(at) = deadline {
+                    timer.as_mut().reset(at);
+                }
+            }
+            () = timer.as_mut(), if deadline.is_some() => {
+                deadline = activity.deadline();
+                match deadline {
+                    Some(at) if at <= tokio::time::Instant::now() => {
                         shared.stats.timed_out.fetch_add(1, Ordering::Relaxed);
                         let why = if activity.is_between_requests() {
                             "idle timeout"
@@ -116,14 +120,15 @@ where
                         tracing::debug!(%peer, why, "client connection closed");
                         break;
                     }
-                    _ => timer.as_mut().reset(activity.next_check(now)),
+                    Some(at) => timer.as_mut().reset(at),
+                    None => {}
                 }
             }
-            () = &mut drain, if !draining => {
+            () = wait_phase(&mut drain_rx, Phase::Draining), if !draining => {
                 conn.as_mut().graceful_shutdown();
                 draining = true;
             }
-            () = &mut force => {
+            () = wait_phase(&mut force_rx, Phase::Force) => {
                 shared.stats.forced_closes.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%peer, "client connection force-closed");
                 break;

@@ -291,6 +291,17 @@ async fn serve(
         }
     };
     let recovered = recover_orphans(&cfg.state_dir, cgroups.as_deref());
+    // `network: egress`: this serve's nftables table, forwarding and links, after removing
+    // what a killed predecessor left; before any spec is built (specs name the links).
+    let egress = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::egress::EgressHost::start(&cfg, crate::egress::HostPaths::default())
+        })
+        .await
+        .context("egress setup task")?
+        .context("set up network: egress on the host")?
+    };
     if cfg
         .apps
         .iter()
@@ -327,15 +338,6 @@ async fn serve(
     // Images of image-based apps: pulled in the background, never on the request path.
     let images = crate::image::Images::for_state_dir(&cfg.state_dir)
         .with_context(|| format!("open the image store in {}", cfg.state_dir.display()))?;
-    {
-        let m = sup.metrics().clone();
-        let store = images.store().clone();
-        m.set_image_store_bytes(store.bytes());
-        images.set_observer(Arc::new(move |ok, secs| {
-            m.image_pull(ok, secs);
-            m.set_image_store_bytes(store.bytes());
-        }));
-    }
     images.configure(&cfg.registries, &cfg.apps);
     let routes = Arc::new(RoutesHandle::new(routes_of(&cfg)));
 
@@ -507,6 +509,7 @@ async fn serve(
     let _ = governor_task.await;
     signals.abort();
     runtime.release_cgroups();
+    egress.shutdown();
     if let Some(root) = &cgroups {
         match root.remove_parent_if_empty() {
             Ok(true) => {}
@@ -573,6 +576,13 @@ fn reload(
     }
     if new.clients != cur.clients {
         notes.push("client_* and max_connections_per_client changes need a restart".to_string());
+    }
+    if new.egress != cur.egress {
+        notes.push("egress.subnet change needs a restart".to_string());
+    }
+    if let Some(egress) = crate::egress::current() {
+        // Before the apps: a new egress app's specs name its links, its rules must exist.
+        egress.apply(&new.apps).map_err(|e| format!("egress: {e}"))?;
     }
     sup.apply_apps(&new.apps, supervisor_options(&new));
     runtime.prepare_apps(&new.apps);
