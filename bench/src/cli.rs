@@ -39,9 +39,6 @@ enum Cmd {
     Density(DensityArgs),
     /// Compare container start: hako launcher, hako run, crun, runc.
     Launcher(LauncherArgs),
-    /// Hibernation: first response after a wake vs after an idle stop (cold boot), for Flask,
-    /// Node and busybox httpd side by side; resident memory warm vs hibernated; density.
-    Wake(WakeArgs),
 }
 
 fn dur(s: &str) -> Result<Duration, String> {
@@ -256,48 +253,6 @@ struct LauncherArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-}
-
-#[derive(Debug, Args)]
-struct WakeArgs {
-    /// Path to the hako binary (run as `hako serve`; needs root).
-    #[arg(long)]
-    hako: PathBuf,
-    /// Wakes and cold boots per app.
-    #[arg(long, default_value_t = 30)]
-    rounds: usize,
-    /// Apps to run side by side, comma-separated: flask (gunicorn), node, busybox (httpd).
-    #[arg(long, default_value = "flask,node,busybox", value_delimiter = ',')]
-    apps: Vec<String>,
-    /// Reclaim method of the served hako (`HAKO_RECLAIM`: cgroup or madvise); default: hako's.
-    #[arg(long)]
-    reclaim: Option<String>,
-    /// Then boot this many Flask apps, let them hibernate, and report host memory per
-    /// instance and their wake latency (0: skip).
-    #[arg(long, default_value_t = 0)]
-    density: usize,
-}
-
-fn cmd_wake(a: WakeArgs) -> Result<()> {
-    if let Some(m) = &a.reclaim {
-        if m != "cgroup" && m != "madvise" {
-            bail!("--reclaim takes cgroup or madvise, not {m}");
-        }
-    }
-    let spec = scenarios::wake::WakeSpec {
-        hako: a.hako,
-        rounds: a.rounds,
-        apps: a.apps,
-        reclaim: a.reclaim,
-        density: a.density,
-    };
-    let mut res = Ok(());
-    scenarios::wake::run_wake(&spec, &mut |line| {
-        if res.is_ok() {
-            res = out(&format!("{line}\n"));
-        }
-    })?;
-    res
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
@@ -572,7 +527,6 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Launcher(a) => cmd_launcher(a),
-        Cmd::Wake(a) => cmd_wake(a),
         cmd => match runtime(cli.threads) {
             Ok(rt) => rt.block_on(async move {
                 match cmd {
@@ -581,7 +535,7 @@ pub fn main() -> ExitCode {
                     Cmd::Burst(a) => cmd_burst(a).await,
                     Cmd::Spike(a) => cmd_spike(a).await,
                     Cmd::Density(a) => cmd_density(a).await,
-                    Cmd::Launcher(_) | Cmd::Wake(_) => unreachable!("handled above"),
+                    Cmd::Launcher(_) => unreachable!("handled above"),
                 }
             }),
             Err(e) => Err(e.into()),

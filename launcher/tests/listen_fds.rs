@@ -162,6 +162,7 @@ fn isolated_boots_through_the_zygote_warm_and_cold() {
                 spec_key: format!("listen-{warm}-{i}"),
                 cgroup: None,
                 log_path: None,
+                stderr_path: None,
             };
             // Same key twice: the second spawn of each key takes a warm namespace.
             let first = zygote.spawn(&req).unwrap();
@@ -187,6 +188,7 @@ fn host_network_socket_is_bound_on_the_host_and_closed_with_the_app() {
                     spec_key: format!("host-{port}"),
                     cgroup: None,
                     log_path: None,
+                    stderr_path: None,
                 })
                 .unwrap()
         } else {
@@ -226,6 +228,7 @@ fn port_in_use_on_the_host_is_an_error_naming_port_and_errno() {
             spec_key: "taken".into(),
             cgroup: None,
             log_path: None,
+            stderr_path: None,
         })
         .unwrap_err();
     assert_eq!(err, want);
@@ -246,6 +249,7 @@ fn without_listen_no_descriptor_3_and_no_activation_environment() {
                 spec_key: "no-listen".into(),
                 cgroup: None,
                 log_path: Some(log.clone()),
+                stderr_path: None,
             })
             .unwrap();
         assert_eq!(Reap(Some(s)).wait(), ExitStatusInfo::Exited(0));
@@ -385,6 +389,7 @@ c.sendall(b"x\n")
             spec_key: name.into(),
             cgroup: None,
             log_path: None,
+            stderr_path: None,
         };
         (name, req)
     })

@@ -17,6 +17,7 @@ fn request(spec: &ContainerSpec, key: &str, log: Option<&std::path::Path>) -> Sp
         spec_key: key.into(),
         cgroup: None,
         log_path: log.map(ToOwned::to_owned),
+        stderr_path: None,
     }
 }
 

@@ -113,6 +113,7 @@ fn warm_boot_proc_is_read_only_and_masked() {
                 spec_key: key.clone(),
                 cgroup: None,
                 log_path: Some(log.clone()),
+                stderr_path: None,
             })
             .unwrap();
         assert!(s.warm, "the boot of a prepared app must be warm");

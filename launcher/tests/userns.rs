@@ -147,6 +147,7 @@ fn zygote_boots_are_cold_and_mapped() {
                 spec_key: key.to_owned(),
                 cgroup: Some(cg.get().attach()),
                 log_path: Some(log.clone()),
+                stderr_path: None,
             })
             .unwrap();
         assert!(

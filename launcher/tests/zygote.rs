@@ -32,6 +32,7 @@ fn zygote_spawns_children_of_the_caller_and_reports_exec_errors() {
             spec_key: "same-app".into(),
             cgroup: Some(cg.get().attach()),
             log_path: Some(log.clone()),
+            stderr_path: None,
         };
         let s = zygote.spawn(&req).unwrap();
         // The container is our child: we can reap it through the pidfd.
@@ -39,6 +40,37 @@ fn zygote_spawns_children_of_the_caller_and_reports_exec_errors() {
         assert_eq!(st, ExitStatusInfo::Exited(3));
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "hello 1\n");
     }
+    // stdout and stderr apart, into pipes opened through /proc (as the supervisor does).
+    let (out_r, out_w) = nix::unistd::pipe().unwrap();
+    let (err_r, err_w) = nix::unistd::pipe().unwrap();
+    let fd_path = |fd: &std::os::fd::OwnedFd| {
+        use std::os::fd::AsRawFd;
+        std::path::PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            fd.as_raw_fd()
+        ))
+    };
+    let s = zygote
+        .spawn(&SpawnRequest {
+            spec: fs.spec("echo to-out; echo to-err >&2"),
+            spec_key: "split".into(),
+            cgroup: None,
+            log_path: Some(fd_path(&out_w)),
+            stderr_path: Some(fd_path(&err_w)),
+        })
+        .unwrap();
+    drop((out_w, err_w));
+    let st = wait_pidfd(s.pidfd.as_fd(), false).unwrap().unwrap();
+    assert_eq!(st, ExitStatusInfo::Exited(0));
+    let read_all = |fd: std::os::fd::OwnedFd| {
+        use std::io::Read;
+        let mut s = String::new();
+        std::fs::File::from(fd).read_to_string(&mut s).unwrap();
+        s
+    };
+    assert_eq!(read_all(out_r), "to-out\n");
+    assert_eq!(read_all(err_r), "to-err\n");
     let mut spec = fs.spec("");
     spec.command = vec!["/bin/nope".into()];
     let err = zygote
@@ -47,6 +79,7 @@ fn zygote_spawns_children_of_the_caller_and_reports_exec_errors() {
             spec_key: "nope".into(),
             cgroup: None,
             log_path: None,
+            stderr_path: None,
         })
         .unwrap_err();
     assert_eq!(
@@ -64,6 +97,7 @@ fn zygote_spawns_children_of_the_caller_and_reports_exec_errors() {
         spec_key: "bogus".into(),
         cgroup: None,
         log_path: None,
+        stderr_path: None,
     });
     assert!(matches!(err, Err(LaunchError::InvalidSpec(_))), "{err:?}");
     let s = zygote
@@ -72,6 +106,7 @@ fn zygote_spawns_children_of_the_caller_and_reports_exec_errors() {
             spec_key: "t".into(),
             cgroup: None,
             log_path: None,
+            stderr_path: None,
         })
         .unwrap();
     assert_eq!(
@@ -108,6 +143,7 @@ fn zygote_is_usable_from_many_threads() {
                         spec_key: format!("k{t}"),
                         cgroup: None,
                         log_path: None,
+                        stderr_path: None,
                     };
                     let sp = z.spawn(&req).unwrap();
                     assert_eq!(
@@ -273,6 +309,7 @@ fn warm_namespaces_are_fresh_and_fully_isolated() {
             spec_key: "warm-app".into(),
             cgroup: Some(cg.get().attach()),
             log_path: Some(log.clone()),
+            stderr_path: None,
         };
         running.push((zygote.spawn(&req).unwrap(), cg, log));
     }

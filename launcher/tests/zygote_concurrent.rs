@@ -36,6 +36,7 @@ fn request(fs: &Rootfs, t: usize, i: usize, fail: bool) -> SpawnRequest {
         spec_key: format!("app-{t}-{i}-{fail}"),
         cgroup: None,
         log_path: None,
+        stderr_path: None,
     }
 }
 
@@ -110,6 +111,7 @@ fn concurrent_spawns_each_get_their_own_child_and_exit_status() {
                             spec_key: "shared".into(),
                             cgroup: None,
                             log_path: None,
+                            stderr_path: None,
                         })
                         .unwrap();
                     assert_eq!(pidfd_pid(&sp.pidfd), sp.pid);

@@ -56,6 +56,7 @@ fn request(fs: &Rootfs, script: &str, key: &str) -> SpawnRequest {
         spec_key: key.into(),
         cgroup: None,
         log_path: None,
+        stderr_path: None,
     }
 }
 

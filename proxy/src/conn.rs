@@ -19,7 +19,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -125,7 +124,6 @@ pub(crate) struct Activity {
     state: Mutex<State>,
     /// Set while the next byte read starts a request head (no request in flight).
     armed: AtomicBool,
-    changed: Notify,
     header_timeout: Duration,
     idle_timeout: Duration,
 }
@@ -145,7 +143,6 @@ impl Activity {
                 h2: false,
             }),
             armed: AtomicBool::new(true),
-            changed: Notify::new(),
             header_timeout,
             idle_timeout,
         })
@@ -170,8 +167,8 @@ impl Activity {
         if s.in_flight == 0 && s.first_byte.is_none() {
             s.first_byte = Some(Instant::now());
         }
-        drop(s);
-        self.changed.notify_one();
+        // No wake-up: the deadline this sets is at least `header_timeout` away, and the
+        // connection task looks again within that (see `next_check`).
     }
 
     /// When the connection is to be closed, as things stand (`None` while a request is in
@@ -197,9 +194,17 @@ impl Activity {
         !s.fresh && (s.first_byte.is_none() || s.h2)
     }
 
-    /// Resolves when [`Activity::deadline`] may have changed.
-    pub(crate) async fn changed(&self) {
-        self.changed.notified().await;
+    /// When the connection task must look at [`Activity::deadline`] again: the deadline if
+    /// it is nearer than `min(header_timeout, idle_timeout)` from `now`, else that. Every
+    /// deadline a later event sets lies at or after it (a first byte or the end of a
+    /// response at `t` sets `t + header_timeout` or `t + idle_timeout`), so the events never
+    /// wake the connection task: a keep-alive request costs no wake-up and no timer reset.
+    pub(crate) fn next_check(&self, now: Instant) -> Instant {
+        let step = now + self.header_timeout.min(self.idle_timeout);
+        match self.deadline() {
+            Some(d) => d.min(step),
+            None => step,
+        }
     }
 }
 
@@ -212,8 +217,6 @@ impl Drop for InFlight {
             s.first_byte = None;
             self.0.armed.store(true, Ordering::Release);
         }
-        drop(s);
-        self.0.changed.notify_one();
     }
 }
 

@@ -87,12 +87,14 @@ where
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     let mut draining = false;
-    let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+    // Created once: re-created in every turn of the loop they would register with the shared
+    // phase channel (a lock every connection contends for) several times per request.
+    let drain = wait_phase(&mut drain_rx, Phase::Draining);
+    tokio::pin!(drain);
+    let force = wait_phase(&mut force_rx, Phase::Force);
+    tokio::pin!(force);
+    let timer = tokio::time::sleep_until(activity.next_check(tokio::time::Instant::now()));
     tokio::pin!(timer);
-    let mut deadline = activity.deadline();
-    if let Some(at) = deadline {
-        timer.as_mut().reset(at);
-    }
     loop {
         tokio::select! {
             res = conn.as_mut() => {
@@ -101,16 +103,10 @@ where
                 }
                 break;
             }
-            () = activity.changed() => {
-                deadline = activity.deadline();
-                if let Some(at) = deadline {
-                    timer.as_mut().reset(at);
-                }
-            }
-            () = timer.as_mut(), if deadline.is_some() => {
-                deadline = activity.deadline();
-                match deadline {
-                    Some(at) if at <= tokio::time::Instant::now() => {
+            () = timer.as_mut() => {
+                let now = tokio::time::Instant::now();
+                match activity.deadline() {
+                    Some(at) if at <= now => {
                         shared.stats.timed_out.fetch_add(1, Ordering::Relaxed);
                         let why = if activity.is_between_requests() {
                             "idle timeout"
@@ -120,15 +116,14 @@ where
                         tracing::debug!(%peer, why, "client connection closed");
                         break;
                     }
-                    Some(at) => timer.as_mut().reset(at),
-                    None => {}
+                    _ => timer.as_mut().reset(activity.next_check(now)),
                 }
             }
-            () = wait_phase(&mut drain_rx, Phase::Draining), if !draining => {
+            () = &mut drain, if !draining => {
                 conn.as_mut().graceful_shutdown();
                 draining = true;
             }
-            () = wait_phase(&mut force_rx, Phase::Force) => {
+            () = &mut force => {
                 shared.stats.forced_closes.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%peer, "client connection force-closed");
                 break;

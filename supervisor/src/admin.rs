@@ -1,5 +1,5 @@
 //! The admin endpoint: `GET /metrics`, `GET /healthz`, `GET /v1/instances`, `POST /v1/reload`,
-//! `POST /v1/drain`, `POST /v1/undrain`.
+//! `POST /v1/drain`, `POST /v1/undrain`, `GET /v1/apps/APP/logs` (see [`crate::logs::query`]).
 //!
 //! It binds loopback by default (the configuration refuses a public address unless
 //! `allow_public_admin` is set).
@@ -17,7 +17,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -224,6 +225,46 @@ fn handle(
     }
 }
 
+/// A response body: a whole reply, or a stream (logs).
+type AdminBody = BoxBody<Bytes, Infallible>;
+
+/// `GET /v1/apps/APP/logs[?since=D][&instance=ID][&follow=1]`: 404 for an app that is not
+/// configured, 400 for a bad query, else the lines (streamed).
+fn logs_request(
+    sup: &Supervisor,
+    logs: Option<&Arc<crate::logs::LogHub>>,
+    req: &Request<Incoming>,
+    app: &str,
+) -> Response<AdminBody> {
+    use crate::logs::query::{stream, LogQuery};
+    let plain = |status, body: String| reply(status, "text/plain", body).map(BodyExt::boxed);
+    if req.method() != Method::GET {
+        return plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n".into(),
+        );
+    }
+    if !sup.app_names().iter().any(|a| a == app) {
+        return plain(StatusCode::NOT_FOUND, format!("no such app: {app}\n"));
+    }
+    let Some(hub) = logs else {
+        return plain(
+            StatusCode::NOT_FOUND,
+            "this process does not collect instance logs\n".into(),
+        );
+    };
+    let q = match LogQuery::parse(req.uri().query(), crate::logs::record::now_us()) {
+        Ok(q) => q,
+        Err(e) => return plain(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header("x-hako-log-sink", hub.sink())
+        .body(stream(hub, app, q).boxed())
+        .expect("static response parts are valid")
+}
+
 /// Time an admin client has to send a request head (and the most an idle connection stays).
 const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -232,6 +273,7 @@ pub async fn serve(
     listener: TcpListener,
     sup: Arc<Supervisor>,
     reload: Option<ReloadHook>,
+    logs: Option<Arc<crate::logs::LogHub>>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     tokio::pin!(shutdown);
@@ -250,6 +292,7 @@ pub async fn serve(
         };
         let sup = sup.clone();
         let reload = reload.clone();
+        let logs = logs.clone();
         let conn = Conn {
             peer: Some(peer),
             local: stream.local_addr().ok(),
@@ -267,7 +310,16 @@ pub async fn serve(
             let svc = service_fn(move |req: Request<Incoming>| {
                 let sup = sup.clone();
                 let reload = reload.clone();
+                let logs = logs.clone();
                 async move {
+                    let path = req.uri().path();
+                    let logs_of = path
+                        .strip_prefix("/v1/apps/")
+                        .and_then(|r| r.strip_suffix("/logs"))
+                        .filter(|a| !a.is_empty() && !a.contains('/'));
+                    if let Some(app) = logs_of {
+                        return Ok::<_, Infallible>(logs_request(&sup, logs.as_ref(), &req, app));
+                    }
                     let resp = match (&reload, req.method(), req.uri().path()) {
                         (Some(r), &Method::POST, "/v1/reload") => {
                             reload_request(r, &req, conn).await
@@ -276,7 +328,7 @@ pub async fn serve(
                         (_, &Method::POST, "/v1/undrain") => drain_request(&sup, &req, conn, false),
                         _ => handle(&sup, reload.as_ref(), &req),
                     };
-                    Ok::<_, Infallible>(resp)
+                    Ok::<_, Infallible>(resp.map(BodyExt::boxed))
                 }
             });
             let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

@@ -66,6 +66,9 @@ pub struct Metrics {
     wakes: IntCounterVec,
     wake_duration: HistogramVec,
     hibernations: IntCounterVec,
+    image_pulls: IntCounterVec,
+    image_pull_duration: prometheus::Histogram,
+    image_store_bytes: prometheus::IntGauge,
 }
 
 const BOOT_RESULTS: [&str; 3] = ["ok", "failed", "not_ready"];
@@ -218,8 +221,37 @@ impl Metrics {
             &["app"],
         )
         .expect("valid metric");
+        let image_pulls = IntCounterVec::new(
+            Opts::new(
+                "hako_image_pulls_total",
+                "Image pulls (serve's background pulls and retries), by result: ok or failed.",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        for r in ["ok", "failed"] {
+            image_pulls.with_label_values(&[r]);
+        }
+        let image_pull_duration = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "hako_image_pull_duration_seconds",
+                "Duration of image pulls that fetched something (manifest, config, layers).",
+            )
+            .buckets(vec![
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+            ]),
+        )
+        .expect("valid metric");
+        let image_store_bytes = prometheus::IntGauge::with_opts(Opts::new(
+            "hako_image_store_bytes",
+            "Bytes held by the image store: unpacked layers' files plus manifests and configs.",
+        ))
+        .expect("valid metric");
         for c in [
-            Box::new(zygote_restarts.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(image_pulls.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(image_pull_duration.clone()),
+            Box::new(image_store_bytes.clone()),
+            Box::new(zygote_restarts.clone()),
             Box::new(wakes.clone()),
             Box::new(wake_duration.clone()),
             Box::new(hibernations.clone()),
@@ -254,7 +286,23 @@ impl Metrics {
             wakes,
             wake_duration,
             hibernations,
+            image_pulls,
+            image_pull_duration,
+            image_store_bytes,
         }
+    }
+
+    /// An image pull ended (`ok` or not) after `seconds`.
+    pub fn image_pull(&self, ok: bool, seconds: f64) {
+        self.image_pulls
+            .with_label_values(&[if ok { "ok" } else { "failed" }])
+            .inc();
+        self.image_pull_duration.observe(seconds);
+    }
+
+    /// The image store's size.
+    pub fn set_image_store_bytes(&self, bytes: u64) {
+        self.image_store_bytes.set(bytes as i64);
     }
 
     /// The launcher's zygote was restarted.

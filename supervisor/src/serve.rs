@@ -133,11 +133,7 @@ pub fn recover_orphans(state_dir: &Path, cgroups: Option<&CgroupRoot>) -> Recove
             Err(e) => tracing::warn!(error = %e, "cannot list cgroups for orphan recovery"),
         }
     }
-    if let Ok(entries) = std::fs::read_dir(state_dir.join("logs")) {
-        for e in entries.flatten() {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
+    // state_dir/logs holds the apps' logs (kept across restarts, rotated by size).
     Recovered {
         removed,
         next_id: last_id.saturating_add(1),
@@ -291,17 +287,6 @@ async fn serve(
         }
     };
     let recovered = recover_orphans(&cfg.state_dir, cgroups.as_deref());
-    // `network: egress`: this serve's nftables table, forwarding and links, after removing
-    // what a killed predecessor left; before any spec is built (specs name the links).
-    let egress = {
-        let cfg = cfg.clone();
-        tokio::task::spawn_blocking(move || {
-            crate::egress::EgressHost::start(&cfg, crate::egress::HostPaths::default())
-        })
-        .await
-        .context("egress setup task")?
-        .context("set up network: egress on the host")?
-    };
     if cfg
         .apps
         .iter()
@@ -338,6 +323,15 @@ async fn serve(
     // Images of image-based apps: pulled in the background, never on the request path.
     let images = crate::image::Images::for_state_dir(&cfg.state_dir)
         .with_context(|| format!("open the image store in {}", cfg.state_dir.display()))?;
+    {
+        let m = sup.metrics().clone();
+        let store = images.store().clone();
+        m.set_image_store_bytes(store.bytes());
+        images.set_observer(Arc::new(move |ok, secs| {
+            m.image_pull(ok, secs);
+            m.set_image_store_bytes(store.bytes());
+        }));
+    }
     images.configure(&cfg.registries, &cfg.apps);
     let routes = Arc::new(RoutesHandle::new(routes_of(&cfg)));
 
@@ -384,10 +378,11 @@ async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin_task = {
         let sup = sup.clone();
+        let logs = Some(runtime.logs());
         let mut rx = stop_rx.clone();
         let hook = reload.clone();
         tokio::spawn(async move {
-            crate::admin::serve(admin_listener, sup, Some(hook), async move {
+            crate::admin::serve(admin_listener, sup, Some(hook), logs, async move {
                 let _ = rx.wait_for(|s| *s).await;
             })
             .await;
@@ -509,7 +504,6 @@ async fn serve(
     let _ = governor_task.await;
     signals.abort();
     runtime.release_cgroups();
-    egress.shutdown();
     if let Some(root) = &cgroups {
         match root.remove_parent_if_empty() {
             Ok(true) => {}
@@ -576,13 +570,6 @@ fn reload(
     }
     if new.clients != cur.clients {
         notes.push("client_* and max_connections_per_client changes need a restart".to_string());
-    }
-    if new.egress != cur.egress {
-        notes.push("egress.subnet change needs a restart".to_string());
-    }
-    if let Some(egress) = crate::egress::current() {
-        // Before the apps: a new egress app's specs name its links, its rules must exist.
-        egress.apply(&new.apps).map_err(|e| format!("egress: {e}"))?;
     }
     sup.apply_apps(&new.apps, supervisor_options(&new));
     runtime.prepare_apps(&new.apps);

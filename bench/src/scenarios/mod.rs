@@ -1,7 +1,6 @@
 //! Scenarios that know hako: cold starts, bursts, noisy neighbours, density, launcher.
 
 pub mod launcher;
-pub mod wake;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -37,6 +37,9 @@ pub enum Output {
     Null,
     /// Appended to this file (created 0640 if missing).
     Append(PathBuf),
+    /// stdout to the first path, stderr to the second, each opened for writing as it is
+    /// (e.g. `/proc/PID/fd/N` of a pipe the supervisor reads).
+    Split { stdout: PathBuf, stderr: PathBuf },
     /// The caller's own stdout and stderr (`hako run`).
     Inherit,
 }

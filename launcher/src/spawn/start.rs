@@ -69,12 +69,20 @@ pub(crate) fn start_container(
             OFlag::O_WRONLY | OFlag::O_APPEND | OFlag::O_CREAT,
             Mode::from_bits_truncate(0o640),
         )?),
+        Output::Split { stdout, .. } => Some(open_fd(stdout, OFlag::O_WRONLY, Mode::empty())?),
         Output::Inherit => None,
     };
-    let (stdout, stderr): (RawFd, RawFd) = match &out_owned {
+    let err_owned = match output {
+        Output::Split { stderr, .. } => Some(open_fd(stderr, OFlag::O_WRONLY, Mode::empty())?),
+        _ => None,
+    };
+    let (stdout, mut stderr): (RawFd, RawFd) = match &out_owned {
         Some(fd) => (fd.as_raw_fd(), fd.as_raw_fd()),
         None => (1, 2),
     };
+    if let Some(fd) = &err_owned {
+        stderr = fd.as_raw_fd();
+    }
     let mut cgroup_dir: Option<OwnedFd> = None;
     let mut procs: Vec<OwnedFd> = Vec::new();
     match cgroup {

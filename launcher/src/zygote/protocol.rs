@@ -26,11 +26,21 @@ pub struct SpawnRequest {
     pub cgroup: Option<CgroupAttach>,
     /// stdout and stderr appended here; `None` means `/dev/null`.
     pub log_path: Option<PathBuf>,
+    /// With `log_path`: stderr goes here instead, and both are opened as they are (not
+    /// created, not appended): the supervisor's pipes, as `/proc/PID/fd/N`.
+    #[serde(default)]
+    pub stderr_path: Option<PathBuf>,
 }
 
 impl SpawnRequest {
     pub fn output(&self) -> Output {
-        self.log_path.clone().map_or(Output::Null, Output::Append)
+        match (&self.log_path, &self.stderr_path) {
+            (Some(out), Some(err)) => Output::Split {
+                stdout: out.clone(),
+                stderr: err.clone(),
+            },
+            (out, _) => out.clone().map_or(Output::Null, Output::Append),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 mod check;
 mod image;
+mod logs;
 mod run;
 mod spawnbench;
 
@@ -60,6 +61,9 @@ pub enum Command {
     Drain(AdminArgs),
     /// Cancel a drain before the node exits: /healthz answers 200 again.
     Undrain(AdminArgs),
+    /// Print an app's instance output (stdout and stderr, one line each as
+    /// `TIME INSTANCE STREAM TEXT`) from a running hako's admin API; -f keeps following.
+    Logs(logs::LogsArgs),
     /// Manage the image store: pull, ls, rm, prune.
     Image(image::ImageArgs),
     /// Launcher boot latency benchmark (used by `hako-bench launcher`).
@@ -138,6 +142,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Ps(args) => ps(&args),
         Command::Image(args) => image::run(args),
+        Command::Logs(args) => logs::run(&args),
         Command::BenchSpawn(args) => spawnbench::run(args),
         Command::Drain(args) => admin_post(args.admin, "/v1/drain"),
         Command::Undrain(args) => admin_post(args.admin, "/v1/undrain"),

@@ -146,6 +146,7 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
         spec_key: "bench".into(),
         cgroup: None,
         log_path: None,
+        stderr_path: None,
     };
     // Warm-up: prepares the zygote's cache and faults in the code paths.
     if let Some(z) = &zygote {

@@ -78,6 +78,8 @@ pub struct ContainerRuntime {
     apps: Arc<Mutex<Vec<App>>>,
     /// The supervisor's metrics, once attached ([`Runtime::attach_metrics`](crate::instances::Runtime::attach_metrics)).
     metrics: Arc<OnceLock<Metrics>>,
+    /// Where every instance's stdout and stderr go (journald or `state_dir/logs/APP.log`).
+    logs: Arc<crate::logs::LogHub>,
 }
 
 /// What [`ContainerRuntime::prepare_apps`] left in the zygote.
@@ -106,7 +108,7 @@ impl ContainerRuntime {
         first_id: u64,
     ) -> io::Result<Self> {
         std::fs::create_dir_all(state_dir.join("instances"))?;
-        std::fs::create_dir_all(state_dir.join("logs"))?;
+        let logs = crate::logs::LogHub::start(crate::logs::LogOptions::new(&state_dir))?;
         let ids = Arc::new(AtomicU64::new(first_id.max(1)));
         let cgroup_pool = match &cgroups {
             Some(root) => Some(CgroupPool::start(
@@ -129,9 +131,15 @@ impl ContainerRuntime {
             prepare_gen: Arc::default(),
             apps: Arc::default(),
             metrics: Arc::default(),
+            logs,
         };
         runtime.on_zygote_restart();
         Ok(runtime)
+    }
+
+    /// The instance log sink (for the admin endpoint's `GET /v1/apps/APP/logs`).
+    pub fn logs(&self) -> Arc<crate::logs::LogHub> {
+        self.logs.clone()
     }
 
     /// After a zygote restart (the keeper thread logged it): count it, and prepare the apps
@@ -215,7 +223,7 @@ fn prepare_work(
 ) -> impl FnOnce() + Send + 'static {
     let wanted: Vec<(String, String, ContainerSpec)> = apps
         .iter()
-        .filter(|a| matches!(a.network, Network::Isolated | Network::Egress))
+        .filter(|a| matches!(a.network, Network::Isolated))
         // An image-based instance has a root of its own: nothing to prepare per app.
         .filter(|a| !matches!(a.rootfs, hako_policies::Rootfs::Image(_)))
         .map(|a| {

@@ -18,7 +18,8 @@ pub(super) struct Container {
     pub(super) cgroup: Mutex<Option<Arc<InstanceCgroup>>>,
     pub(super) upstream: Arc<dyn Upstream>,
     pub(super) record: PathBuf,
-    pub(super) log_path: PathBuf,
+    /// The readers of its stdout and stderr (taken by `cleanup` for the last output).
+    pub(super) output: Mutex<Option<crate::logs::pipe::InstanceOutput>>,
     pub(super) exit: Arc<Mutex<Option<ExitInfo>>>,
     /// The cgroup's OOM-kill count from before the instance's death.
     pub(super) oom_baseline: Arc<Mutex<OomBaseline>>,
@@ -40,19 +41,6 @@ fn caught_signals(status: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix("SigCgt:"))?
         .trim();
     u64::from_str_radix(hex, 16).ok()
-}
-
-/// Last `max` bytes of a file, lossily decoded, for crash reports.
-fn tail(path: &Path, max: u64) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(max)));
-    let mut buf = Vec::new();
-    let _ = f.take(max).read_to_end(&mut buf);
-    String::from_utf8_lossy(&buf).trim().to_string()
 }
 
 impl Running for Container {
@@ -129,10 +117,18 @@ impl Running for Container {
     fn cleanup(&self) -> BoxFuture<'static, ()> {
         let cgroup = self.cgroup.lock().expect("cgroup lock").take();
         let record = self.record.clone();
-        let log = self.log_path.clone();
+        let output = self.output.lock().unwrap_or_else(|p| p.into_inner()).take();
         let exit = *self.exit.lock().expect("exit lock");
         let pid = self.pid;
         Box::pin(async move {
+            // The last output: once the pipes reached their end (every process of the
+            // instance is gone), from the readers' tail.
+            let last = async {
+                match output {
+                    Some(mut o) => o.finish(std::time::Duration::from_millis(500)).await,
+                    None => String::new(),
+                }
+            };
             let _ = tokio::task::spawn_blocking(move || {
                 if let Some(mut c) = cgroup {
                     // A sampler reading may hold a clone of the handle for a moment.
@@ -158,17 +154,14 @@ impl Running for Container {
                         }
                     }
                 }
-                let abnormal = exit.is_none_or(|e| e.code != Some(0));
-                if abnormal {
-                    let t = tail(&log, 2048);
-                    if !t.is_empty() {
-                        tracing::info!(pid, log_tail = %t, "last output of the instance");
-                    }
-                }
-                let _ = std::fs::remove_file(&log);
                 let _ = std::fs::remove_file(&record);
             })
             .await;
+            let abnormal = exit.is_none_or(|e| e.code != Some(0));
+            let t = last.await;
+            if abnormal && !t.is_empty() {
+                tracing::info!(pid, log_tail = %t, "last output of the instance");
+            }
         })
     }
 

@@ -2,7 +2,7 @@
 //! instance record, upstream) and reaping the containers a zygote died with.
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
@@ -78,6 +78,7 @@ impl Runtime for ContainerRuntime {
         let state_dir = self.state_dir.clone();
         let held = self.held.clone();
         let claimed_map = self.claimed.clone();
+        let logs = self.logs.clone();
         Box::pin(async move {
             let name = format!("{}-{}", app.name, id);
             // An image-based app: its image (awaited if still pulling), its config's
@@ -87,7 +88,7 @@ impl Runtime for ContainerRuntime {
                 None => (app, None),
             };
             let port = match app.network {
-                Network::Isolated | Network::Egress => app.port,
+                Network::Isolated => app.port,
                 Network::Host => free_host_port().map_err(|e| {
                     BootError::transient(Launcher, format!("no free host port: {e}"))
                 })?,
@@ -100,7 +101,20 @@ impl Runtime for ContainerRuntime {
             let spec_key = spec_key(&app.name, &spec);
             // A key used once: a host port, or an instance's own overlay root.
             let per_instance_key = matches!(app.network, Network::Host) || rootfs.is_some();
-            let log_path = state_dir.join("logs").join(format!("{name}.log"));
+            // stdout and stderr: a pipe each, drained from now on (what a failing boot
+            // prints is kept too). The zygote opens our write ends through /proc (the
+            // container gets its own copies as fds 1 and 2); ours close after the spawn.
+            let (output, out_w, err_w) = crate::logs::pipe::Pipes::new()
+                .and_then(|p| p.attach(&logs, &app.name, &name))
+                .map_err(|e| BootError::transient(Launcher, format!("output pipes: {e}")))?;
+            let fd_path = |fd: &OwnedFd| {
+                PathBuf::from(format!(
+                    "/proc/{}/fd/{}",
+                    std::process::id(),
+                    fd.as_raw_fd()
+                ))
+            };
+            let (stdout_path, stderr_path) = (fd_path(&out_w), fd_path(&err_w));
             let limits = cgroup_limits(&app);
             let req_name = name.clone();
             let setup = tokio::task::spawn_blocking(move || {
@@ -125,9 +139,11 @@ impl Runtime for ContainerRuntime {
                     spec,
                     spec_key,
                     cgroup: cgroup.as_ref().map(|c| c.attach()),
-                    log_path: Some(log_path.clone()),
+                    log_path: Some(stdout_path),
+                    stderr_path: Some(stderr_path),
                 };
                 let spawned = zygote.spawn(&req);
+                drop((out_w, err_w));
                 if per_instance_key {
                     // A key used once (its port is this instance's): nothing to keep warm.
                     if let Err(e) = zygote.forget(&req.spec_key) {
@@ -144,7 +160,7 @@ impl Runtime for ContainerRuntime {
                 match spawned {
                     Ok(s) => {
                         tracing::debug!(instance = %req_name, pid = s.pid, warm = s.warm, "container spawned");
-                        Ok((s, cgroup, log_path))
+                        Ok((s, cgroup))
                     }
                     Err(e) => {
                         if let Some(c) = cgroup {
@@ -158,14 +174,13 @@ impl Runtime for ContainerRuntime {
                             let _ = c.remove();
                             reap_orphans(&orphans);
                         }
-                        let _ = std::fs::remove_file(&log_path);
                         Err(boot_error(&e))
                     }
                 }
             })
             .await
             .map_err(|e| BootError::transient(Launcher, format!("spawn task failed: {e}")))?;
-            let (spawned, cgroup, log_path) = setup?;
+            let (spawned, cgroup) = setup?;
             let pid = spawned.pid;
             let record = InstanceRecord {
                 app: app.name.clone(),
@@ -185,7 +200,7 @@ impl Runtime for ContainerRuntime {
                 }
             }
             let upstream: Arc<dyn Upstream> = match app.network {
-                Network::Isolated | Network::Egress => {
+                Network::Isolated => {
                     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
                         .map_err(|e| format!("open /proc/{pid}/ns/net: {e}"));
                     match ns {
@@ -222,7 +237,7 @@ impl Runtime for ContainerRuntime {
                 cgroup: Mutex::new(cgroup.map(Arc::new)),
                 upstream,
                 record: rec_path,
-                log_path,
+                output: Mutex::new(Some(output)),
                 exit: Arc::new(Mutex::new(None)),
                 oom_baseline: Arc::default(),
                 _rootfs: rootfs,
