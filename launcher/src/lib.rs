@@ -7,6 +7,7 @@
 //!   [`CgroupPool`] keeps some created ahead of their boots.
 pub mod cgroup;
 mod child;
+pub mod egress;
 pub mod error;
 pub mod overlay;
 pub mod prepare;

@@ -140,6 +140,9 @@ pub struct PreparedSpec {
     /// ([`USERNS_HOST_BASE`]) before releasing the child; no warm namespaces.
     pub(crate) user_namespace: bool,
     pub(crate) loopback: bool,
+    /// Outbound link (`network: egress`): built with each warm namespace set (a boot always
+    /// joins one).
+    pub(crate) egress: Option<crate::egress::EgressSpec>,
     /// The socket to hand over as fd 3 (created by a warm-namespace holder, by the caller for
     /// host networking, or by the child itself on a cold isolated boot).
     pub(crate) listen: Option<ListenSpec>,
@@ -758,6 +761,16 @@ impl PreparedSpec {
         if loopback {
             clone_flags |= libc::CLONE_NEWNET as u64;
         }
+        if let Some(e) = &spec.egress {
+            if spec.user_namespace || !loopback {
+                return Err(LaunchError::InvalidSpec(
+                    "an egress link needs an isolated network namespace built ahead, in the \
+                     host's user namespace: not with host networking or user_namespace"
+                        .into(),
+                ));
+            }
+            crate::egress::check_spec(e).map_err(|e| LaunchError::InvalidSpec(e.to_string()))?;
+        }
         if spec.user_namespace {
             if spec.uid >= USERNS_SIZE || spec.gid >= USERNS_SIZE {
                 return Err(LaunchError::InvalidSpec(format!(
@@ -800,6 +813,7 @@ impl PreparedSpec {
             clone_flags,
             user_namespace: spec.user_namespace,
             loopback,
+            egress: spec.egress.clone(),
             listen: spec.listen,
             command0: cmd.clone(),
             workdir_name: spec.workdir.display().to_string(),

@@ -135,6 +135,11 @@ pub struct ContainerSpec {
     /// layer is a tmpfs of `limits.disk`) instead of remounting it read-only.
     #[serde(default)]
     pub writable_root: bool,
+    /// With [`NetworkMode::Isolated`]: outbound connectivity (`network: egress`), a veth pair
+    /// to the host built with the warm namespaces (see [`crate::egress`]). `None`: loopback
+    /// only.
+    #[serde(default)]
+    pub egress: Option<crate::egress::EgressSpec>,
 }
 
 impl ContainerSpec {
@@ -166,6 +171,7 @@ impl ContainerSpec {
             volumes: Vec::new(),
             tmp_size: DEFAULT_TMP_SIZE,
             writable_root: false,
+            egress: None,
         }
     }
 }

@@ -104,6 +104,8 @@ pub struct Config {
     pub apps: Vec<App>,
     /// The spike governor.
     pub governor: Governor,
+    /// Outbound networking of `network: egress` apps (`egress`).
+    pub egress: crate::Egress,
     /// Defences against slow, silent and greedy clients of the proxy.
     pub clients: Clients,
     /// TLS termination (`tls`); `None`: plain HTTP only.
@@ -176,6 +178,9 @@ pub struct App {
     pub port: u16,
     /// Network mode.
     pub network: Network,
+    /// With `network: egress`: where the app may connect (`egress_allow`); `None`: anywhere.
+    /// DNS to the host's resolvers stays allowed.
+    pub egress_allow: Option<Vec<crate::EgressRule>>,
     /// User the app runs as.
     pub user: User,
     /// Resource limits of each instance.
@@ -221,6 +226,7 @@ impl App {
             workdir: PathBuf::from("/"),
             port: 8080,
             network: Network::default(),
+            egress_allow: None,
             user: User::default(),
             limits: Limits::default(),
             lifetime: Lifetime::default(),
@@ -284,6 +290,9 @@ pub enum Network {
     Isolated,
     /// The host's network; the port is assigned per instance and given as `PORT`.
     Host,
+    /// Like `Isolated`, plus outbound connectivity: a veth pair to the host, an address from
+    /// `egress.subnet`, masquerading, the host's resolver configuration.
+    Egress,
 }
 
 /// User and group ids the app runs as.

@@ -18,6 +18,7 @@ pub(crate) struct RawConfig {
     pub cgroup_parent: Option<String>,
     pub apps: Option<Vec<RawApp>>,
     pub governor: Option<RawGovernor>,
+    pub egress: Option<crate::egress::RawEgress>,
     #[serde(deserialize_with = "de_opt_duration")]
     pub client_header_timeout: Option<Duration>,
     #[serde(deserialize_with = "de_opt_duration")]
@@ -44,6 +45,7 @@ pub(crate) struct RawApp {
     pub workdir: Option<String>,
     pub port: Option<i64>,
     pub network: Option<RawNetwork>,
+    pub egress_allow: Option<Vec<String>>,
     pub user: Option<RawUser>,
     pub limits: Option<RawLimits>,
     pub lifetime: Option<RawLifetime>,
@@ -65,6 +67,7 @@ pub(crate) struct RawApp {
 pub(crate) enum RawNetwork {
     Isolated,
     Host,
+    Egress,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod cli;
 pub mod container;
 pub mod drain;
+pub mod egress;
 pub mod exclusive;
 pub mod governor;
 pub mod hooks;

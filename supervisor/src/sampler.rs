@@ -530,6 +530,7 @@ mod tests {
                 ..Default::default()
             },
             clients: Default::default(),
+            egress: Default::default(),
             node_name: None,
             drain_timeout: hako_policies::DEFAULT_DRAIN_TIMEOUT,
             tls: None,

@@ -287,6 +287,17 @@ async fn serve(
         }
     };
     let recovered = recover_orphans(&cfg.state_dir, cgroups.as_deref());
+    // `network: egress`: this serve's nftables table, forwarding and links, after removing
+    // what a killed predecessor left; before any spec is built (specs name the links).
+    let egress = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::egress::EgressHost::start(&cfg, crate::egress::HostPaths::default())
+        })
+        .await
+        .context("egress setup task")?
+        .context("set up network: egress on the host")?
+    };
     if cfg
         .apps
         .iter()
@@ -504,6 +515,7 @@ async fn serve(
     let _ = governor_task.await;
     signals.abort();
     runtime.release_cgroups();
+    egress.shutdown();
     if let Some(root) = &cgroups {
         match root.remove_parent_if_empty() {
             Ok(true) => {}
@@ -570,6 +582,13 @@ fn reload(
     }
     if new.clients != cur.clients {
         notes.push("client_* and max_connections_per_client changes need a restart".to_string());
+    }
+    if new.egress != cur.egress {
+        notes.push("egress.subnet change needs a restart".to_string());
+    }
+    if let Some(egress) = crate::egress::current() {
+        // Before the apps: a new egress app's specs name its links, its rules must exist.
+        egress.apply(&new.apps).map_err(|e| format!("egress: {e}"))?;
     }
     sup.apply_apps(&new.apps, supervisor_options(&new));
     runtime.prepare_apps(&new.apps);

@@ -31,6 +31,10 @@ pub(crate) struct WarmNs {
     pub net: Option<OwnedFd>,
     /// The listening socket, made in `net` (isolated network with `ContainerSpec::listen`).
     pub listen: Option<OwnedFd>,
+    /// The outbound link of `net` (`network: egress`); held for its `Drop`, which deletes the
+    /// veth pair once the namespace is released.
+    #[allow(dead_code)]
+    pub egress: Option<crate::egress::EgressLink>,
 }
 
 /// Builds a [`WarmNs`] for `p` with a short-lived holder process (off the boot path).
@@ -114,12 +118,21 @@ pub(crate) fn create_warm(p: &PreparedSpec) -> Result<WarmNs, LaunchError> {
         } else {
             None
         };
+        // The link out (network: egress), while the holder still pins the namespace.
+        let egress = match (&p.egress, &net) {
+            (Some(spec), Some(n)) => Some(
+                crate::egress::setup(n.as_raw_fd(), spec)
+                    .map_err(|e| LaunchError::Zygote(format!("egress link: {e}")))?,
+            ),
+            _ => None,
+        };
         Ok(WarmNs {
             mnt,
             uts,
             ipc,
             net,
             listen,
+            egress,
         })
     });
     let _ = pidfd_signal(pidfd.as_raw_fd(), libc::SIGKILL);

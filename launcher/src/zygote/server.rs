@@ -14,7 +14,7 @@ use super::{ZygoteOptions, ZYGOTE_COMM, ZYGOTE_FD, ZYGOTE_MODE_ARG};
 use crate::cgroup::CgroupAttach;
 use crate::error::LaunchError;
 use crate::prepare::PreparedSpec;
-use crate::spawn::{start_container, Launch, Started, WarmNs};
+use crate::spawn::{create_warm, start_container, Launch, Started, WarmNs};
 use crate::spec::ContainerSpec;
 
 /// The zygote's loop. Never returns.
@@ -263,6 +263,11 @@ fn spawn(
         .lock()
         .ok()
         .and_then(|mut m| m.get_mut(&req.spec_key).and_then(Vec::pop));
+    if warm.is_none() && prepared.egress.is_some() {
+        // An egress container's link is built with its namespaces: none ready, so build a
+        // set now (the cost of a cold boot, paid here instead of in the child).
+        warm = Some(create_warm(&prepared)?);
+    }
     let result = start_container(
         &prepared,
         req.cgroup.as_ref(),

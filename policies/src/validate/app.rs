@@ -203,7 +203,9 @@ impl Ctx<'_> {
         let network = match raw.network {
             None | Some(RawNetwork::Isolated) => Network::Isolated,
             Some(RawNetwork::Host) => Network::Host,
+            Some(RawNetwork::Egress) => Network::Egress,
         };
+        let egress_allow = self.egress_allow(at, network, raw.egress_allow);
         let seccomp = match raw.seccomp {
             None | Some(RawSeccomp::Default) => SeccompMode::Default,
             Some(RawSeccomp::Unconfined) => SeccompMode::Unconfined,
@@ -243,6 +245,7 @@ impl Ctx<'_> {
             workdir,
             port,
             network,
+            egress_allow,
             user,
             limits,
             lifetime,

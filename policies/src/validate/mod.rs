@@ -7,6 +7,7 @@
 //! [`names`] app names, hostnames and rootfs paths.
 mod app;
 mod app_sections;
+mod egress;
 mod governor;
 mod names;
 mod top;

@@ -81,6 +81,12 @@ impl Ctx<'_> {
             }
         }
         self.cross_app(&apps);
+        let egress = self.egress(
+            raw.egress,
+            &apps,
+            &cgroup_parent,
+            std::path::Path::new(crate::PROC_NET_ROUTE),
+        );
         let tls = self.tls(raw.tls, listen, admin);
         let registries = self.registries(raw.registries);
         for (i, app) in apps.iter().enumerate() {
@@ -99,6 +105,7 @@ impl Ctx<'_> {
             cgroup_parent,
             apps,
             governor,
+            egress,
             clients,
             tls,
             registries,

@@ -223,7 +223,7 @@ fn prepare_work(
 ) -> impl FnOnce() + Send + 'static {
     let wanted: Vec<(String, String, ContainerSpec)> = apps
         .iter()
-        .filter(|a| matches!(a.network, Network::Isolated))
+        .filter(|a| matches!(a.network, Network::Isolated | Network::Egress))
         // An image-based instance has a root of its own: nothing to prepare per app.
         .filter(|a| !matches!(a.rootfs, hako_policies::Rootfs::Image(_)))
         .map(|a| {

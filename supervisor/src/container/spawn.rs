@@ -88,7 +88,7 @@ impl Runtime for ContainerRuntime {
                 None => (app, None),
             };
             let port = match app.network {
-                Network::Isolated => app.port,
+                Network::Isolated | Network::Egress => app.port,
                 Network::Host => free_host_port().map_err(|e| {
                     BootError::transient(Launcher, format!("no free host port: {e}"))
                 })?,
@@ -200,7 +200,7 @@ impl Runtime for ContainerRuntime {
                 }
             }
             let upstream: Arc<dyn Upstream> = match app.network {
-                Network::Isolated => {
+                Network::Isolated | Network::Egress => {
                     let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
                         .map_err(|e| format!("open /proc/{pid}/ns/net: {e}"));
                     match ns {

@@ -29,6 +29,8 @@ pub fn container_spec(app: &App, port: u16) -> ContainerSpec {
     spec.network = match app.network {
         Network::Isolated => NetworkMode::Isolated,
         Network::Host => NetworkMode::Host,
+        // Isolated plus a link out, filled in by the serve's egress host (below).
+        Network::Egress => NetworkMode::Isolated,
     };
     spec.uid = app.user.uid;
     spec.gid = app.user.gid;
@@ -62,6 +64,7 @@ pub fn container_spec(app: &App, port: u16) -> ContainerSpec {
         // instance is ready the moment it is spawned (the kernel queues connections).
         spec.listen = Some(hako_launcher::ListenSpec::new(port));
     }
+    crate::egress::apply_to_spec(app, &mut spec);
     spec
 }
 
