@@ -173,23 +173,60 @@ struct BurstArgs {
 
 #[derive(Debug, Args)]
 struct SpikeArgs {
-    /// hako's proxy URL.
-    url: String,
+    /// hako's proxy URL (not with --hako).
+    #[arg(required_unless_present = "hako", conflicts_with = "hako")]
+    url: Option<String>,
     /// Measured app.
-    #[arg(long)]
-    quiet_host: String,
+    #[arg(long, required_unless_present = "hako", conflicts_with = "hako")]
+    quiet_host: Option<String>,
     /// Open-loop rate on the quiet app.
     #[arg(long, default_value_t = 50.0)]
     rate: f64,
     /// Loaded app.
-    #[arg(long)]
-    noisy_host: String,
+    #[arg(long, required_unless_present = "hako", conflicts_with = "hako")]
+    noisy_host: Option<String>,
     /// Noisy open-loop rate (closed loop with -c when absent).
     #[arg(long)]
     noisy_rate: Option<f64>,
-    /// Noisy connections.
-    #[arg(short = 'c', long, default_value_t = 32)]
-    connections: usize,
+    /// Noisy connections (default 32; 12 with --hako).
+    #[arg(short = 'c', long)]
+    connections: Option<usize>,
+    /// Configure and start `hako serve` from this binary (root): busybox apps noisy, quiet,
+    /// lender and other; protection runs, detection bursts and scale-up rounds.
+    #[arg(long)]
+    hako: Option<PathBuf>,
+    /// With --hako: `governor.enabled`.
+    #[arg(long, value_parser = ["on", "off"], default_value = "on")]
+    governor: String,
+    /// With --hako: give noisy a `spike` rule (cpu_above 0.8, for 300ms, tighten_cpu 0.2);
+    /// by default no app has a rule.
+    #[arg(long)]
+    rule: bool,
+    /// With --hako: noisy's limits.cpu (default: the host's CPU count).
+    #[arg(long)]
+    noisy_cpu: Option<f64>,
+    /// With --hako: protection runs (calm/burst/calm each).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// With --hako: detection bursts (burst start -> first cgroup write); 0 to skip.
+    #[arg(long, default_value_t = 20)]
+    bursts: usize,
+    /// With --hako: length of one detection burst.
+    #[arg(long, default_value = "1500ms", value_parser = dur)]
+    burst_len: Duration,
+    /// With --hako: CPU time each request to the burn CGI uses, in ms (calibrated on the host).
+    #[arg(long, default_value_t = 125)]
+    burn_ms: u64,
+    /// With --hako: scale-up rounds (lender limits.cpu 0.5, burst_cpu 2.0; then other busy);
+    /// 0 to skip.
+    #[arg(long, default_value_t = 5)]
+    lend_rounds: usize,
+    /// With --hako: burn connections of lender and of other.
+    #[arg(long, default_value_t = 4)]
+    lend_connections: usize,
+    /// With --hako: how long lender runs alone before other starts.
+    #[arg(long, default_value = "3s", value_parser = dur)]
+    lend_for: Duration,
     /// calm,burst,calm durations.
     #[arg(long, default_value = "5s,10s,5s")]
     phases: String,
@@ -411,13 +448,37 @@ pub fn parse_phases(s: &str) -> Result<[Duration; 3]> {
 }
 
 async fn cmd_spike(a: SpikeArgs) -> Result<()> {
+    if let Some(hako) = a.hako {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let spec = scenarios::govern::GovernSpec {
+            hako,
+            governor: a.governor == "on",
+            rule: a.rule,
+            noisy_cpu: a.noisy_cpu.unwrap_or(cpus as f64),
+            runs: a.runs,
+            phases: parse_phases(&a.phases)?,
+            rate: a.rate,
+            connections: a.connections.unwrap_or(12).max(1),
+            burn_ms: a.burn_ms.max(1),
+            bursts: a.bursts,
+            burst_len: a.burst_len,
+            lend_rounds: a.lend_rounds,
+            lend_connections: a.lend_connections.max(1),
+            lend_for: a.lend_for,
+        };
+        return Ok(scenarios::govern::run_govern(&spec).await?);
+    }
+    let (Some(url), Some(quiet_host), Some(noisy_host)) = (a.url, a.quiet_host, a.noisy_host)
+    else {
+        bail!("give URL, --quiet-host and --noisy-host, or --hako");
+    };
     let spec = SpikeSpec {
-        url: a.url,
-        quiet_host: a.quiet_host,
+        url,
+        quiet_host,
         quiet_rate: a.rate,
-        noisy_host: a.noisy_host,
+        noisy_host,
         noisy_rate: a.noisy_rate,
-        noisy_connections: a.connections,
+        noisy_connections: a.connections.unwrap_or(32),
         phases: parse_phases(&a.phases)?,
         request: a.req.request(None)?,
         timeout: a.req.timeout,

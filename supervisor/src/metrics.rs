@@ -82,7 +82,7 @@ const STOP_REASONS: [StopReason; 7] = [
     StopReason::BootFailed,
 ];
 const WAKE_RESULTS: [&str; 2] = ["ok", "failed"];
-const DIRECTIONS: [&str; 2] = ["tighten", "relax"];
+const DIRECTIONS: [&str; 3] = ["tighten", "relax", "burst"];
 const CACHED_CODES: [u16; 15] = [
     200, 201, 204, 206, 301, 302, 304, 400, 401, 403, 404, 500, 502, 503, 504,
 ];
@@ -422,7 +422,7 @@ pub struct AppMetrics {
     instances: [prometheus::IntGauge; 4],
     boots: [prometheus::IntCounter; 3],
     stops: [prometheus::IntCounter; 7],
-    limit_changes: [prometheus::IntCounter; 2],
+    limit_changes: [prometheus::IntCounter; 3],
     /// Per status code in [`CACHED_CODES`], created on first use.
     requests: [std::sync::OnceLock<prometheus::IntCounter>; CACHED_CODES.len()],
     cpu_seconds: prometheus::Counter,

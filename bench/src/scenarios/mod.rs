@@ -1,5 +1,6 @@
 //! Scenarios that know hako: cold starts, bursts, noisy neighbours, density, launcher.
 
+pub mod govern;
 pub mod launcher;
 
 use std::collections::BTreeMap;
