@@ -24,6 +24,8 @@ enum Behaviour {
     FailSpawn,
     /// The launcher is short of something for a moment (EAGAIN).
     FailSpawnTransient,
+    /// The first boot is cut short by the zygote's death; the next ones serve.
+    FirstInterrupted,
     NeverListen,
 }
 
@@ -113,7 +115,7 @@ impl Runtime for FakeRuntime {
         _app: Arc<App>,
         id: u64,
     ) -> BoxFuture<'static, Result<Arc<dyn Running>, BootError>> {
-        self.spawns.fetch_add(1, Ordering::SeqCst);
+        let nth = self.spawns.fetch_add(1, Ordering::SeqCst);
         let behaviour = self.behaviour;
         let delay = self.boot_delay;
         let live = self.live.clone();
@@ -131,6 +133,12 @@ impl Runtime for FakeRuntime {
                 return Err(BootError::transient(
                     BootErrorSource::Launcher,
                     "clone: Resource temporarily unavailable (EAGAIN)",
+                ));
+            }
+            if behaviour == Behaviour::FirstInterrupted && nth == 0 {
+                return Err(BootError::interrupted(
+                    BootErrorSource::Zygote,
+                    "the launcher zygote (pid 7) died during the call",
                 ));
             }
             // A slow boot: the process exists but listens only after `delay`.
@@ -344,6 +352,29 @@ async fn a_transient_boot_failure_asks_to_retry_soon_and_is_retried_soon() {
         "{r:?}"
     );
     assert_eq!(rt.spawns.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_boot_interrupted_by_the_zygote_death_is_retried_at_once_without_backoff() {
+    let rt = FakeRuntime::new(Behaviour::FirstInterrupted, Duration::ZERO);
+    let sup = supervisor(rt.clone(), &[app("cut")]);
+    // No crash-loop backoff for it: the waiting request gets the next boot, which serves.
+    let lease = sup
+        .acquire("cut")
+        .await
+        .expect("served by the boot after the interrupted one");
+    drop(lease);
+    assert_eq!(rt.spawns.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        metric(&sup, r#"hako_boots_total{app="cut",result="failed"}"#),
+        1.0
+    );
+    let lease = sup
+        .acquire("cut")
+        .await
+        .expect("the next request is served");
+    drop(lease);
+    sup.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test(start_paused = true)]

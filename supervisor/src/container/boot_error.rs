@@ -21,9 +21,12 @@ pub(super) fn boot_error(e: &LaunchError) -> BootError {
     ];
     let reason = e.to_string();
     match e {
-        LaunchError::Zygote(_)
-        | LaunchError::ZygoteDied { .. }
-        | LaunchError::ZygoteUnavailable(_) => BootError::transient(ZygoteSource, reason),
+        // The zygote died under this boot: the keeper is already starting a new one, and the
+        // next boot waits for it (no crash-loop backoff: only the boots in flight fail).
+        LaunchError::ZygoteDied { .. } => BootError::interrupted(ZygoteSource, reason),
+        LaunchError::Zygote(_) | LaunchError::ZygoteUnavailable(_) => {
+            BootError::transient(ZygoteSource, reason)
+        }
         LaunchError::InvalidSpec(_) | LaunchError::Seccomp(_) => {
             BootError::permanent(Launcher, reason)
         }
@@ -66,11 +69,16 @@ mod tests {
             ),
             (
                 LaunchError::ZygoteDied { pid: 7 },
-                Transient,
+                Interrupted,
                 BootErrorSource::Zygote,
             ),
             (
                 LaunchError::Zygote("zygote exited".into()),
+                Transient,
+                BootErrorSource::Zygote,
+            ),
+            (
+                LaunchError::ZygoteUnavailable("zygote restart failed".into()),
                 Transient,
                 BootErrorSource::Zygote,
             ),

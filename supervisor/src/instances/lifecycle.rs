@@ -30,6 +30,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 fn backoff(failure: &BootFailure, failures: u32) -> Duration {
     let first = match failure {
         BootFailure::Failed(e) => match (e.class, e.origin) {
+            // Not counted (see `forget`): the next boot goes at once.
+            (BootErrorClass::Interrupted, _) => return Duration::ZERO,
             (BootErrorClass::Permanent, BootErrorSource::Launcher | BootErrorSource::Zygote) => {
                 return MAX_BACKOFF
             }
@@ -360,7 +362,10 @@ impl Supervisor {
         st.instances.retain(|i| i.id != inst.id);
         inst.transition(State::Stopped);
         inst.uncharge();
-        if let Some(f) = failure {
+        // A boot interrupted by a launcher fault being repaired (the zygote died under it) is
+        // not the app's crash loop: the next boot goes at once and waits for the new zygote.
+        let interrupted = |f: &BootFailure| matches!(f, BootFailure::Failed(e) if e.class == BootErrorClass::Interrupted);
+        if let Some(f) = failure.filter(|f| !interrupted(f)) {
             st.consecutive_failures += 1;
             st.backoff_until = Some(Instant::now() + backoff(&f, st.consecutive_failures));
             st.last_failure = Some(f);

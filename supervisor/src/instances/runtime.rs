@@ -81,6 +81,11 @@ pub enum BootErrorClass {
     /// The host was momentarily short of something (EAGAIN, ENOMEM, the zygote restarting):
     /// the next boot is tried soon and requests get 503 with `Retry-After`.
     Transient,
+    /// The boot was cut short by a launcher fault that is already being repaired (the zygote
+    /// died under it; a new one is being started and boots made meanwhile wait for it): this
+    /// request gets 503 with `Retry-After`, but the app is not put in its crash-loop backoff:
+    /// the next request boots at once.
+    Interrupted,
 }
 
 /// Which part of a boot failed.
@@ -126,8 +131,20 @@ impl BootError {
         }
     }
 
+    pub fn interrupted(origin: BootErrorSource, reason: impl Into<String>) -> Self {
+        BootError {
+            class: BootErrorClass::Interrupted,
+            origin,
+            reason: reason.into(),
+        }
+    }
+
+    /// Worth retrying soon: [`BootErrorClass::Transient`] or [`BootErrorClass::Interrupted`].
     pub fn is_transient(&self) -> bool {
-        self.class == BootErrorClass::Transient
+        matches!(
+            self.class,
+            BootErrorClass::Transient | BootErrorClass::Interrupted
+        )
     }
 }
 
