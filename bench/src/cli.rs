@@ -39,6 +39,9 @@ enum Cmd {
     Density(DensityArgs),
     /// Compare container start: hako launcher, hako run, crun, runc.
     Launcher(LauncherArgs),
+    /// hako's proxy beside nginx as the front of one keep-alive backend: plain HTTP (wrk),
+    /// TLS h2 and h1 (h2load), new TLS handshakes, CPU per request, the cold path over TLS.
+    Front(FrontArgs),
 }
 
 fn dur(s: &str) -> Result<Duration, String> {
@@ -290,6 +293,64 @@ struct LauncherArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Debug, Args)]
+struct FrontArgs {
+    /// Path to the hako binary (run as `hako serve`; needs root).
+    #[arg(long)]
+    hako: PathBuf,
+    /// Path to nginx (the backend app and the compared fronts).
+    #[arg(long, default_value = "/usr/sbin/nginx")]
+    nginx: PathBuf,
+    /// Rounds: every front takes every load once per round, in turn.
+    #[arg(long, default_value_t = 2)]
+    rounds: usize,
+    /// Seconds of each wrk and h2load run.
+    #[arg(short = 'd', long, default_value_t = 6)]
+    seconds: u64,
+    /// Connections of wrk and h2load.
+    #[arg(short = 'c', long, default_value_t = 32)]
+    connections: usize,
+    /// Concurrent streams per h2 connection (h2load -m).
+    #[arg(short = 'm', long, default_value_t = 10)]
+    streams: usize,
+    /// New TLS connections (one request each) per handshake measurement.
+    #[arg(long, default_value_t = 500)]
+    handshakes: usize,
+    /// Cold starts over TLS, and as many over plain HTTP.
+    #[arg(long, default_value_t = 30)]
+    cold: usize,
+    /// nginx worker counts to compare, comma-separated.
+    #[arg(long, default_value = "1,2", value_delimiter = ',')]
+    workers: Vec<usize>,
+    /// Measure hako alone (no nginx front), e.g. to profile it.
+    #[arg(long)]
+    no_nginx: bool,
+}
+
+fn cmd_front(a: FrontArgs) -> Result<()> {
+    if a.rounds == 0 || a.connections == 0 || a.handshakes == 0 {
+        bail!("--rounds, -c and --handshakes must be at least 1");
+    }
+    let spec = scenarios::front::FrontSpec {
+        hako: a.hako,
+        nginx: a.nginx,
+        rounds: a.rounds,
+        seconds: a.seconds,
+        connections: a.connections,
+        streams: a.streams,
+        handshakes: a.handshakes,
+        cold: a.cold,
+        workers: if a.no_nginx { Vec::new() } else { a.workers },
+    };
+    let mut res = Ok(());
+    scenarios::front::run_front(&spec, &mut |line| {
+        if res.is_ok() {
+            res = out(&format!("{line}\n"));
+        }
+    })?;
+    res
 }
 
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
@@ -588,6 +649,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Launcher(a) => cmd_launcher(a),
+        Cmd::Front(a) => cmd_front(a),
         cmd => match runtime(cli.threads) {
             Ok(rt) => rt.block_on(async move {
                 match cmd {
@@ -596,7 +658,7 @@ pub fn main() -> ExitCode {
                     Cmd::Burst(a) => cmd_burst(a).await,
                     Cmd::Spike(a) => cmd_spike(a).await,
                     Cmd::Density(a) => cmd_density(a).await,
-                    Cmd::Launcher(_) => unreachable!("handled above"),
+                    Cmd::Launcher(_) | Cmd::Front(_) => unreachable!("handled above"),
                 }
             }),
             Err(e) => Err(e.into()),

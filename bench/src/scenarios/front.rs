@@ -1,0 +1,835 @@
+//! `front`: hako's proxy beside nginx as the front of the same keep-alive backend, side by
+//! side in one run.
+//!
+//! The backend is nginx `return 200` running as a hako app (`rootfs: host`, `network: host`,
+//! one process, listening on the `PORT` hako assigns). The fronts: nginx with N workers for
+//! each N of `workers` (`proxy_pass` to an `upstream { keepalive 64; }` with
+//! `proxy_http_version 1.1` and `Connection ""`), and hako itself. Every front serves plain
+//! HTTP and TLS with the same certificate (ECDSA P-256, made with `openssl`) and the same
+//! TLS 1.3 suite (the clients offer only `TLS_AES_128_GCM_SHA256`).
+//!
+//! Per round and front: `wrk` over plain HTTP/1.1, `h2load` over TLS with h2 and with
+//! `--h1`, and the rate of new TLS handshakes (`h2load -c N -n N`: one request per new
+//! connection). The CPU time of each front's processes (utime + stime from `/proc`) is read
+//! around every load and divided by the requests answered. Then the cold path: the first
+//! response of a cold busybox app over a new TLS connection and over plain HTTP (curl's
+//! `time_total`), alternating, each app booted once.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::launcher::percentile;
+
+/// Errors of the front comparison.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontError {
+    /// A command could not be started.
+    #[error("cannot run {cmd}: {source}")]
+    Spawn {
+        /// The command line.
+        cmd: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A command failed or printed what was not expected.
+    #[error("{cmd}: {reason}")]
+    Failed {
+        /// The command line.
+        cmd: String,
+        /// Why (its output).
+        reason: String,
+    },
+    /// A file of the run could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Something the run waits for did not happen.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// What `front` runs.
+#[derive(Debug, Clone)]
+pub struct FrontSpec {
+    /// The hako binary.
+    pub hako: PathBuf,
+    /// The nginx binary (fronts and backend).
+    pub nginx: PathBuf,
+    /// Rounds; every front takes every load once per round, in turn.
+    pub rounds: usize,
+    /// Seconds of each wrk / h2load run.
+    pub seconds: u64,
+    /// Connections of wrk and h2load.
+    pub connections: usize,
+    /// Concurrent streams per h2 connection (h2load -m).
+    pub streams: usize,
+    /// New connections per handshake measurement (h2load -c N -n N).
+    pub handshakes: usize,
+    /// Cold starts per protocol.
+    pub cold: usize,
+    /// nginx worker counts to compare.
+    pub workers: Vec<usize>,
+}
+
+/// One measurement.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Round (1-based).
+    pub round: usize,
+    /// `nginx-1w`, `nginx-2w`, `hako`.
+    pub front: String,
+    /// `http1 (wrk)`, `tls h2`, `tls h1`, `tls handshakes`.
+    pub load: &'static str,
+    /// Responses (or new connections) per second.
+    pub rate: f64,
+    /// Median latency, ms (none for handshakes).
+    pub p50_ms: Option<f64>,
+    /// 99th percentile, ms.
+    pub p99_ms: Option<f64>,
+    /// CPU of the front per request, µs.
+    pub cpu_us_per_req: f64,
+    /// The negotiated protocol / cipher as the client printed it.
+    pub note: String,
+}
+
+/// A process tree to account CPU for: a pid and its direct children.
+fn tree_cpu_ticks(pid: u32) -> u64 {
+    let mut total = own_ticks(pid).unwrap_or(0);
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if stat_fields(p).is_some_and(|f| f.get(1).and_then(|s| s.parse().ok()) == Some(pid)) {
+                total += own_ticks(p).unwrap_or(0);
+            }
+        }
+    }
+    total
+}
+
+/// Fields of /proc/PID/stat after the command name (field 3, state, is index 0).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
+/// utime + stime of one process (all its threads), in clock ticks.
+fn own_ticks(pid: u32) -> Option<u64> {
+    let f = stat_fields(pid)?;
+    // utime is field 14, stime 15 (1-based): indexes 11 and 12 here.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn ticks_per_second() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|t| *t > 0)
+        .unwrap_or(100) as f64
+}
+
+fn free_port() -> Result<u16, FrontError> {
+    let l =
+        TcpListener::bind("127.0.0.1:0").map_err(|e| FrontError::Setup(format!("bind: {e}")))?;
+    l.local_addr()
+        .map(|a| a.port())
+        .map_err(|e| FrontError::Setup(format!("local_addr: {e}")))
+}
+
+fn write(path: &Path, text: &str) -> Result<(), FrontError> {
+    std::fs::write(path, text).map_err(|source| FrontError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn run(cmd: &mut Command) -> Result<Output, FrontError> {
+    let name = format!("{cmd:?}");
+    cmd.stdin(Stdio::null())
+        .output()
+        .map_err(|source| FrontError::Spawn { cmd: name, source })
+}
+
+fn run_ok(cmd: &mut Command) -> Result<String, FrontError> {
+    let name = format!("{cmd:?}");
+    let out = run(cmd)?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(FrontError::Failed {
+            cmd: name,
+            reason: format!("{}: {text}", out.status),
+        })
+    }
+}
+
+/// One HTTP/1.1 GET over a fresh connection; the status and body.
+fn http_get(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    Ok((status, body.to_string()))
+}
+
+fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> Result<T, FrontError> {
+    let end = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() > end {
+            return Err(FrontError::Setup(format!("{what}: not within {secs} s")));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The TCP port `pid` listens on (its socket inodes matched in /proc/PID/net/tcp).
+fn listening_port(pid: u32) -> Option<u16> {
+    let mut inodes = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.flatten() {
+        if let Ok(t) = std::fs::read_link(e.path()) {
+            let t = t.to_string_lossy().into_owned();
+            if let Some(i) = t.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
+                inodes.push(i.to_string());
+            }
+        }
+    }
+    let tcp = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).ok()?;
+    tcp.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // local_address, st == 0A (LISTEN), inode at index 9.
+        (f.get(3) == Some(&"0A") && f.get(9).is_some_and(|i| inodes.iter().any(|x| x == i)))
+            .then(|| f[1].split(':').nth(1))
+            .flatten()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    })
+}
+
+/// Kills (SIGTERM, then SIGKILL after 10 s) and reaps a child on drop.
+struct Guard {
+    name: &'static str,
+    child: Option<Child>,
+}
+
+impl Guard {
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let end = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < end {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            eprintln!("front: {} did not stop on SIGTERM, killing it", self.name);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn(name: &'static str, cmd: &mut Command, log: &Path) -> Result<Guard, FrontError> {
+    let f = std::fs::File::create(log).map_err(|source| FrontError::Io {
+        path: log.display().to_string(),
+        source,
+    })?;
+    let e = f.try_clone().map_err(|source| FrontError::Io {
+        path: log.display().to_string(),
+        source,
+    })?;
+    let cmdline = format!("{cmd:?}");
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(f)
+        .stderr(e)
+        .spawn()
+        .map_err(|source| FrontError::Spawn {
+            cmd: cmdline,
+            source,
+        })?;
+    Ok(Guard {
+        name,
+        child: Some(child),
+    })
+}
+
+/// The backend nginx (`return 200`), written by the app's shell into its own /tmp with the
+/// `PORT` hako assigned.
+fn backend_script(nginx: &Path) -> String {
+    format!(
+        "mkdir -p /tmp/ngx && cat > /tmp/ngx/nginx.conf <<EOF\n\
+daemon off; master_process off; worker_processes 1; pid /tmp/ngx/nginx.pid;\n\
+error_log /tmp/ngx/error.log;\n\
+events {{ worker_connections 4096; }}\n\
+http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 300s;\n\
+client_body_temp_path /tmp/ngx/b; proxy_temp_path /tmp/ngx/p; fastcgi_temp_path /tmp/ngx/f;\n\
+uwsgi_temp_path /tmp/ngx/u; scgi_temp_path /tmp/ngx/s;\n\
+server {{ listen 127.0.0.1:$PORT; location / {{ return 200 'ok\\n'; }} }} }}\n\
+EOF\n\
+exec {} -e /tmp/ngx/error.log -p /tmp/ngx -c /tmp/ngx/nginx.conf\n",
+        nginx.display()
+    )
+}
+
+/// The front nginx with `workers` workers.
+fn front_conf(dir: &Path, workers: usize, plain: u16, tls: u16, backend: u16) -> String {
+    let d = dir.display();
+    format!(
+        "daemon off; user root; worker_processes {workers}; pid {d}/nginx-{workers}.pid;\n\
+error_log {d}/nginx-{workers}.err;\n\
+events {{ worker_connections 8192; }}\n\
+http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 300s;\n\
+client_body_temp_path {d}/b{workers}; proxy_temp_path {d}/p{workers};\n\
+fastcgi_temp_path {d}/f{workers}; uwsgi_temp_path {d}/u{workers}; scgi_temp_path {d}/s{workers};\n\
+upstream be {{ server 127.0.0.1:{backend}; keepalive 64; keepalive_requests 100000000; }}\n\
+ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem; ssl_protocols TLSv1.2 TLSv1.3;\n\
+server {{ listen 127.0.0.1:{plain}; listen 127.0.0.1:{tls} ssl http2;\n\
+  location / {{ proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection \"\";\n\
+    proxy_set_header X-Forwarded-Proto $scheme;\n\
+    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }} }}\n"
+    )
+}
+
+/// A busybox root filesystem serving /www/index.html (the cold apps).
+fn busybox_rootfs(root: &Path) -> Result<(), FrontError> {
+    let io = |p: &Path, source| FrontError::Io {
+        path: p.display().to_string(),
+        source,
+    };
+    for d in ["bin", "proc", "dev", "sys", "tmp", "etc", "www"] {
+        std::fs::create_dir_all(root.join(d)).map_err(|e| io(&root.join(d), e))?;
+    }
+    let bb = root.join("bin/busybox");
+    if std::fs::hard_link("/usr/bin/busybox", &bb).is_err() {
+        std::fs::copy("/usr/bin/busybox", &bb).map_err(|e| io(&bb, e))?;
+    }
+    for applet in ["sh", "httpd"] {
+        let l = root.join("bin").join(applet);
+        std::os::unix::fs::symlink("busybox", &l).map_err(|e| io(&l, e))?;
+    }
+    write(&root.join("www/index.html"), "cold\n")
+}
+
+/// Parses a wrk duration (`712.00us`, `1.70ms`, `2.00s`) into ms.
+pub fn wrk_ms(s: &str) -> Option<f64> {
+    let (num, scale) = if let Some(v) = s.strip_suffix("us") {
+        (v, 0.001)
+    } else if let Some(v) = s.strip_suffix("ms") {
+        (v, 1.0)
+    } else if let Some(v) = s.strip_suffix('s') {
+        (v, 1000.0)
+    } else {
+        (s, 1.0)
+    };
+    num.parse::<f64>().ok().map(|v| v * scale)
+}
+
+/// wrk --latency output: (req/s, p50 ms, p99 ms, requests).
+pub fn parse_wrk(text: &str) -> Option<(f64, f64, f64, u64)> {
+    let mut rps = None;
+    let (mut p50, mut p99, mut n) = (None, None, None);
+    for l in text.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        match f.as_slice() {
+            ["Requests/sec:", v] => rps = v.parse().ok(),
+            ["50%", v] => p50 = wrk_ms(v),
+            ["99%", v] => p99 = wrk_ms(v),
+            [count, "requests", "in", ..] => n = count.parse().ok(),
+            _ => {}
+        }
+    }
+    Some((rps?, p50?, p99?, n?))
+}
+
+/// h2load's summary: (finished seconds, req/s, succeeded requests, protocol/cipher note).
+pub fn parse_h2load(text: &str) -> Option<(f64, f64, u64, String)> {
+    let mut fin = None;
+    let mut ok = None;
+    let mut note = Vec::new();
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("finished in ") {
+            let mut it = rest.split(", ");
+            let secs = wrk_ms(it.next()?)? / 1000.0;
+            let rps = it.next()?.trim_end_matches(" req/s").parse::<f64>().ok()?;
+            fin = Some((secs, rps));
+        } else if let Some(rest) = l.strip_prefix("requests: ") {
+            ok = rest
+                .split(", ")
+                .find_map(|p| p.strip_suffix(" succeeded"))
+                .and_then(|v| v.parse::<u64>().ok());
+        } else if l.starts_with("TLS Protocol:")
+            || l.starts_with("Cipher:")
+            || l.starts_with("Application protocol:")
+        {
+            note.push(l.trim().to_string());
+        }
+    }
+    let (secs, rps) = fin?;
+    Some((secs, rps, ok?, note.join(" ")))
+}
+
+/// p50 and p99 (ms) of an h2load --log-file (third column: µs until the end of the response).
+fn log_percentiles(path: &Path) -> Option<(f64, f64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut v: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.split('\t').nth(2)?.trim().parse::<f64>().ok())
+        .map(|us| us / 1000.0)
+        .collect();
+    v.sort_by(f64::total_cmp);
+    (!v.is_empty()).then(|| (percentile(&v, 0.5), percentile(&v, 0.99)))
+}
+
+struct Front {
+    name: String,
+    pid: u32,
+    plain: u16,
+    tls: u16,
+}
+
+const HOST: &str = "front.test";
+/// The one TLS 1.3 suite both clients offer (so every front negotiates it).
+const SUITE: &str = "TLS_AES_128_GCM_SHA256";
+
+fn measure(
+    front: &Front,
+    round: usize,
+    spec: &FrontSpec,
+    dir: &Path,
+    print: &mut dyn FnMut(&str),
+) -> Result<Vec<Sample>, FrontError> {
+    let tick = ticks_per_second();
+    let cpu_per = |t0: u64, t1: u64, n: u64| (t1 - t0) as f64 / tick * 1e6 / n.max(1) as f64;
+    let mut out = Vec::new();
+    let d = spec.seconds.to_string();
+    let c = spec.connections.to_string();
+
+    // Plain HTTP/1.1, wrk.
+    let t0 = tree_cpu_ticks(front.pid);
+    let text = run_ok(
+        Command::new("wrk")
+            .args(["-t1", "-c", &c, "-d", &format!("{d}s"), "--latency", "-H"])
+            .arg(format!("Host: {HOST}"))
+            .arg(format!("http://127.0.0.1:{}/", front.plain)),
+    )?;
+    let t1 = tree_cpu_ticks(front.pid);
+    let (rps, p50, p99, n) = parse_wrk(&text).ok_or_else(|| FrontError::Failed {
+        cmd: "wrk".into(),
+        reason: text.clone(),
+    })?;
+    if text.contains("Non-2xx") || text.contains("Socket errors") {
+        print(&format!(
+            "  wrk reported errors for {}:\n{text}",
+            front.name
+        ));
+    }
+    out.push(Sample {
+        round,
+        front: front.name.clone(),
+        load: "http1 (wrk)",
+        rate: rps,
+        p50_ms: Some(p50),
+        p99_ms: Some(p99),
+        cpu_us_per_req: cpu_per(t0, t1, n),
+        note: String::new(),
+    });
+
+    let url = format!("https://127.0.0.1:{}/", front.tls);
+    let authority = format!(":authority: {HOST}");
+    for (load, h1) in [("tls h2", false), ("tls h1", true)] {
+        let log = dir.join("h2load.log");
+        let _ = std::fs::remove_file(&log);
+        let mut cmd = Command::new("h2load");
+        cmd.args(["-t1", "-c", &c, "-D", &d, "--tls13-ciphers", SUITE, "-H"])
+            .arg(&authority)
+            .arg(format!("--log-file={}", log.display()));
+        if h1 {
+            cmd.args(["--h1", "-m1"]);
+        } else {
+            cmd.args(["-m", &spec.streams.to_string()]);
+        }
+        cmd.arg(&url);
+        let t0 = tree_cpu_ticks(front.pid);
+        let text = run_ok(&mut cmd)?;
+        let t1 = tree_cpu_ticks(front.pid);
+        let (_, rps, ok, note) = parse_h2load(&text).ok_or_else(|| FrontError::Failed {
+            cmd: "h2load".into(),
+            reason: text.clone(),
+        })?;
+        let (p50, p99) = log_percentiles(&log).unzip();
+        out.push(Sample {
+            round,
+            front: front.name.clone(),
+            load,
+            rate: rps,
+            p50_ms: p50,
+            p99_ms: p99,
+            cpu_us_per_req: cpu_per(t0, t1, ok),
+            note,
+        });
+    }
+
+    // New TLS connections, one request each.
+    let n = spec.handshakes.to_string();
+    let t0 = tree_cpu_ticks(front.pid);
+    let text = run_ok(
+        Command::new("h2load")
+            .args(["-t1", "-c", &n, "-n", &n, "--tls13-ciphers", SUITE, "-H"])
+            .arg(&authority)
+            .arg(&url),
+    )?;
+    let t1 = tree_cpu_ticks(front.pid);
+    let (secs, _, ok, note) = parse_h2load(&text).ok_or_else(|| FrontError::Failed {
+        cmd: "h2load".into(),
+        reason: text.clone(),
+    })?;
+    out.push(Sample {
+        round,
+        front: front.name.clone(),
+        load: "tls handshakes",
+        rate: ok as f64 / secs.max(1e-9),
+        p50_ms: None,
+        p99_ms: None,
+        cpu_us_per_req: cpu_per(t0, t1, ok),
+        note,
+    });
+    for s in &out {
+        print(&sample_line(s));
+    }
+    Ok(out)
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into())
+}
+
+fn sample_line(s: &Sample) -> String {
+    format!(
+        "round {} {:<9} {:<15} {:>10.0}/s  p50 {:>6} ms  p99 {:>6} ms  cpu {:>6.1} us/req  {}",
+        s.round,
+        s.front,
+        s.load,
+        s.rate,
+        ms(s.p50_ms),
+        ms(s.p99_ms),
+        s.cpu_us_per_req,
+        s.note
+    )
+}
+
+/// Cold path: curl's time_total (ms) for `n` apps over TLS and `n` over plain HTTP.
+fn cold_path(
+    spec: &FrontSpec,
+    plain: u16,
+    tls: u16,
+    dir: &Path,
+) -> Result<(Vec<f64>, Vec<f64>), FrontError> {
+    let (mut t, mut p) = (Vec::new(), Vec::new());
+    for i in 0..spec.cold {
+        for over_tls in [true, false] {
+            let host = if over_tls {
+                format!("t{i}.cold.test")
+            } else {
+                format!("p{i}.cold.test")
+            };
+            let port = if over_tls { tls } else { plain };
+            let scheme = if over_tls { "https" } else { "http" };
+            let text = run_ok(
+                Command::new("curl")
+                    .args(["-sS", "-o", "/dev/null", "--max-time", "30", "--cacert"])
+                    .arg(dir.join("cert.pem"))
+                    .arg("--resolve")
+                    .arg(format!("{host}:{port}:127.0.0.1"))
+                    .args(["-w", "%{http_code} %{time_total}"])
+                    .arg(format!("{scheme}://{host}:{port}/")),
+            )?;
+            let mut f = text.split_whitespace();
+            let (code, total) = (f.next(), f.next().and_then(|v| v.parse::<f64>().ok()));
+            match (code, total) {
+                (Some("200"), Some(s)) => {
+                    if over_tls {
+                        t.push(s * 1000.0)
+                    } else {
+                        p.push(s * 1000.0)
+                    }
+                }
+                _ => {
+                    return Err(FrontError::Failed {
+                        cmd: format!("curl {scheme}://{host}"),
+                        reason: text,
+                    })
+                }
+            }
+        }
+    }
+    Ok((t, p))
+}
+
+/// Runs the comparison; `print` gets every line as it is measured, then the summary.
+pub fn run_front(spec: &FrontSpec, print: &mut dyn FnMut(&str)) -> Result<(), FrontError> {
+    let tmp = tempfile::Builder::new()
+        .prefix("hako-bench-front-")
+        .tempdir()
+        .map_err(|e| FrontError::Setup(format!("tempdir: {e}")))?;
+    let dir = tmp.path();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| FrontError::Setup(format!("chmod: {e}")))?;
+    run_ok(
+        Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=front.test", "-addext"])
+            .arg("subjectAltName=DNS:front.test,DNS:*.cold.test")
+            .arg("-keyout")
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem")),
+    )?;
+    std::fs::set_permissions(dir.join("key.pem"), std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| FrontError::Setup(format!("chmod key: {e}")))?;
+    busybox_rootfs(&dir.join("rootfs"))?;
+
+    let (plain, tls, admin) = (free_port()?, free_port()?, free_port()?);
+    let cgroup_parent = format!("hako-bench-front-{}", std::process::id());
+    let mut cfg = format!(
+        "listen: 127.0.0.1:{plain}\nadmin: 127.0.0.1:{admin}\nstate_dir: {d}/state\n\
+cgroup_parent: {cgroup_parent}\ngovernor: {{enabled: false}}\n\
+tls:\n  listen: 127.0.0.1:{tls}\n  certificates:\n    - hosts: ['*']\n      cert: {d}/cert.pem\n      key: {d}/key.pem\n\
+apps:\n  - name: be\n    hosts: [{HOST}]\n    rootfs: host\n    network: host\n    command: {cmd}\n    lifetime: {{idle_timeout: 1h}}\n",
+        d = dir.display(),
+        cmd = serde_json::to_string(&["/bin/sh", "-c", &backend_script(&spec.nginx)])
+            .unwrap_or_default(),
+    );
+    for i in 0..spec.cold {
+        for p in ["t", "p"] {
+            let _ = writeln!(
+                cfg,
+                "  - name: {p}{i}\n    hosts: [{p}{i}.cold.test]\n    rootfs: {}/rootfs\n    command: [/bin/httpd, -f, -p, '8080', -h, /www]\n    lifetime: {{idle_timeout: 1h}}",
+                dir.display()
+            );
+        }
+    }
+    let cfg_path = dir.join("hako.yaml");
+    write(&cfg_path, &cfg)?;
+    let mut hako = spawn(
+        "hako",
+        Command::new(&spec.hako)
+            .arg("serve")
+            .arg("--config")
+            .arg(&cfg_path)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or("info".into()),
+            ),
+        &dir.join("hako.log"),
+    )?;
+    let admin_addr: SocketAddr = ([127, 0, 0, 1], admin).into();
+    let plain_addr: SocketAddr = ([127, 0, 0, 1], plain).into();
+    let log = || std::fs::read_to_string(dir.join("hako.log")).unwrap_or_default();
+    wait_for("hako /healthz", 20, || {
+        http_get(admin_addr, "127.0.0.1", "/healthz")
+            .ok()
+            .filter(|r| r.0 == 200)
+    })
+    .map_err(|e| FrontError::Setup(format!("{e}\n{}", log())))?;
+    let (status, body) = http_get(plain_addr, HOST, "/")
+        .map_err(|e| FrontError::Setup(format!("first request to the backend: {e}\n{}", log())))?;
+    if status != 200 {
+        return Err(FrontError::Setup(format!(
+            "the backend answered {status}: {body}\n{}",
+            log()
+        )));
+    }
+    let (_, instances) = http_get(admin_addr, "127.0.0.1", "/v1/instances")
+        .map_err(|e| FrontError::Setup(format!("/v1/instances: {e}")))?;
+    let be_pid = serde_json::from_str::<serde_json::Value>(&instances)
+        .ok()
+        .and_then(|v| {
+            v.as_array()?
+                .iter()
+                .find(|i| i["app"] == "be")?
+                .get("pid")?
+                .as_u64()
+        })
+        .ok_or_else(|| FrontError::Setup(format!("no pid of app be in {instances}")))?;
+    let backend = listening_port(be_pid as u32)
+        .ok_or_else(|| FrontError::Setup(format!("no listening port of pid {be_pid}")))?;
+    print(&format!(
+        "front: backend nginx (pid {be_pid}) on 127.0.0.1:{backend}; wrk -t1 -c{c} -d{s}s; h2load -t1 -c{c} -D {s} (h2 -m{m}, --h1 -m1) {SUITE}; handshakes h2load -c{h} -n{h}",
+        c = spec.connections,
+        s = spec.seconds,
+        m = spec.streams,
+        h = spec.handshakes
+    ));
+
+    let mut fronts = Vec::new();
+    let mut nginx_guards = Vec::new();
+    for &w in &spec.workers {
+        let (p, t) = (free_port()?, free_port()?);
+        let conf = dir.join(format!("front-{w}.conf"));
+        write(&conf, &front_conf(dir, w, p, t, backend))?;
+        let g = spawn(
+            "nginx",
+            Command::new(&spec.nginx)
+                .arg("-e")
+                .arg(dir.join(format!("nginx-{w}.err")))
+                .arg("-c")
+                .arg(&conf),
+            &dir.join(format!("nginx-{w}.log")),
+        )?;
+        let addr: SocketAddr = ([127, 0, 0, 1], p).into();
+        wait_for("nginx front", 10, || {
+            http_get(addr, HOST, "/").ok().filter(|r| r.0 == 200)
+        })?;
+        fronts.push(Front {
+            name: format!("nginx-{w}w"),
+            pid: g.pid(),
+            plain: p,
+            tls: t,
+        });
+        nginx_guards.push(g);
+    }
+    fronts.push(Front {
+        name: "hako".into(),
+        pid: hako.pid(),
+        plain,
+        tls,
+    });
+
+    let mut samples = Vec::new();
+    for round in 1..=spec.rounds {
+        for f in &fronts {
+            samples.extend(measure(f, round, spec, dir, print)?);
+        }
+    }
+    let (cold_tls, cold_plain) = cold_path(spec, plain, tls, dir)?;
+    for mut g in nginx_guards {
+        g.stop();
+    }
+    hako.stop();
+    remove_cgroup_parent(&cgroup_parent);
+    print(&summary(spec, &samples, cold_tls, cold_plain));
+    Ok(())
+}
+
+fn remove_cgroup_parent(name: &str) {
+    if let Ok(dir) = std::fs::read_dir("/sys/fs/cgroup") {
+        for e in dir.flatten() {
+            let _ = std::fs::remove_dir(e.path().join(name));
+        }
+    }
+    let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(name));
+}
+
+fn summary(spec: &FrontSpec, samples: &[Sample], mut tls: Vec<f64>, mut plain: Vec<f64>) -> String {
+    let mut s = String::from("\nsummary (every round, in order):\n");
+    let mut fronts: Vec<&str> = Vec::new();
+    for x in samples {
+        if !fronts.contains(&x.front.as_str()) {
+            fronts.push(&x.front);
+        }
+    }
+    for load in ["http1 (wrk)", "tls h2", "tls h1", "tls handshakes"] {
+        let _ = writeln!(s, "{load}:");
+        for f in &fronts {
+            let rows: Vec<&Sample> = samples
+                .iter()
+                .filter(|x| x.load == load && x.front == *f)
+                .collect();
+            let join = |g: &dyn Fn(&Sample) -> String| {
+                rows.iter().map(|r| g(r)).collect::<Vec<_>>().join(", ")
+            };
+            let _ = writeln!(
+                s,
+                "  {f:<9} rate/s [{}]  p50 ms [{}]  p99 ms [{}]  cpu us/req [{}]",
+                join(&|r| format!("{:.0}", r.rate)),
+                join(&|r| ms(r.p50_ms)),
+                join(&|r| ms(r.p99_ms)),
+                join(&|r| format!("{:.1}", r.cpu_us_per_req)),
+            );
+        }
+    }
+    tls.sort_by(f64::total_cmp);
+    plain.sort_by(f64::total_cmp);
+    let _ = writeln!(
+        s,
+        "cold path, first response of a cold busybox app on a new connection (curl time_total, {} apps each; with fewer than 100 samples p99 is the maximum):\n  tls:   p50 {:.1} ms  p99 {:.1} ms\n  plain: p50 {:.1} ms  p99 {:.1} ms",
+        spec.cold,
+        percentile(&tls, 0.5),
+        percentile(&tls, 0.99),
+        percentile(&plain, 0.5),
+        percentile(&plain, 0.99),
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_output_is_parsed() {
+        let text = "Running 6s test @ http://127.0.0.1:1/\n  1 threads and 32 connections\n  Latency Distribution\n     50%  712.00us\n     75%    1.00ms\n     90%    1.20ms\n     99%    3.61ms\n  280123 requests in 6.00s, 40.00MB read\nRequests/sec:  46687.17\nTransfer/sec:      6.67MB\n";
+        let (rps, p50, p99, n) = parse_wrk(text).unwrap();
+        assert_eq!(rps, 46687.17);
+        assert!((p50 - 0.712).abs() < 1e-9);
+        assert!((p99 - 3.61).abs() < 1e-9);
+        assert_eq!(n, 280123);
+        assert_eq!(wrk_ms("2.00s"), Some(2000.0));
+    }
+
+    #[test]
+    fn h2load_output_is_parsed() {
+        let text = "TLS Protocol: TLSv1.3\nCipher: TLS_AES_128_GCM_SHA256\nServer Temp Key: X25519 253 bits\nApplication protocol: h2\n\nfinished in 6.00s, 51234.50 req/s, 1.60MB/s\nrequests: 307407 total, 307727 started, 307407 done, 307400 succeeded, 7 failed, 7 errored, 0 timeout\n";
+        let (secs, rps, ok, note) = parse_h2load(text).unwrap();
+        assert_eq!(secs, 6.0);
+        let short = text.replace("6.00s", "347.66ms");
+        assert!((parse_h2load(&short).unwrap().0 - 0.34766).abs() < 1e-9);
+        assert_eq!(rps, 51234.5);
+        assert_eq!(ok, 307400);
+        assert!(
+            note.contains("TLS_AES_128_GCM_SHA256") && note.contains("h2"),
+            "{note}"
+        );
+    }
+}
