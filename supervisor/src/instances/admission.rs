@@ -162,6 +162,12 @@ impl Supervisor {
             app,
             retry_after: BUDGET_RETRY_AFTER,
         };
+        // The common case first: a ready instance with a free slot. Nothing waits, so no
+        // waiter is registered with `pool.changed` (a lock every request of the app would
+        // take twice, on the core of whichever worker runs it).
+        if let Some(lease) = self.lease_ready(&pool) {
+            return Ok(lease);
+        }
         // Declared before every pool lock taken below, so it is dropped after them.
         let mut waiter = Waiter::new(pool.clone());
         loop {
@@ -250,6 +256,34 @@ impl Supervisor {
                 });
             }
         }
+    }
+
+    /// A lease on the least loaded ready instance with a free slot, if there is one now and
+    /// no request is queued before this one.
+    fn lease_ready(&self, pool: &Arc<AppPool>) -> Option<Lease> {
+        for _ in 0..2 {
+            let st = pool.lock();
+            // Queued requests go first; shutting down is answered by the full path.
+            if st.waiters > 0 || self.shutting_down.load(Ordering::Acquire) {
+                return None;
+            }
+            let inst = pick(&st)?;
+            inst.in_flight.fetch_add(1, Ordering::AcqRel);
+            inst.requests.fetch_add(1, Ordering::Relaxed);
+            drop(st);
+            let guard = LeaseGuard {
+                instance: inst,
+                pool: pool.clone(),
+            };
+            if let Some(r) = guard.instance.running() {
+                return Some(Lease {
+                    upstream: r.upstream(),
+                    guard: Box::new(guard),
+                });
+            }
+            // Died between the state check and now: the guard releases the slot; look again.
+        }
+        None
     }
 
     /// Whether booting one more instance of `policy` would exceed the host-wide budget.
