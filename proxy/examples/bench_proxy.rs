@@ -31,6 +31,7 @@ impl Activator for Static {
         Box::pin(async move {
             Ok(Lease {
                 upstream,
+                generation: 0,
                 guard: Box::new(()),
             })
         })

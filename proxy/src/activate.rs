@@ -25,6 +25,12 @@ pub type ConnectFuture =
 pub struct Lease {
     /// Where to send the request.
     pub upstream: Arc<dyn Upstream>,
+    /// The upstream's connection generation. Idle pooled connections opened under another
+    /// generation are never reused (they are closed on the next lease of the newer one). The
+    /// activator changes it when the instance's idle connections must not be trusted any
+    /// more, e.g. after the process was paused: its keep-alive timers, overdue, close them
+    /// right as a request is written. `0` when it never changes.
+    pub generation: u64,
     /// Opaque supervisor bookkeeping, dropped when the request (or tunnel) is finished.
     pub guard: Box<dyn Any + Send + Sync>,
 }
@@ -33,6 +39,7 @@ impl fmt::Debug for Lease {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lease")
             .field("upstream_id", &self.upstream.id())
+            .field("generation", &self.generation)
             .finish_non_exhaustive()
     }
 }

@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 
 use crate::activate::Lease;
 use crate::conn::InFlight;
-use crate::pool::{connection_failure, Pool, Sender};
+use crate::pool::{connection_failure, Key, Pool, Sender};
 use crate::state::Shared;
 
 /// Error type of [`ProxyBody`].
@@ -80,7 +80,7 @@ impl Drop for RequestGuard {
 /// The upstream connection a streamed body came from, returned to the pool on a clean end.
 pub(crate) struct PooledConn {
     pub(crate) pool: Arc<Pool>,
-    pub(crate) id: u64,
+    pub(crate) key: Key,
     pub(crate) sender: Sender,
     /// Set when the client's request body failed (see [`crate::reqbody::ClientBody`]).
     pub(crate) client_failed: Arc<AtomicBool>,
@@ -136,7 +136,7 @@ impl ProxyBody {
     /// The body ended cleanly: give the connection back, release lease, record.
     fn complete(&mut self) {
         if let Some(c) = self.conn.take() {
-            c.pool.checkin(c.id, c.sender);
+            c.pool.checkin(c.key, c.sender);
         }
         if let Some(mut g) = self.guard.take() {
             g.finish();
@@ -151,7 +151,7 @@ impl ProxyBody {
             .conn
             .take()
             .filter(|c| !c.client_failed.load(Ordering::Acquire))
-            .map(|c| c.id);
+            .map(|c| c.key.id);
         if let (Some(id), Some(g)) = (id, self.guard.as_ref()) {
             tracing::warn!(
                 app = g.app.as_deref().unwrap_or("-"),

@@ -14,7 +14,7 @@ use crate::activate::{ActivateError, Upstream};
 use crate::body::{PooledConn, ProxyBody, RequestGuard};
 use crate::conn::InFlight;
 use crate::headers::{self, HostError};
-use crate::pool::{connection_failure, ConnectError, Pool, Sender};
+use crate::pool::{connection_failure, ConnectError, Key, Pool, Sender};
 use crate::reqbody::ClientBody;
 use crate::state::{wait_phase, Phase, Shared};
 
@@ -223,7 +223,11 @@ async fn forward(
     let (lease, first) = loop {
         let lease = shared.activator.acquire(&app).await?;
         let id = lease.upstream.id();
-        if let Some(sender) = shared.pool.checkout(id) {
+        let key = Key {
+            id,
+            generation: lease.generation,
+        };
+        if let Some(sender) = shared.pool.checkout(key) {
             break (lease, sender);
         }
         let timeout = shared.opts.upstream_timeout;
@@ -251,6 +255,10 @@ async fn forward(
         }
     };
     let upstream = Arc::clone(&lease.upstream);
+    let key = Key {
+        id: upstream.id(),
+        generation: lease.generation,
+    };
     guard.lease = Some(lease);
 
     // Rewrite the request for the upstream (HTTP/1.1, origin-form).
@@ -287,9 +295,11 @@ async fn forward(
     let upstream_req = Request::from_parts(parts, body);
 
     let timeout = shared.opts.upstream_timeout;
-    let id = upstream.id();
+    let id = key.id;
     let (mut resp, sender) =
-        match tokio::time::timeout(timeout, send(shared, &*upstream, upstream_req, first)).await {
+        match tokio::time::timeout(timeout, send(shared, &*upstream, key, upstream_req, first))
+            .await
+        {
             Err(_) => {
                 return Err(ProxyError::UpstreamTimeout {
                     app: app.to_string(),
@@ -345,7 +355,7 @@ async fn forward(
     headers::strip_hop_by_hop(&mut parts.headers);
     let conn = PooledConn {
         pool: Arc::clone(&shared.pool),
-        id,
+        key,
         sender,
         client_failed,
     };
@@ -377,12 +387,13 @@ enum SendError {
 async fn send(
     shared: &Shared,
     upstream: &dyn Upstream,
+    key: Key,
     mut req: Request<ClientBody>,
     first: Sender,
 ) -> Result<(Response<Incoming>, Sender), SendError> {
-    let id = upstream.id();
+    let id = key.id;
     let mut next = Some(first);
-    while let Some(mut sender) = next.take().or_else(|| shared.pool.checkout(id)) {
+    while let Some(mut sender) = next.take().or_else(|| shared.pool.checkout(key)) {
         match sender.try_send_request(req).await {
             Ok(resp) => return Ok((resp, sender)),
             Err(mut e) => match e.take_message() {

@@ -1,4 +1,5 @@
-//! Keep-alive HTTP/1.1 connections to upstream instances, pooled by upstream id.
+//! Keep-alive HTTP/1.1 connections to upstream instances, pooled by upstream id and
+//! connection generation (see [`Lease::generation`](crate::Lease::generation)).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -18,9 +19,25 @@ struct Idle {
     since: Instant,
 }
 
-/// Idle connections per upstream id (LIFO: the most recently used is reused first).
+/// Which pooled connections a request may use: those to upstream `id` opened under
+/// `generation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Key {
+    pub(crate) id: u64,
+    pub(crate) generation: u64,
+}
+
+/// The idle connections to one upstream, all of one generation.
+struct Slot {
+    generation: u64,
+    idle: Vec<Idle>,
+}
+
+/// Idle connections per upstream id (LIFO: the most recently used is reused first). Only the
+/// newest generation seen for an id is kept: a checkout or checkin under a newer generation
+/// drops the older connections, and a connection of an older generation is never pooled.
 pub(crate) struct Pool {
-    idle: Mutex<HashMap<u64, Vec<Idle>>>,
+    idle: Mutex<HashMap<u64, Slot>>,
     max_idle_per_upstream: usize,
     idle_timeout: Duration,
 }
@@ -63,18 +80,33 @@ impl Pool {
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Vec<Idle>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Slot>> {
         match self.idle.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
     }
 
-    /// A ready idle connection to `id`, if one is pooled. Expired or closed ones are dropped.
-    pub(crate) fn checkout(&self, id: u64) -> Option<Sender> {
+    /// A ready idle connection for `key`, if one is pooled. Expired or closed ones are
+    /// dropped, and so are all of an older generation.
+    pub(crate) fn checkout(&self, key: Key) -> Option<Sender> {
         let now = Instant::now();
         let mut map = self.lock();
-        let list = map.get_mut(&id)?;
+        let slot = map.get_mut(&key.id)?;
+        if slot.generation != key.generation {
+            if slot.generation < key.generation {
+                let stale = slot.idle.len();
+                map.remove(&key.id);
+                tracing::debug!(
+                    upstream = key.id,
+                    generation = key.generation,
+                    stale,
+                    "dropped idle connections of an older generation"
+                );
+            }
+            return None;
+        }
+        let list = &mut slot.idle;
         let mut found = None;
         while let Some(idle) = list.pop() {
             if now.duration_since(idle.since) < self.idle_timeout && idle.sender.is_ready() {
@@ -83,33 +115,45 @@ impl Pool {
             }
         }
         if list.is_empty() {
-            map.remove(&id);
+            map.remove(&key.id);
         }
         found
     }
 
     /// Returns a connection whose previous exchange has completed. Not-yet-ready connections
     /// are parked in a task until hyper reports them ready (or they close).
-    pub(crate) fn checkin(self: &Arc<Self>, id: u64, mut sender: Sender) {
+    pub(crate) fn checkin(self: &Arc<Self>, key: Key, mut sender: Sender) {
         if self.max_idle_per_upstream == 0 || sender.is_closed() {
             return;
         }
         if sender.is_ready() {
-            self.put(id, sender);
+            self.put(key, sender);
             return;
         }
         let pool = Arc::clone(self);
         let wait = self.idle_timeout;
         tokio::spawn(async move {
             if let Ok(Ok(())) = tokio::time::timeout(wait, sender.ready()).await {
-                pool.put(id, sender);
+                pool.put(key, sender);
             }
         });
     }
 
-    fn put(&self, id: u64, sender: Sender) {
+    fn put(&self, key: Key, sender: Sender) {
         let mut map = self.lock();
-        let list = map.entry(id).or_default();
+        let slot = map.entry(key.id).or_insert_with(|| Slot {
+            generation: key.generation,
+            idle: Vec::new(),
+        });
+        if slot.generation > key.generation {
+            // Opened before the upstream's connections were retired: never reused.
+            return;
+        }
+        if slot.generation < key.generation {
+            slot.generation = key.generation;
+            slot.idle.clear();
+        }
+        let list = &mut slot.idle;
         if list.len() < self.max_idle_per_upstream {
             list.push(Idle {
                 sender,
@@ -132,11 +176,11 @@ impl Pool {
     pub(crate) fn reap(&self) {
         let now = Instant::now();
         let mut map = self.lock();
-        map.retain(|_, list| {
-            list.retain(|i| {
+        map.retain(|_, slot| {
+            slot.idle.retain(|i| {
                 now.duration_since(i.since) < self.idle_timeout && !i.sender.is_closed()
             });
-            !list.is_empty()
+            !slot.idle.is_empty()
         });
     }
 
@@ -178,4 +222,131 @@ pub(crate) fn connection_failure(error: &hyper::Error) -> Option<std::io::Error>
         ));
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::activate::ConnectFuture;
+
+    /// A TCP server that counts the connections it accepted and those the client closed.
+    struct Server {
+        addr: std::net::SocketAddr,
+        accepted: Arc<AtomicUsize>,
+        closed: Arc<AtomicUsize>,
+    }
+
+    async fn server() -> Server {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (a, c) = (Arc::clone(&accepted), Arc::clone(&closed));
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
+                let c = Arc::clone(&c);
+                tokio::spawn(async move {
+                    let mut chunk = [0u8; 1024];
+                    while let Ok(n) = s.read(&mut chunk).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                    c.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Server {
+            addr,
+            accepted,
+            closed,
+        }
+    }
+
+    struct Local(std::net::SocketAddr);
+
+    impl Upstream for Local {
+        fn id(&self) -> u64 {
+            7
+        }
+        fn connect(&self) -> ConnectFuture {
+            Box::pin(tokio::net::TcpStream::connect(self.0))
+        }
+    }
+
+    /// A fresh connection to `up`, ready for a request (as after a completed exchange).
+    async fn connect(up: &Local) -> Sender {
+        let mut sender = Pool::connect(up).await.expect("connect");
+        sender.ready().await.expect("ready");
+        sender
+    }
+
+    async fn wait_for(count: &AtomicUsize, want: usize) -> usize {
+        for _ in 0..200 {
+            if count.load(Ordering::SeqCst) >= want {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        count.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_newer_generation_never_reuses_and_closes_older_idle_connections() {
+        let srv = server().await;
+        let up = Local(srv.addr);
+        let pool = Pool::new(4, Duration::from_secs(90));
+        let old = Key {
+            id: 7,
+            generation: 0,
+        };
+        let new = Key {
+            id: 7,
+            generation: 1,
+        };
+        pool.checkin(old, connect(&up).await);
+        // Same generation: the idle connection is reused.
+        let sender = pool.checkout(old).expect("pooled connection reused");
+        pool.checkin(old, sender);
+        assert_eq!(srv.accepted.load(Ordering::SeqCst), 1);
+
+        // The upstream's connections were retired (e.g. its process is about to be paused).
+        assert!(
+            pool.checkout(new).is_none(),
+            "an older connection was handed out"
+        );
+        assert_eq!(
+            wait_for(&srv.closed, 1).await,
+            1,
+            "the retired connection stays open"
+        );
+        assert!(
+            pool.checkout(old).is_none(),
+            "the retired connection is still pooled"
+        );
+
+        // A connection of the old generation coming back late is not pooled either.
+        let late = connect(&up).await;
+        pool.checkin(new, connect(&up).await);
+        pool.checkin(old, late);
+        assert_eq!(
+            wait_for(&srv.closed, 2).await,
+            2,
+            "the late old connection stays open"
+        );
+        let sender = pool.checkout(new).expect("the new generation's connection");
+        assert!(
+            pool.checkout(new).is_none(),
+            "more than one connection pooled"
+        );
+        assert_eq!(srv.accepted.load(Ordering::SeqCst), 3);
+        drop(sender);
+    }
 }

@@ -325,6 +325,7 @@ impl Activator for FakeActivator {
                     self.live_leases.fetch_add(1, Ordering::SeqCst);
                     Ok(Lease {
                         upstream: up,
+                        generation: 0,
                         guard: Box::new(LeaseGuard(Arc::clone(&self.live_leases))),
                     })
                 }

@@ -194,6 +194,7 @@ impl Supervisor {
                         Some(r) => {
                             return Ok(Lease {
                                 upstream: r.upstream(),
+                                generation: guard.instance.conn_generation(),
                                 guard: Box::new(guard),
                             })
                         }
@@ -278,6 +279,7 @@ impl Supervisor {
             if let Some(r) = guard.instance.running() {
                 return Some(Lease {
                     upstream: r.upstream(),
+                    generation: guard.instance.conn_generation(),
                     guard: Box::new(guard),
                 });
             }

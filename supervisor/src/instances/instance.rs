@@ -41,6 +41,11 @@ pub struct Instance {
     pub(super) frozen: AtomicBool,
     /// Hibernation failed once (e.g. no freezer): the instance stays awake.
     pub(super) hibernate_refused: AtomicBool,
+    /// The proxy's connection generation for this instance ([`hako_proxy::Lease::generation`]),
+    /// advanced before each hibernation: keep-alive connections pooled before the freeze are
+    /// never reused after the wake (the app's overdue keep-alive timers close them on thaw,
+    /// racing the first request).
+    conn_generation: AtomicU64,
     /// Host-wide budget this instance is charged to while it is booting, ready or hibernated.
     budget: Arc<Budget>,
     charged: AtomicBool,
@@ -81,6 +86,7 @@ impl Instance {
             sleep: Notify::new(),
             waking: AtomicBool::new(false),
             hibernate_refused: AtomicBool::new(false),
+            conn_generation: AtomicU64::new(0),
             frozen: AtomicBool::new(false),
             charged_memory: AtomicU64::new(policy_memory),
             budget,
@@ -88,6 +94,16 @@ impl Instance {
         };
         inst.touch();
         inst
+    }
+
+    /// The connection generation leases carry (see `conn_generation`).
+    pub(super) fn conn_generation(&self) -> u64 {
+        self.conn_generation.load(Ordering::Acquire)
+    }
+
+    /// Retires every pooled connection to this instance: later leases carry a new generation.
+    pub(super) fn retire_connections(&self) {
+        self.conn_generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Requests leased to this instance so far.

@@ -327,6 +327,8 @@ impl Supervisor {
         if frozen || inst.state() != State::Hibernated {
             return;
         }
+        // Before the freeze: no connection pooled until now is reused after the wake.
+        inst.retire_connections();
         match running.hibernate().await {
             Ok(h) => {
                 inst.frozen.store(true, Ordering::Release);
