@@ -1,8 +1,10 @@
 //! An image-based instance's root: the image's layers as overlayfs lower directories and a
 //! writable upper directory on a tmpfs of the app's `limits.disk`, both discarded with the
 //! instance; or, with `read_only`, the layers alone. Mounted by the supervisor before the
-//! spawn (in the host's mount namespace, under the state directory); the container then
-//! pivots into `merged` like into any rootfs directory.
+//! spawn (in the host's mount namespace, under the state directory), only for an app with
+//! `user_namespace` (whose own mount namespace cannot build it); the container then pivots
+//! into `merged` like into any rootfs directory. Other image-based apps get their overlay in
+//! their own mount namespace ([`crate::spec::ImageRootSpec`]).
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;

@@ -8,11 +8,19 @@ use std::str::FromStr;
 
 use crate::error::LaunchError;
 use crate::spec::{
-    ContainerSpec, ListenSpec, NetworkMode, RootfsSpec, DEFAULT_PATH, LISTEN_FD_NAME,
+    ContainerSpec, ImageRootSpec, ListenSpec, NetworkMode, RootfsSpec, VolumeSpec, DEFAULT_PATH,
+    LISTEN_FD_NAME,
 };
 
 /// Directory over which a `host` rootfs is assembled (in the child's own mount namespace).
 pub const HOST_ROOT_STAGING: &str = "/run/hako/host-root";
+
+/// Directory over which an image's root ([`ImageRootSpec`]) is assembled, in the container's
+/// own mount namespace: a tmpfs holding `upper` and `work`, and the overlay on `merged`.
+pub const IMAGE_ROOT_STAGING: &str = "/run/hako/image-root";
+
+/// Size of the tmpfs under a read-only image root: it only holds the mount points.
+const READ_ONLY_IMAGE_TMPFS: u64 = 1 << 20;
 
 /// Entries of the host's `/` exposed read-only with `rootfs: host`.
 const HOST_ENTRIES: &[&str] = &[
@@ -308,6 +316,86 @@ impl Builder {
             None,
         )
     }
+    /// An image's root (see [`ImageRootSpec`]): a fresh tmpfs at [`IMAGE_ROOT_STAGING`] with
+    /// the overlay's upper and work directories, the overlay of the layers on `merged`, and
+    /// the mount points `/proc`, `/dev`, `/tmp`, `/run` made on it (in the writable layer, so
+    /// they never reach the image). Returns `merged`, the root to pivot into.
+    fn image_root(
+        &mut self,
+        img: &ImageRootSpec,
+        volumes: &[VolumeSpec],
+    ) -> Result<PathBuf, LaunchError> {
+        if img.layers.is_empty() {
+            return Err(LaunchError::InvalidSpec("an image without layers".into()));
+        }
+        refuse_layer_symlinks(&img.layers, volumes)?;
+        let size = if img.read_only {
+            READ_ONLY_IMAGE_TMPFS
+        } else {
+            img.disk
+        };
+        if size < 4096 {
+            return Err(LaunchError::InvalidSpec(format!(
+                "image disk size {size} is below one page"
+            )));
+        }
+        let staging = Path::new(IMAGE_ROOT_STAGING);
+        std::fs::create_dir_all(staging).map_err(|e| LaunchError::io("mkdir", staging, &e))?;
+        self.mount(
+            Some("tmpfs"),
+            staging,
+            Some("tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some(&format!("mode=755,size={size}")),
+        )?;
+        let (upper, work, merged) = (
+            staging.join("upper"),
+            staging.join("work"),
+            staging.join("merged"),
+        );
+        for d in [&upper, &work, &merged] {
+            self.mkdir(d, 0o755)?;
+        }
+        // overlayfs lists the uppermost lower directory first.
+        let lower = img
+            .layers
+            .iter()
+            .rev()
+            .map(|l| {
+                utf8(l).map(|l| {
+                    l.replace('\\', "\\\\")
+                        .replace(':', "\\:")
+                        .replace(',', "\\,")
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?
+            .join(":");
+        let data = format!(
+            "lowerdir={lower},upperdir={},workdir={}",
+            utf8(&upper)?,
+            utf8(&work)?
+        );
+        // Mount options are one page at most.
+        if data.len() >= 4000 {
+            return Err(LaunchError::InvalidSpec(format!(
+                "overlay options for {} layers exceed a page ({} bytes); the image has too \
+                 many layers",
+                img.layers.len(),
+                data.len()
+            )));
+        }
+        self.mount(
+            Some("overlay"),
+            &merged,
+            Some("overlay"),
+            libc::MS_NOSUID,
+            Some(&data),
+        )?;
+        for d in ["proc", "dev", "tmp", "run"] {
+            self.mkdir(&merged.join(d), 0o755)?;
+        }
+        Ok(merged)
+    }
     /// Adds the volumes' steps (see [`crate::volumes`]).
     fn steps(&mut self, steps: &[crate::volumes::Step]) -> Result<(), LaunchError> {
         use crate::volumes::{Step, SCAFFOLD_STAGING};
@@ -435,6 +523,41 @@ const RO_REMOUNT: c_ulong = libc::MS_BIND
     | libc::MS_NODEV
     | libc::MS_NOEXEC;
 
+/// Refuses an image whose layers hold a symlink on the way to a mount point (`/proc`, `/dev`,
+/// `/tmp`, `/run`, a volume's target): the mount table runs before `pivot_root`, where an
+/// absolute symlink would lead to the host's file system.
+fn refuse_layer_symlinks(layers: &[PathBuf], volumes: &[VolumeSpec]) -> Result<(), LaunchError> {
+    let targets = ["proc", "dev", "tmp", "run"]
+        .iter()
+        .map(PathBuf::from)
+        .chain(volumes.iter().map(|v| {
+            match v {
+                VolumeSpec::Bind { target, .. } | VolumeSpec::Tmpfs { target, .. } => target
+                    .components()
+                    .filter(|c| matches!(c, std::path::Component::Normal(_)))
+                    .collect(),
+            }
+        }));
+    for target in targets {
+        let mut prefix = PathBuf::new();
+        for c in target.components() {
+            prefix.push(c);
+            for layer in layers {
+                let p = layer.join(&prefix);
+                if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
+                    return Err(LaunchError::InvalidSpec(format!(
+                        "/{} is a symlink in the image (layer {}): cannot mount on /{}",
+                        prefix.display(),
+                        layer.display(),
+                        target.display()
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn utf8(path: &Path) -> Result<&str, LaunchError> {
     path.to_str()
         .ok_or_else(|| LaunchError::InvalidSpec(format!("non-UTF-8 path {}", path.display())))
@@ -505,8 +628,9 @@ impl PreparedSpec {
         )?;
         // Top-level names of a `host` rootfs that come from the host.
         let mut host_entries: Vec<&str> = Vec::new();
-        let root: PathBuf = match &spec.rootfs {
-            RootfsSpec::Dir(dir) => {
+        let root: PathBuf = match (&spec.image, &spec.rootfs) {
+            (Some(img), _) => b.image_root(img, &spec.volumes)?,
+            (None, RootfsSpec::Dir(dir)) => {
                 let root = dir
                     .canonicalize()
                     .map_err(|e| LaunchError::io("rootfs", dir, &e))?;
@@ -529,7 +653,7 @@ impl PreparedSpec {
                 b.mount(Some(s), &root, None, libc::MS_BIND | libc::MS_REC, None)?;
                 root
             }
-            RootfsSpec::Host => {
+            (None, RootfsSpec::Host) => {
                 let root = PathBuf::from(HOST_ROOT_STAGING);
                 std::fs::create_dir_all(&root).map_err(|e| LaunchError::io("mkdir", &root, &e))?;
                 b.mount(
@@ -562,7 +686,14 @@ impl PreparedSpec {
         };
         // Volumes: their mount points (made on the instance's own tmpfs or overlay scaffold,
         // never on the rootfs or the host), mounted once /tmp and /run exist.
-        let volumes = crate::volumes::plan(&spec.rootfs, &root, &host_entries, &spec.volumes)?;
+        // An image's root is writable while the mount table runs (its writable layer, or with
+        // `read_only` a small one made read-only with the root below): mount points are made
+        // on it like on a `host` root's tmpfs.
+        let plan_rootfs = match spec.image {
+            Some(_) => &RootfsSpec::Host,
+            None => &spec.rootfs,
+        };
+        let volumes = crate::volumes::plan(plan_rootfs, &root, &host_entries, &spec.volumes)?;
         if volumes.early.contains(&crate::volumes::Step::ScaffoldTmpfs) {
             let staging = Path::new(crate::volumes::SCAFFOLD_STAGING);
             std::fs::create_dir_all(staging).map_err(|e| LaunchError::io("mkdir", staging, &e))?;
@@ -659,11 +790,11 @@ impl PreparedSpec {
         b.steps(&volumes.late)?;
         // The root itself read-only (its sub-mounts above stay as they are), unless it is an
         // image's overlay with a writable layer of its own.
-        let root_ro = if spec.writable_root && matches!(spec.rootfs, RootfsSpec::Dir(_)) {
-            0
-        } else {
-            libc::MS_RDONLY
+        let writable = match &spec.image {
+            Some(img) => !img.read_only,
+            None => spec.writable_root && matches!(spec.rootfs, RootfsSpec::Dir(_)),
         };
+        let root_ro = if writable { 0 } else { libc::MS_RDONLY };
         b.mount(
             None,
             &root,
@@ -770,6 +901,13 @@ impl PreparedSpec {
                 ));
             }
             crate::egress::check_spec(e).map_err(|e| LaunchError::InvalidSpec(e.to_string()))?;
+        }
+        if spec.user_namespace && spec.image.is_some() {
+            return Err(LaunchError::InvalidSpec(
+                "an image root is built in the host's user namespace: with user_namespace, \
+                 mount the overlay beforehand and pass it as a directory rootfs"
+                    .into(),
+            ));
         }
         if spec.user_namespace {
             if spec.uid >= USERNS_SIZE || spec.gid >= USERNS_SIZE {
@@ -936,6 +1074,97 @@ mod tests {
             PreparedSpec::new(&spec),
             Err(LaunchError::InvalidSpec(m)) if m.contains("65535")
         ));
+    }
+
+    #[test]
+    fn an_image_root_is_a_fresh_tmpfs_and_an_overlay_in_the_namespace() {
+        let t = tempfile::tempdir().unwrap();
+        let (l1, l2) = (t.path().join("l1"), t.path().join("l2"));
+        std::fs::create_dir_all(l1.join("bin")).unwrap();
+        std::fs::create_dir_all(&l2).unwrap();
+        let mut spec = ContainerSpec::new(RootfsSpec::Host, vec!["/bin/sh".into()]);
+        spec.seccomp = false;
+        spec.image = Some(ImageRootSpec {
+            layers: vec![l1.clone(), l2.clone()],
+            disk: 2 << 20,
+            read_only: false,
+        });
+        spec.volumes.push(VolumeSpec::Tmpfs {
+            target: "/data/x".into(),
+            size: 4096,
+        });
+        let data = |p: &PreparedSpec, target: &str| -> Vec<String> {
+            p.ops
+                .iter()
+                .filter_map(|op| match *op {
+                    // SAFETY: the spec's own C strings, alive with `p`.
+                    Op::Mount {
+                        target: tg, data, ..
+                    } if !data.is_null() => unsafe {
+                        (std::ffi::CStr::from_ptr(tg).to_str().unwrap() == target).then(|| {
+                            std::ffi::CStr::from_ptr(data.cast())
+                                .to_string_lossy()
+                                .into_owned()
+                        })
+                    },
+                    _ => None,
+                })
+                .collect()
+        };
+        let p = PreparedSpec::new(&spec).unwrap();
+        let staging = Path::new(IMAGE_ROOT_STAGING);
+        assert_eq!(data(&p, IMAGE_ROOT_STAGING), vec!["mode=755,size=2097152"]);
+        let merged = staging.join("merged");
+        assert_eq!(
+            data(&p, merged.to_str().unwrap()),
+            vec![format!(
+                "lowerdir={}:{},upperdir={}/upper,workdir={}/work",
+                l2.display(),
+                l1.display(),
+                staging.display(),
+                staging.display()
+            )]
+        );
+        // SAFETY: the spec's own C string.
+        let root = unsafe { std::ffi::CStr::from_ptr(p.new_root) };
+        assert_eq!(root.to_str().unwrap(), merged.to_str().unwrap());
+        // Mount points are made on the overlay (its writable layer), never in the layers.
+        let mkdirs: Vec<&str> = p
+            .op_names
+            .iter()
+            .filter(|(op, _)| op == "mkdir")
+            .map(|(_, path)| path.as_str())
+            .collect();
+        for want in ["proc", "dev", "tmp", "run", "data", "data/x"] {
+            let want = merged.join(want);
+            assert!(
+                mkdirs.contains(&want.to_str().unwrap()),
+                "{want:?} in {mkdirs:?}"
+            );
+        }
+        assert!(!l1.join("proc").exists() && !l2.join("data").exists());
+        // The spec key's input does not depend on an instance: two preparations agree.
+        let again = PreparedSpec::new(&spec).unwrap();
+        assert_eq!(again.op_names, p.op_names);
+
+        // read_only: a small tmpfs, the root remounted read-only.
+        spec.image.as_mut().unwrap().read_only = true;
+        let p = PreparedSpec::new(&spec).unwrap();
+        assert_eq!(data(&p, IMAGE_ROOT_STAGING), vec!["mode=755,size=1048576"]);
+        let root_remount = p.ops[..p.proc_masks].iter().rev().find_map(|op| match *op {
+            Op::Mount { flags, .. } if flags & libc::MS_REMOUNT != 0 => Some(flags),
+            _ => None,
+        });
+        assert_ne!(root_remount.unwrap() & libc::MS_RDONLY, 0);
+
+        // A symlink on the way to a mount point is refused; so is a user namespace.
+        std::os::unix::fs::symlink("/etc", l2.join("data")).unwrap();
+        let e = PreparedSpec::new(&spec).unwrap_err().to_string();
+        assert!(e.contains("/data is a symlink"), "{e}");
+        std::fs::remove_file(l2.join("data")).unwrap();
+        spec.user_namespace = true;
+        let e = PreparedSpec::new(&spec).unwrap_err().to_string();
+        assert!(e.contains("user_namespace"), "{e}");
     }
 
     #[test]

@@ -89,6 +89,22 @@ impl ListenSpec {
     }
 }
 
+/// An image's root, built in the container's own mount namespace (by a warm namespace holder
+/// ahead of the boot, or by the child of a cold boot): a fresh tmpfs at
+/// [`crate::prepare::IMAGE_ROOT_STAGING`] holding the overlay's upper and work directories,
+/// and the overlay of `layers` on it. Each mount namespace gets its own tmpfs, so each
+/// instance's writes are its own and vanish with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRootSpec {
+    /// The unpacked layers, lowest first (absolute host paths without `,`, `:` or `\\`).
+    pub layers: Vec<PathBuf>,
+    /// Size in bytes of the tmpfs holding the writable layer (`limits.disk`).
+    pub disk: u64,
+    /// `true`: the root is read-only (the tmpfs, 1 MiB, then only holds the mount points the
+    /// launcher needs: `/proc`, `/dev`, `/tmp`, `/run`, the volumes' targets).
+    pub read_only: bool,
+}
+
 /// Everything needed to start one container process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerSpec {
@@ -135,6 +151,10 @@ pub struct ContainerSpec {
     /// layer is a tmpfs of `limits.disk`) instead of remounting it read-only.
     #[serde(default)]
     pub writable_root: bool,
+    /// An image's overlay as the root, mounted in the container's own mount namespace;
+    /// replaces `rootfs` (which is then ignored). Not with `user_namespace`.
+    #[serde(default)]
+    pub image: Option<ImageRootSpec>,
     /// With [`NetworkMode::Isolated`]: outbound connectivity (`network: egress`), a veth pair
     /// to the host built with the warm namespaces (see [`crate::egress`]). `None`: loopback
     /// only.
@@ -171,6 +191,7 @@ impl ContainerSpec {
             volumes: Vec::new(),
             tmp_size: DEFAULT_TMP_SIZE,
             writable_root: false,
+            image: None,
             egress: None,
         }
     }

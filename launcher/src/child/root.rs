@@ -5,7 +5,8 @@ use super::sys::{errno, fail};
 use crate::prepare::{Op, PreparedSpec};
 
 /// Runs `p.ops[i]`, reporting a failure as [`stage::MOUNT`] with index `i`. An existing
-/// directory and, for an optional mount, a missing target count as success.
+/// directory or empty-file mount point and, for an optional mount, a missing target count as
+/// success.
 ///
 /// # Safety
 /// Child only (see the module documentation).
@@ -36,7 +37,16 @@ unsafe fn run_op(fds: &ChildFds, i: usize, op: &Op) {
                     r
                 }
             }
-            Op::Mknod { path, mode, dev } => libc::mknod(path, mode, dev),
+            Op::Mknod { path, mode, dev } => {
+                // An empty file (a file volume's mount point) may exist already: on an
+                // image's root, it is the image's file, covered by the mount.
+                let r = libc::mknod(path, mode, dev);
+                if r != 0 && mode & libc::S_IFMT == libc::S_IFREG && errno() == libc::EEXIST {
+                    0
+                } else {
+                    r
+                }
+            }
             Op::Symlink { target, link } => libc::symlink(target, link),
         };
         if r != 0 {

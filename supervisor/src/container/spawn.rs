@@ -82,10 +82,12 @@ impl Runtime for ContainerRuntime {
         Box::pin(async move {
             let name = format!("{}-{}", app.name, id);
             // An image-based app: its image (awaited if still pulling), its config's
-            // defaults, and this instance's overlay root.
-            let (app, rootfs) = match image_root(&app, &state_dir, &name).await? {
-                Some((effective, root)) => (Arc::new(effective), Some(root)),
-                None => (app, None),
+            // defaults, and its overlay root: built in the container's own mount namespace
+            // (ahead of the boot when warm), or with user_namespace mounted here for this
+            // instance.
+            let (app, image, rootfs) = match image_root(&app, &state_dir, &name).await? {
+                Some((effective, image, root)) => (Arc::new(effective), Some(image), root),
+                None => (app, None, None),
             };
             let port = match app.network {
                 Network::Isolated | Network::Egress => app.port,
@@ -97,9 +99,11 @@ impl Runtime for ContainerRuntime {
             if let Some(root) = &rootfs {
                 spec.rootfs = hako_launcher::spec::RootfsSpec::Dir(root.merged().to_owned());
                 spec.writable_root = !root.read_only();
+            } else {
+                spec.image = image;
             }
             let spec_key = spec_key(&app.name, &spec);
-            // A key used once: a host port, or an instance's own overlay root.
+            // A key used once: a host port, or an instance's own overlay root (user_namespace).
             let per_instance_key = matches!(app.network, Network::Host) || rootfs.is_some();
             // stdout and stderr: a pipe each, drained from now on (what a failing boot
             // prints is kept too). The zygote opens our write ends through /proc (the
@@ -246,14 +250,23 @@ impl Runtime for ContainerRuntime {
     }
 }
 
-/// For an image-based app: the app with its image's defaults and a mounted overlay root for
-/// instance `name` (a pull failure or a mount failure is a permanent boot error naming the
-/// reference and the reason: 502).
+/// For an image-based app: the app with its image's defaults and its overlay root, built by
+/// the launcher in the container's mount namespace; with `user_namespace` (whose mount
+/// namespace cannot mount it from the host's layers), mounted here for instance `name` (a pull
+/// failure or a mount failure is a permanent boot error naming the reference and the reason:
+/// 502).
 async fn image_root(
     app: &App,
     state_dir: &Path,
     name: &str,
-) -> Result<Option<(App, hako_launcher::overlay::OverlayRoot)>, BootError> {
+) -> Result<
+    Option<(
+        App,
+        hako_launcher::spec::ImageRootSpec,
+        Option<hako_launcher::overlay::OverlayRoot>,
+    )>,
+    BootError,
+> {
     let hako_policies::Rootfs::Image(src) = &app.rootfs else {
         return Ok(None);
     };
@@ -263,6 +276,14 @@ async fn image_root(
     let images = crate::image::Images::for_state_dir(state_dir).map_err(|e| fail(e.to_string()))?;
     let img = images.get(&src.reference.to_string()).await.map_err(fail)?;
     let effective = crate::image::service::effective_app(app, src, &img).map_err(fail)?;
+    let image = hako_launcher::spec::ImageRootSpec {
+        layers: img.layers.clone(),
+        disk: app.limits.disk,
+        read_only: src.read_only,
+    };
+    if !app.user_namespace {
+        return Ok(Some((effective, image, None)));
+    }
     let base = state_dir.join("rootfs").join(name);
     let layers = img.layers.clone();
     let (disk, read_only) = (app.limits.disk, src.read_only);
@@ -274,7 +295,7 @@ async fn image_root(
     .await
     .map_err(|e| BootError::transient(Launcher, format!("mount task failed: {e}")))?
     .map_err(|e| fail(e.to_string()))?;
-    Ok(Some((effective, root)))
+    Ok(Some((effective, image, Some(root))))
 }
 
 /// Reaps those of `pids` that are our children (a boot's container whose zygote died before

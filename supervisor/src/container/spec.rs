@@ -11,7 +11,8 @@ pub fn container_spec(app: &App, port: u16) -> ContainerSpec {
     let rootfs = match &app.rootfs {
         Rootfs::Host => RootfsSpec::Host,
         Rootfs::Dir(p) => RootfsSpec::Dir(p.clone()),
-        // The instance's overlay, mounted by the spawn: see `container_spec_on`.
+        // Replaced by the spawn: `ContainerSpec::image` (the layers, once pulled), or with
+        // user_namespace a directory (the instance's overlay, mounted on the host).
         Rootfs::Image(_) => RootfsSpec::Dir(std::path::PathBuf::new()),
     };
     let mut env: BTreeMap<String, String> = BTreeMap::new();
