@@ -219,8 +219,11 @@ fn zygote_that_keeps_dying_makes_healthz_503_until_one_serves_again() {
     // Five deaths within 10 s: the fifth is not restarted at once.
     let mut pids = Vec::new();
     for i in 0..5 {
+        // A zygote that serves (`/healthz` 200 once it is there): one killed while it starts
+        // would be a failed start, not a death and a restart.
         let z = wait_for(Duration::from_secs(5), || {
-            zygote_of(h.pid()).filter(|p| !pids.contains(p))
+            let z = zygote_of(h.pid()).filter(|p| !pids.contains(p))?;
+            (healthz(&h).0 == 200).then_some(z)
         })
         .unwrap_or_else(|| {
             let children: Vec<_> = descendants(h.pid())
@@ -237,7 +240,9 @@ fn zygote_that_keeps_dying_makes_healthz_503_until_one_serves_again() {
                 })
                 .collect();
             panic!(
-                "zygote {i} not found (killed: {pids:?}); hako's children: {children:?}\n{}",
+                "zygote {i} not found serving (killed: {pids:?}); /healthz {:?}; hako's \
+                 children: {children:?}\n{}",
+                healthz(&h),
                 h.log()
             )
         });
