@@ -14,8 +14,8 @@
 
 use std::path::{Path, PathBuf};
 
-mod env_file;
 mod egress;
+mod env_file;
 mod error;
 mod hooks;
 mod image;
@@ -29,11 +29,11 @@ mod units;
 mod validate;
 mod volumes;
 
-pub use env_file::{read_env_file, EnvFile, EnvFileError, Secret, MAX_ENV_FILE_BYTES};
 pub use egress::{
     clashing_route, parse_routes, serve_veth_prefix, Egress, EgressRule, HostRoute, Ipv4Cidr,
     DEFAULT_EGRESS_SUBNET, MAX_EGRESS_PREFIX, PROC_NET_ROUTE, VETH_PREFIX,
 };
+pub use env_file::{read_env_file, EnvFile, EnvFileError, Secret, MAX_ENV_FILE_BYTES};
 pub use error::{Diagnostic, LoadError};
 pub use hooks::{find_program, Hook, HookPoint, Hooks, DEFAULT_HOOK_TIMEOUT, MAX_HOOK_TIMEOUT};
 pub use image::{is_sha256_digest, ImageRef, ImageSource, ReferenceError, Registry, RegistryRef};

@@ -588,7 +588,9 @@ fn reload(
     }
     if let Some(egress) = crate::egress::current() {
         // Before the apps: a new egress app's specs name its links, its rules must exist.
-        egress.apply(&new.apps).map_err(|e| format!("egress: {e}"))?;
+        egress
+            .apply(&new.apps)
+            .map_err(|e| format!("egress: {e}"))?;
     }
     sup.apply_apps(&new.apps, supervisor_options(&new));
     runtime.prepare_apps(&new.apps);

@@ -77,7 +77,10 @@ pub fn parse_utc(s: &str) -> Option<f64> {
     let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
     let (y, m, day) = (d.next()??, d.next()??, d.next()??);
     let mut t = time.splitn(3, ':');
-    let (hh, mm) = (t.next()?.parse::<i64>().ok()?, t.next()?.parse::<i64>().ok()?);
+    let (hh, mm) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
     let sec: f64 = t.next()?.parse().ok()?;
     // Days from the civil date (Howard Hinnant's algorithm).
     let y = if m <= 2 { y - 1 } else { y };
@@ -206,10 +209,15 @@ fn make_rootfs(root: &Path, iterations: u64) -> Result<(), ScenarioError> {
             let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(a));
         }
     }
-    write(&root.join("etc/passwd"), "root:x:0:0:root:/:/bin/sh\n", 0o644)?;
+    write(
+        &root.join("etc/passwd"),
+        "root:x:0:0:root:/:/bin/sh\n",
+        0o644,
+    )?;
     write(&root.join("etc/group"), "root:x:0:\n", 0o644)?;
     let head = "#!/bin/sh\nprintf 'Content-Type: text/plain\\r\\n\\r\\n'\n";
-    let burn = format!("{head}i=0; while [ $i -lt {iterations} ]; do i=$((i+1)); done; echo burned\n");
+    let burn =
+        format!("{head}i=0; while [ $i -lt {iterations} ]; do i=$((i+1)); done; echo burned\n");
     for app in ["noisy", "lender", "other"] {
         write(&root.join(format!("www-{app}/cgi-bin/burn")), &burn, 0o755)?;
     }
@@ -315,7 +323,10 @@ cgroup_parent: {cgroup_parent}\ngovernor: {{enabled: {g}}}\napps:\n{a}{b}{c}{e}"
         let end = Instant::now() + Duration::from_secs(30);
         while !matches!(get(s.admin, "127.0.0.1", "/healthz"), Ok((200, _))) {
             if Instant::now() > end {
-                return Err(setup(format!("hako /healthz: not within 30 s\n{}", s.log_text())));
+                return Err(setup(format!(
+                    "hako /healthz: not within 30 s\n{}",
+                    s.log_text()
+                )));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -510,9 +521,9 @@ pub async fn run_govern(spec: &GovernSpec) -> Result<(), ScenarioError> {
         .await?;
         let burst_at = t_run + spec.phases[0].as_secs_f64();
         let ch = serve.changes("noisy", t_run);
-        let first = ch
-            .first()
-            .map_or("none".to_string(), |c| format!("{:.0} ms", (c.at - burst_at) * 1e3));
+        let first = ch.first().map_or("none".to_string(), |c| {
+            format!("{:.0} ms", (c.at - burst_at) * 1e3)
+        });
         let min_cpu = ch.iter().map(|c| c.cpu.1).fold(spec.noisy_cpu, f64::min);
         let min_w = ch.iter().map(|c| c.weight.1).min();
         println!(
@@ -557,10 +568,7 @@ pub async fn run_govern(spec: &GovernSpec) -> Result<(), ScenarioError> {
                 }
                 None => {
                     missed += 1;
-                    println!(
-                        "  burst {i}: no change within {:?}",
-                        spec.burst_len
-                    );
+                    println!("  burst {i}: no change within {:?}", spec.burst_len);
                 }
             }
         }
@@ -646,7 +654,10 @@ pub async fn run_govern(spec: &GovernSpec) -> Result<(), ScenarioError> {
         }
     }
 
-    println!("summary (governor {}):", if spec.governor { "on" } else { "off" });
+    println!(
+        "summary (governor {}):",
+        if spec.governor { "on" } else { "off" }
+    );
     if !ratios.is_empty() {
         println!(
             "  protection: quiet burst/calm p99 {} over {} runs",

@@ -1,7 +1,7 @@
 //! Scenarios that know hako: cold starts, bursts, noisy neighbours, density, launcher.
 
-pub mod govern;
 pub mod front;
+pub mod govern;
 pub mod launcher;
 
 use std::collections::BTreeMap;
