@@ -25,16 +25,19 @@ pub(super) const WARM_NS_FLAGS: u64 =
 /// one container.
 #[derive(Debug)]
 pub(crate) struct WarmNs {
+    /// The outbound link of `net` (`network: egress`); held for its `Drop`, which deletes the
+    /// veth pair. Declared first, so dropped first: the pair is deleted by the dropping thread
+    /// (the zygote's helper, at its lowered priority) while `net` is still open, instead of by
+    /// the kernel's namespace cleanup worker (at normal priority, competing with boots) once
+    /// `net` is closed.
+    #[allow(dead_code)]
+    pub egress: Option<crate::egress::EgressLink>,
     pub mnt: OwnedFd,
     pub uts: OwnedFd,
     pub ipc: OwnedFd,
     pub net: Option<OwnedFd>,
     /// The listening socket, made in `net` (isolated network with `ContainerSpec::listen`).
     pub listen: Option<OwnedFd>,
-    /// The outbound link of `net` (`network: egress`); held for its `Drop`, which deletes the
-    /// veth pair once the namespace is released.
-    #[allow(dead_code)]
-    pub egress: Option<crate::egress::EgressLink>,
 }
 
 /// Builds a [`WarmNs`] for `p` with a short-lived holder process (off the boot path).

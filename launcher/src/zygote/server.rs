@@ -266,7 +266,13 @@ fn spawn(
     if warm.is_none() && prepared.egress.is_some() {
         // An egress container's link is built with its namespaces: none ready, so build a
         // set now (the cost of a cold boot, paid here instead of in the child).
+        let t = std::time::Instant::now();
         warm = Some(create_warm(&prepared)?);
+        tracing::debug!(
+            spec_key = %req.spec_key,
+            build_us = t.elapsed().as_micros() as u64,
+            "egress boot with no namespace set ready: built one inline"
+        );
     }
     let result = start_container(
         &prepared,

@@ -90,6 +90,15 @@ fn build(args: &RunArgs) -> anyhow::Result<(ContainerSpec, CgroupLimits)> {
         if matches!(app.rootfs, hako_policies::Rootfs::Image(_)) {
             bail!("{app_name}: `hako run` does not run image-based apps yet; use `hako serve`");
         }
+        if app.network == hako_policies::Network::Egress && args.network.is_none() {
+            // Its link out needs the serve's nftables table (masquerading, egress_allow) and
+            // forwarding: running it isolated without saying so would look like a broken network.
+            bail!(
+                "{app_name}: `hako run` does not give `network: egress` its outbound link (it \
+                 needs `hako serve`'s nftables table); use `hako serve`, or run it without one \
+                 with --network isolated (or --network host)"
+            );
+        }
         let spec = crate::container::container_spec(app, app.port);
         (spec, crate::container::cgroup_limits(app))
     } else {
@@ -343,5 +352,30 @@ mod tests {
             Cli::try_parse_from(["run", "--config", "x.yaml"]).is_err(),
             "APP is required"
         );
+    }
+
+    /// An egress app's link out needs `hako serve`: `hako run` says so instead of running it
+    /// isolated, unless the network is chosen on the command line.
+    #[test]
+    fn egress_apps_are_refused_unless_the_network_is_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("hako.yaml");
+        std::fs::write(
+            &cfg,
+            "apps:\n  - name: out\n    hosts: [out.test]\n    rootfs: host\n    command: [/bin/true]\n    network: egress\n",
+        )
+        .unwrap();
+        let cfg = cfg.to_str().unwrap();
+        let cli = Cli::try_parse_from(["run", "--config", cfg, "out"]).unwrap();
+        let err = build(&cli.run).unwrap_err().to_string();
+        assert!(
+            err.contains("network: egress") && err.contains("hako serve"),
+            "{err}"
+        );
+        let cli =
+            Cli::try_parse_from(["run", "--config", cfg, "--network", "isolated", "out"]).unwrap();
+        let (spec, _) = build(&cli.run).unwrap();
+        assert_eq!(spec.network, NetworkMode::Isolated);
+        assert!(spec.egress.is_none());
     }
 }

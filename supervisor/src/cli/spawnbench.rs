@@ -59,6 +59,15 @@ pub struct BenchSpawnArgs {
     /// namespaces). The rootfs must be searchable by others.
     #[arg(long)]
     pub userns: bool,
+    /// Boot as `network: egress`: each warm namespace set (or, with none ready, the boot
+    /// itself) gets a veth pair with a /31 of --egress-subnet and a default route, as under
+    /// `hako serve` (no nftables table: the boot path never touches it). Every link is
+    /// removed at the end.
+    #[arg(long, conflicts_with_all = ["userns", "no_zygote"])]
+    pub egress: bool,
+    /// The subnet of --egress links (apart from `hako serve`'s default 10.213.0.0/16).
+    #[arg(long, value_name = "CIDR", default_value = "10.214.0.0/16")]
+    pub egress_subnet: hako_policies::Ipv4Cidr,
     /// Command to run.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -94,6 +103,25 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// Deletes the benchmark's egress links (normally gone with their namespaces already) on
+/// every path out of [`run`].
+struct EgressLinks(Option<String>);
+
+impl Drop for EgressLinks {
+    fn drop(&mut self) {
+        let Some(prefix) = self.0.take() else {
+            return;
+        };
+        match hako_launcher::egress::remove_links(&prefix, Path::new("/sys/class/net")) {
+            Ok(left) if !left.is_empty() => {
+                tracing::debug!(links = ?left, "removed egress links left by the benchmark")
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("hako bench-spawn: cannot remove egress links {prefix}*: {e}"),
+        }
+    }
+}
+
 /// Boots run before the recorded ones (see the loop in [`run`]).
 const WARMUP_BOOTS: usize = 3;
 
@@ -114,6 +142,16 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
     };
     let mut spec = ContainerSpec::new(RootfsSpec::Dir(args.rootfs.clone()), command);
     spec.user_namespace = args.userns;
+    // `z` is never a hex digit: no serve's link prefix (`hk` + 4 hex digits) matches these.
+    let egress_links = EgressLinks(args.egress.then(|| {
+        let prefix = format!("hkz{:04x}", std::process::id() & 0xffff);
+        spec.egress = Some(hako_launcher::egress::EgressSpec {
+            veth_prefix: prefix.clone(),
+            subnet: args.egress_subnet.addr,
+            prefix: args.egress_subnet.prefix,
+        });
+        prefix
+    }));
     let prepared = PreparedSpec::new(&spec)?;
     // Beside `hako run`'s groups: under `hako serve`'s parent, a serve starting meanwhile
     // would remove the benchmark's groups as orphans.
@@ -205,6 +243,10 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
         }
     }
     drop(pool);
+    // The zygote's namespace sets (and their links) first, then whatever link is left.
+    let used_zygote = zygote.is_some();
+    drop(zygote);
+    drop(egress_links);
     println!(
         "{}",
         serde_json::json!({"runtime": "hako-launcher", "samples_us": samples})
@@ -214,10 +256,11 @@ pub fn run(args: BenchSpawnArgs) -> anyhow::Result<ExitCode> {
     removal_us.sort_unstable();
     create_us.sort_unstable();
     eprintln!(
-        "hako-launcher n={} zygote={} warm={} ({} boots took warm namespaces) interval={}ms cgroups={:?} ({} from the pool): p50 {} us, p90 {} us, p99 {} us, min {} us; cgroup creation p50 {} us (in the samples), removal p50 {} us (not)",
+        "hako-launcher n={} zygote={} warm={}{} ({} boots took warm namespaces) interval={}ms cgroups={:?} ({} from the pool): p50 {} us, p90 {} us, p99 {} us, min {} us; cgroup creation p50 {} us (in the samples), removal p50 {} us (not)",
         args.n,
-        zygote.is_some(),
+        used_zygote,
         args.warm,
+        if args.egress { " egress" } else { "" },
         warm_boots,
         args.interval_ms,
         args.cgroups,
