@@ -42,6 +42,9 @@ enum Cmd {
     /// hako's proxy beside nginx as the front of one keep-alive backend: plain HTTP (wrk),
     /// TLS h2 and h1 (h2load), new TLS handshakes, CPU per request, the cold path over TLS.
     Front(FrontArgs),
+    /// Hibernation: first response after a wake vs after an idle stop (cold boot), for Flask,
+    /// Node and busybox httpd side by side; resident memory warm vs hibernated; density.
+    Wake(WakeArgs),
 }
 
 fn dur(s: &str) -> Result<Duration, String> {
@@ -353,6 +356,48 @@ fn cmd_front(a: FrontArgs) -> Result<()> {
     res
 }
 
+#[derive(Debug, Args)]
+struct WakeArgs {
+    /// Path to the hako binary (run as `hako serve`; needs root).
+    #[arg(long)]
+    hako: PathBuf,
+    /// Wakes and cold boots per app.
+    #[arg(long, default_value_t = 30)]
+    rounds: usize,
+    /// Apps to run side by side, comma-separated: flask (gunicorn), node, busybox (httpd).
+    #[arg(long, default_value = "flask,node,busybox", value_delimiter = ',')]
+    apps: Vec<String>,
+    /// Reclaim method of the served hako (`HAKO_RECLAIM`: cgroup or madvise); default: hako's.
+    #[arg(long)]
+    reclaim: Option<String>,
+    /// Then boot this many Flask apps, let them hibernate, and report host memory per
+    /// instance and their wake latency (0: skip).
+    #[arg(long, default_value_t = 0)]
+    density: usize,
+}
+
+fn cmd_wake(a: WakeArgs) -> Result<()> {
+    if let Some(m) = &a.reclaim {
+        if m != "cgroup" && m != "madvise" {
+            bail!("--reclaim takes cgroup or madvise, not {m}");
+        }
+    }
+    let spec = scenarios::wake::WakeSpec {
+        hako: a.hako,
+        rounds: a.rounds,
+        apps: a.apps,
+        reclaim: a.reclaim,
+        density: a.density,
+    };
+    let mut res = Ok(());
+    scenarios::wake::run_wake(&spec, &mut |line| {
+        if res.is_ok() {
+            res = out(&format!("{line}\n"));
+        }
+    })?;
+    res
+}
+
 /// Writes to stdout; a closed pipe (`| head`) is not an error.
 fn out(text: &str) -> Result<()> {
     use std::io::Write;
@@ -650,6 +695,7 @@ pub fn main() -> ExitCode {
     let res = match cli.cmd {
         Cmd::Launcher(a) => cmd_launcher(a),
         Cmd::Front(a) => cmd_front(a),
+        Cmd::Wake(a) => cmd_wake(a),
         cmd => match runtime(cli.threads) {
             Ok(rt) => rt.block_on(async move {
                 match cmd {
@@ -658,7 +704,9 @@ pub fn main() -> ExitCode {
                     Cmd::Burst(a) => cmd_burst(a).await,
                     Cmd::Spike(a) => cmd_spike(a).await,
                     Cmd::Density(a) => cmd_density(a).await,
-                    Cmd::Launcher(_) | Cmd::Front(_) => unreachable!("handled above"),
+                    Cmd::Launcher(_) | Cmd::Front(_) | Cmd::Wake(_) => {
+                        unreachable!("handled above")
+                    }
                 }
             }),
             Err(e) => Err(e.into()),

@@ -3,6 +3,7 @@
 pub mod front;
 pub mod govern;
 pub mod launcher;
+pub mod wake;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -18,6 +18,18 @@ pub(super) fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
                 config.listen,
                 config.admin
             );
+            let hibernating: Vec<&str> = config
+                .apps
+                .iter()
+                .filter(|a| a.lifetime.hibernate_after.is_some())
+                .map(|a| a.name.as_str())
+                .collect();
+            if !hibernating.is_empty() && !crate::container::hibernate::host_has_swap() {
+                eprintln!(
+                    "note: this host has no swap: {} (lifetime.hibernate_after) will be frozen when hibernated but keep their memory (docs/operations.md: compressed swap for hibernation)",
+                    hibernating.join(", ")
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(LoadError::Invalid(diagnostics)) => {
