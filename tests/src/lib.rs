@@ -935,6 +935,21 @@ pub fn cgroup_cpu_limit(parent: &str, instance: &str) -> Option<f64> {
     }
 }
 
+/// CPU weight of an instance cgroup on the v2 scale (1..=10000, kernel default 100): v2
+/// `cpu.weight` as is; v1 `cpu.shares` converted back (`shares × 100 / 1024`, rounded), so the
+/// default 1024 reads 100 and the minimum the supervisor writes for weight 1 (10) reads 1.
+pub fn cgroup_cpu_weight(parent: &str, instance: &str) -> Option<u32> {
+    if cgroup_v2_unified() {
+        read_trimmed(instance_cgroup_file(parent, instance, "cpu.weight", "", ""))?
+            .parse()
+            .ok()
+    } else {
+        let f = instance_cgroup_file(parent, instance, "", "cpu", "cpu.shares");
+        let shares: u64 = read_trimmed(f)?.parse().ok()?;
+        u32::try_from((shares * 100 + 512) / 1024).ok()
+    }
+}
+
 /// Cumulative CPU time of an instance cgroup in microseconds (`cpu.stat` `usage_usec` on v2,
 /// `cpuacct.usage` on v1).
 pub fn cgroup_cpu_usage_usec(parent: &str, instance: &str) -> Option<u64> {
