@@ -1097,16 +1097,18 @@ mod tests {
             p.ops
                 .iter()
                 .filter_map(|op| match *op {
-                    // SAFETY: the spec's own C strings, alive with `p`.
                     Op::Mount {
                         target: tg, data, ..
-                    } if !data.is_null() => unsafe {
-                        (std::ffi::CStr::from_ptr(tg).to_str().unwrap() == target).then(|| {
-                            std::ffi::CStr::from_ptr(data.cast())
-                                .to_string_lossy()
-                                .into_owned()
-                        })
-                    },
+                    } if !data.is_null() => {
+                        // SAFETY: the spec's own C strings, alive with `p`.
+                        unsafe {
+                            (std::ffi::CStr::from_ptr(tg).to_str().unwrap() == target).then(|| {
+                                std::ffi::CStr::from_ptr(data.cast())
+                                    .to_string_lossy()
+                                    .into_owned()
+                            })
+                        }
+                    }
                     _ => None,
                 })
                 .collect()
