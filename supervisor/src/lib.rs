@@ -13,6 +13,7 @@ pub mod instances;
 pub mod logs;
 pub mod metrics;
 pub mod netns;
+pub mod node;
 pub mod reload;
 pub mod sampler;
 pub mod serve;

@@ -32,7 +32,7 @@ impl Supervisor {
                 }
                 let lt = &inst.policy.lifetime;
                 let idle_limit = if draining {
-                    lt.idle_timeout.min(crate::drain::DRAIN_IDLE_GRACE)
+                    lt.idle_timeout.min(crate::node::DRAIN_IDLE_GRACE)
                 } else {
                     lt.idle_timeout
                 };
@@ -40,7 +40,7 @@ impl Supervisor {
                     inst.request_stop(StopReason::Idle);
                     continue;
                 }
-                if let Some(after) = lt.hibernate_after {
+                if let Some(after) = lt.hibernate_after.filter(|_| !draining) {
                     // Under the pool lock, so no lease is handed out on it from here on.
                     if state == State::Ready
                         && inst.in_flight() == 0

@@ -194,7 +194,7 @@ pub struct Supervisor {
     /// The instance tasks, so shutdown can wait for all of them.
     tasks: TaskTracker,
     /// This node: its name, listening and draining (see [`crate::drain`]).
-    node: crate::drain::NodeState,
+    node: crate::node::NodeState,
     me: Weak<Supervisor>,
 }
 
@@ -225,7 +225,7 @@ impl Supervisor {
             budget: Arc::new(Budget::default()),
             epoch: Instant::now(),
             tasks: TaskTracker::new(),
-            node: crate::drain::NodeState::default(),
+            node: crate::node::NodeState::default(),
         })
     }
 
@@ -235,7 +235,7 @@ impl Supervisor {
 
     /// Why this node cannot serve right now, one reason each (empty: healthy); `/healthz`
     /// answers 503 with them: the proxy does not listen, the node drains
-    /// ([`crate::drain::NodeState::problems`]), the runtime cannot boot
+    /// ([`crate::node::NodeState::problems`]), the runtime cannot boot
     /// ([`Runtime::cannot_boot`]).
     pub fn health_problems(&self) -> Vec<String> {
         let mut out = self.node.problems();
@@ -244,7 +244,7 @@ impl Supervisor {
     }
 
     /// This node's name, listening and draining state.
-    pub fn node(&self) -> &crate::drain::NodeState {
+    pub fn node(&self) -> &crate::node::NodeState {
         &self.node
     }
 
