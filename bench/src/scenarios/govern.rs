@@ -20,8 +20,7 @@
 //!    connections; its CPU use read from its cgroup (`cpuacct.usage` / `cpu.stat`) every 100 ms:
 //!    the time until a 200 ms window averages ≥ 1.6 cores; after `--lend-for`, `other` gets the
 //!    same load: the time from its first request to the log line taking lender's CPU back.
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -230,28 +229,18 @@ fn make_rootfs(root: &Path, iterations: u64) -> Result<(), ScenarioError> {
 }
 
 fn free_port() -> Result<u16, ScenarioError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| setup(format!("bind: {e}")))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| setup(format!("local_addr: {e}")))
+    super::util::free_port().map_err(|e| setup(format!("free port: {e}")))
 }
 
 /// One GET on a new connection: status and body.
 fn get(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    let (status, body, _) = super::util::http_get(
+        addr,
+        host,
+        path,
+        Duration::from_secs(5),
+        Duration::from_secs(30),
     )?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
-    let status = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map_or("", |x| x.1).to_string();
     Ok((status, body))
 }
 

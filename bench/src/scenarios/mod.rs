@@ -3,6 +3,7 @@
 pub mod front;
 pub mod govern;
 pub mod launcher;
+pub mod util;
 pub mod wake;
 
 use std::collections::BTreeMap;

@@ -15,8 +15,7 @@
 //!
 //! The host's swap is the operator's: the scenario reports `SwapTotal` and does not create any.
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -75,45 +74,23 @@ fn write(path: &Path, text: &str) -> Result<(), WakeError> {
 }
 
 fn free_port() -> Result<u16, WakeError> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| WakeError::Setup(format!("bind: {e}")))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| WakeError::Setup(format!("local_addr: {e}")))
+    super::util::free_port().map_err(|e| WakeError::Setup(format!("free port: {e}")))
 }
 
 /// One GET on a new connection; status, body and the time from connect to the body's end.
 fn timed_get(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<(u16, String, f64)> {
-    let t = Instant::now();
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-    s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    s.set_nodelay(true)?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
-    let ms = t.elapsed().as_secs_f64() * 1e3;
-    let status = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-    Ok((status, body.to_string(), ms))
+    super::util::http_get(
+        addr,
+        host,
+        path,
+        Duration::from_secs(5),
+        Duration::from_secs(60),
+    )
 }
 
-fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> Result<T, WakeError> {
-    let end = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() > end {
-            return Err(WakeError::Setup(format!("{what}: not within {secs} s")));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_for<T>(what: &str, secs: u64, f: impl FnMut() -> Option<T>) -> Result<T, WakeError> {
+    super::util::poll_until(Duration::from_secs(secs), Duration::from_millis(20), f)
+        .ok_or_else(|| WakeError::Setup(format!("{what}: not within {secs} s")))
 }
 
 /// A `key: N kB` line of `/proc/meminfo`, in bytes.

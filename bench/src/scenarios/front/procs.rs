@@ -1,7 +1,6 @@
 //! Processes of the scenario: CPU accounting from `/proc`, ports, commands, the guard that
 //! stops a child, and the configurations and rootfs the runs start from.
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -47,11 +46,7 @@ pub(super) fn ticks_per_second() -> f64 {
 }
 
 pub(super) fn free_port() -> Result<u16, FrontError> {
-    let l =
-        TcpListener::bind("127.0.0.1:0").map_err(|e| FrontError::Setup(format!("bind: {e}")))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| FrontError::Setup(format!("local_addr: {e}")))
+    crate::scenarios::util::free_port().map_err(|e| FrontError::Setup(format!("free port: {e}")))
 }
 
 pub(super) fn write(path: &Path, text: &str) -> Result<(), FrontError> {
@@ -88,38 +83,23 @@ pub(super) fn run_ok(cmd: &mut Command) -> Result<String, FrontError> {
 
 /// One HTTP/1.1 GET over a fresh connection; the status and body.
 pub(super) fn http_get(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    let (status, body, _) = crate::scenarios::util::http_get(
+        addr,
+        host,
+        path,
+        Duration::from_secs(2),
+        Duration::from_secs(30),
     )?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf)?;
-    let status = buf
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-    Ok((status, body.to_string()))
+    Ok((status, body))
 }
 
 pub(super) fn wait_for<T>(
     what: &str,
     secs: u64,
-    mut f: impl FnMut() -> Option<T>,
+    f: impl FnMut() -> Option<T>,
 ) -> Result<T, FrontError> {
-    let end = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if Instant::now() > end {
-            return Err(FrontError::Setup(format!("{what}: not within {secs} s")));
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    crate::scenarios::util::poll_until(Duration::from_secs(secs), Duration::from_millis(50), f)
+        .ok_or_else(|| FrontError::Setup(format!("{what}: not within {secs} s")))
 }
 
 /// The TCP port `pid` listens on (its socket inodes matched in /proc/PID/net/tcp).
