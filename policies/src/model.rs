@@ -454,9 +454,10 @@ pub struct Governor {
     pub enabled: bool,
     /// Sampling period.
     pub interval: Duration,
-    /// PSI cpu `some avg10` percentage that counts as a spike.
+    /// Share of each sampling interval (percent) during which some task waited for CPU (host
+    /// PSI `some` total, or `/proc/stat` busy time without PSI) that counts as contention.
     pub cpu_pressure: f64,
-    /// PSI memory `some avg10` percentage that counts as a spike.
+    /// The same for memory (host PSI memory `some` total over the interval).
     pub memory_pressure: f64,
     /// Calm time before relaxing starts.
     pub relax_after: Duration,
