@@ -139,6 +139,7 @@ fn check_isolated(spawned: Spawned, port: u16) {
 
 #[test]
 fn isolated_cold_boot_inherits_a_listening_socket_on_fd_3() {
+    let _one = one_at_a_time();
     root_only!("listen_fds isolated cold");
     let p = PreparedSpec::new(&app_spec(NetworkMode::Isolated, Some(8080), 1)).unwrap();
     let s = spawn_prepared(&p, None, &Output::Inherit).unwrap();
@@ -147,6 +148,7 @@ fn isolated_cold_boot_inherits_a_listening_socket_on_fd_3() {
 
 #[test]
 fn isolated_boots_through_the_zygote_warm_and_cold() {
+    let _one = one_at_a_time();
     root_only!("listen_fds zygote");
     for warm in [2, 0] {
         let zygote = Zygote::start_with(ZygoteOptions {
@@ -176,6 +178,7 @@ fn isolated_boots_through_the_zygote_warm_and_cold() {
 
 #[test]
 fn host_network_socket_is_bound_on_the_host_and_closed_with_the_app() {
+    let _one = one_at_a_time();
     root_only!("listen_fds host");
     let zygote = Zygote::start().unwrap();
     for via_zygote in [false, true] {
@@ -205,6 +208,7 @@ fn host_network_socket_is_bound_on_the_host_and_closed_with_the_app() {
 
 #[test]
 fn port_in_use_on_the_host_is_an_error_naming_port_and_errno() {
+    let _one = one_at_a_time();
     root_only!("listen_fds port in use");
     let taken = TcpListener::bind("0.0.0.0:0").unwrap();
     let port = taken.local_addr().unwrap().port();
@@ -237,6 +241,7 @@ fn port_in_use_on_the_host_is_an_error_naming_port_and_errno() {
 
 #[test]
 fn without_listen_no_descriptor_3_and_no_activation_environment() {
+    let _one = one_at_a_time();
     root_only!("listen_fds none");
     let logs = tempfile::tempdir().unwrap();
     let log = logs.path().join("out.log");
@@ -288,6 +293,7 @@ fn accept_queue(pid: i32, port: u16) -> Option<u32> {
 
 #[test]
 fn backlog_queues_a_burst_of_200_before_the_app_accepts() {
+    let _one = one_at_a_time();
     root_only!("listen_fds backlog");
     const N: usize = 200;
     let app = format!(
@@ -346,6 +352,7 @@ fn p50(mut v: Vec<Duration>) -> Duration {
 #[test]
 #[ignore = "measurement: cargo test -p hako-launcher --test listen_fds -- --ignored --nocapture"]
 fn measure_spawn_to_first_byte() {
+    let _one = one_at_a_time();
     root_only!("listen_fds measure");
     let runs: usize = std::env::var("RUNS")
         .ok()

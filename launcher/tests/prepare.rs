@@ -58,6 +58,7 @@ fn warm_of(z: &Zygote, key: &str) -> usize {
 
 #[test]
 fn first_boot_after_prepare_is_warm() {
+    let _one = one_at_a_time();
     if !is_root("prepare warm first boot") {
         return;
     }
@@ -104,6 +105,7 @@ fn first_boot_after_prepare_is_warm() {
 
 #[test]
 fn forget_releases_the_warm_namespaces() {
+    let _one = one_at_a_time();
     if !is_root("forget") {
         return;
     }
@@ -143,6 +145,7 @@ fn forget_releases_the_warm_namespaces() {
 
 #[test]
 fn at_most_max_prepared_apps_are_warm_most_recently_used_first() {
+    let _one = one_at_a_time();
     if !is_root("max_prepared_apps") {
         return;
     }
@@ -194,6 +197,7 @@ fn at_most_max_prepared_apps_are_warm_most_recently_used_first() {
 
 #[test]
 fn prepare_of_an_invalid_spec_fails_and_changes_nothing() {
+    let _one = one_at_a_time();
     if !is_root("prepare invalid") {
         return;
     }

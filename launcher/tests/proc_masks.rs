@@ -60,6 +60,7 @@ fn assert_masked(out: &str, net: &str) {
 
 #[test]
 fn cold_boot_proc_is_read_only_and_masked() {
+    let _one = one_at_a_time();
     if !is_root("proc masks, cold") {
         return;
     }
@@ -82,6 +83,7 @@ fn cold_boot_proc_is_read_only_and_masked() {
 
 #[test]
 fn warm_boot_proc_is_read_only_and_masked() {
+    let _one = one_at_a_time();
     if !is_root("proc masks, warm") {
         return;
     }
@@ -129,6 +131,7 @@ fn warm_boot_proc_is_read_only_and_masked() {
 
 #[test]
 fn host_rootfs_hides_the_host_secrets_unless_asked() {
+    let _one = one_at_a_time();
     if !is_root("host secrets") {
         return;
     }

@@ -100,6 +100,7 @@ fn assert_host_ids(pid: i32) {
 
 #[test]
 fn direct_boot_runs_as_root_inside_and_uid_100000_outside() {
+    let _one = one_at_a_time();
     if !is_root("userns, direct") {
         return;
     }
@@ -128,6 +129,7 @@ fn direct_boot_runs_as_root_inside_and_uid_100000_outside() {
 
 #[test]
 fn zygote_boots_are_cold_and_mapped() {
+    let _one = one_at_a_time();
     if !is_root("userns, zygote") {
         return;
     }
@@ -168,6 +170,7 @@ fn zygote_boots_are_cold_and_mapped() {
 
 #[test]
 fn host_rootfs_in_a_user_namespace_still_hides_the_secrets() {
+    let _one = one_at_a_time();
     if !is_root("userns, host rootfs") {
         return;
     }

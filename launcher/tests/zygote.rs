@@ -11,6 +11,7 @@ use hako_launcher::{
 
 #[test]
 fn zygote_spawns_children_of_the_caller_and_reports_exec_errors() {
+    let _one = one_at_a_time();
     if !is_root("zygote") {
         return;
     }
@@ -123,6 +124,7 @@ fn zygote_spawns_children_of_the_caller_and_reports_exec_errors() {
 
 #[test]
 fn zygote_is_usable_from_many_threads() {
+    let _one = one_at_a_time();
     if !is_root("zygote threads") {
         return;
     }
@@ -184,6 +186,7 @@ fn spawn_cgroup_reader(fs: &Rootfs, cg: &TestCgroup) -> (Spawned, tempfile::Name
 /// rooted there.
 #[test]
 fn container_runs_in_its_cgroup_with_its_own_cgroup_namespace() {
+    let _one = one_at_a_time();
     if !is_root("cgroup placement") {
         return;
     }
@@ -237,6 +240,7 @@ fn container_runs_in_its_cgroup_with_its_own_cgroup_namespace() {
 /// unified mount; on a pure v2 host the main one.
 #[test]
 fn clone_into_cgroup_places_the_child_on_v2() {
+    let _one = one_at_a_time();
     if !is_root("v2 placement") {
         return;
     }
@@ -271,6 +275,7 @@ fn clone_into_cgroup_places_the_child_on_v2() {
 /// cannot have been freed and reused between them).
 #[test]
 fn warm_namespaces_are_fresh_and_fully_isolated() {
+    let _one = one_at_a_time();
     if !is_root("warm namespaces") {
         return;
     }

@@ -93,6 +93,7 @@ fn spawn_concurrently(zygote: &Zygote, fs: &Rootfs, fail: fn(usize, usize) -> bo
 
 #[test]
 fn concurrent_spawns_each_get_their_own_child_and_exit_status() {
+    let _one = one_at_a_time();
     if !is_root("concurrent spawns") {
         return;
     }
@@ -142,6 +143,7 @@ fn concurrent_spawns_each_get_their_own_child_and_exit_status() {
 
 #[test]
 fn concurrent_failures_reach_their_own_caller_only() {
+    let _one = one_at_a_time();
     if !is_root("concurrent failures") {
         return;
     }

@@ -190,3 +190,13 @@ pub fn leftover_test_cgroups() -> Vec<PathBuf> {
     }
     out
 }
+
+/// Runs the tests of one binary one at a time. A test that forks a zygote (`Zygote::start`)
+/// must not do so while another test thread of the same binary runs: the forked child keeps
+/// only the forking thread, and a lock another thread held at that moment (the environment
+/// lock of a `Command` spawn, say) stays locked in the child for ever.
+#[allow(dead_code)]
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
