@@ -5,6 +5,7 @@
 use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -45,6 +46,14 @@ pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.v2+json";
+
+/// Longest wait for a TCP connection to the registry.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a response's head once the request is sent.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a response body may go without a byte before the pull is abandoned (a stalled
+/// registry or network must not hold a boot, or `hako image pull`, for ever).
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>;
 
@@ -131,11 +140,14 @@ fn urlencode(s: &str) -> String {
 impl RegistryClient {
     pub fn new(name: &str, settings: RegistrySettings) -> Result<RegistryClient, RegistryError> {
         let tls = tls_config(&settings)?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new()).build(connector);
         let scheme = if settings.insecure { "http" } else { "https" };
         Ok(RegistryClient {
@@ -197,10 +209,12 @@ impl RegistryClient {
                 req = req.header(header::AUTHORIZATION, a);
             }
             let req = req.body(Empty::new()).expect("a valid request");
-            let resp = self
-                .client
-                .request(req)
+            let resp = tokio::time::timeout(RESPONSE_TIMEOUT, self.client.request(req))
                 .await
+                .map_err(|_| RegistryError::Http {
+                    url: url.clone(),
+                    reason: format!("no response within {} s", RESPONSE_TIMEOUT.as_secs()),
+                })?
                 .map_err(|e| RegistryError::Http {
                     url: url.clone(),
                     reason: format!(
@@ -386,7 +400,13 @@ impl RegistryClient {
         let mut body = resp.into_body();
         tokio::spawn(async move {
             loop {
-                match body.frame().await {
+                let Ok(frame) = tokio::time::timeout(STALL_TIMEOUT, body.frame()).await else {
+                    let _ = tx
+                        .send(Err(io::Error::new(io::ErrorKind::TimedOut, stalled())))
+                        .await;
+                    break;
+                };
+                match frame {
                     None => break,
                     Some(Ok(f)) => {
                         if let Ok(data) = f.into_data() {
@@ -418,7 +438,14 @@ async fn collect(
 ) -> Result<Vec<u8>, RegistryError> {
     let mut body = resp.into_body();
     let mut out = Vec::new();
-    while let Some(f) = body.frame().await {
+    loop {
+        let f = tokio::time::timeout(STALL_TIMEOUT, body.frame())
+            .await
+            .map_err(|_| RegistryError::Http {
+                url: url.to_owned(),
+                reason: stalled(),
+            })?;
+        let Some(f) = f else { break };
         let f = f.map_err(|e| RegistryError::Http {
             url: url.to_owned(),
             reason: e.to_string(),
@@ -434,6 +461,10 @@ async fn collect(
         }
     }
     Ok(out)
+}
+
+fn stalled() -> String {
+    format!("no data for {} s", STALL_TIMEOUT.as_secs())
 }
 
 /// A blocking `Read` over chunks sent by an async task; use from a blocking thread.
@@ -479,5 +510,62 @@ mod tests {
             urlencode("repository:a/b:pull"),
             "repository%3Aa%2Fb%3Apull"
         );
+    }
+
+    fn insecure_client(addr: std::net::SocketAddr) -> RegistryClient {
+        let settings = RegistrySettings {
+            host: addr.to_string(),
+            insecure: true,
+            ..RegistrySettings::default()
+        };
+        RegistryClient::new("app", settings).expect("client")
+    }
+
+    /// A registry that accepts the connection and never answers: the pull fails naming the
+    /// URL once `RESPONSE_TIMEOUT` has passed (paused time: no real wait), instead of hanging.
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_registry_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hold = tokio::spawn(async move {
+            let (sock, _) = listener.accept().await.unwrap();
+            std::future::pending::<()>().await;
+            drop(sock);
+        });
+        let Err(err) = insecure_client(addr).manifest("latest").await else {
+            panic!("a silent registry gave a manifest");
+        };
+        let text = err.to_string();
+        assert!(text.contains("no response within 30 s"), "{text}");
+        assert!(
+            text.contains(&format!("http://{addr}/v2/app/manifests/latest")),
+            "{text}"
+        );
+        hold.abort();
+    }
+
+    /// A registry that sends the head and then stalls in the body: the blob read fails after
+    /// `STALL_TIMEOUT` with a timed-out error.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_body_times_out() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hold = tokio::spawn(async move {
+            let (mut sock, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = sock.read(&mut buf).await;
+            sock.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+                .await
+                .unwrap();
+            std::future::pending::<()>().await;
+            drop(sock);
+        });
+        let err = insecure_client(addr)
+            .blob_bytes("sha256:00", 1000)
+            .await
+            .expect_err("stalled");
+        assert!(err.to_string().contains("no data for 60 s"), "{err}");
+        hold.abort();
     }
 }
