@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     // `hako_launcher::zygote`). Before anything else: no thread may exist in a zygote.
     match hako_launcher::zygote_mode() {
         Ok(Some(zygote)) => {
-            cli::init_logging(cli::LogFormat::Human);
+            cli::init_logging(cli::inherited_log_format());
             zygote.run()
         }
         Ok(None) => {}

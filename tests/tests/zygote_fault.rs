@@ -293,3 +293,32 @@ fn zygote_that_keeps_dying_makes_healthz_503_until_one_serves_again() {
     assert!(st.success(), "hako exit: {st}\n{}", h.log());
     h.assert_clean();
 }
+
+/// `hako --log-format json serve`: a zygote restarted after a `kill -9` logs JSON too (it is a
+/// new process, started with no options: it reads the format `hako` put in its environment).
+#[test]
+fn a_restarted_zygote_logs_in_the_serves_format() {
+    require_root!();
+    let rootfs = Rootfs::new();
+    let h = Hako::start_with_args(
+        &apps(&[httpd_app("web", &rootfs, &[])]),
+        &[&rootfs],
+        "",
+        &["--log-format", "json"],
+    );
+    let old = wait_for(Duration::from_secs(5), || zygote_of(h.pid())).expect("a zygote");
+    send_signal(old, libc::SIGKILL).expect("kill the zygote");
+    let line = wait_for(Duration::from_secs(5), || {
+        h.log()
+            .lines()
+            .find(|l| l.contains("restarted zygote serving"))
+            .map(str::to_owned)
+    })
+    .unwrap_or_else(|| panic!("no line from the restarted zygote:\n{}", h.log()));
+    let v: serde_json::Value = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("the restarted zygote logged text ({e}): {line}"));
+    assert_eq!(v["level"], "INFO", "{line}");
+    let log = h.log();
+    let not_json: Vec<&str> = log.lines().filter(|l| !l.starts_with('{')).collect();
+    assert!(not_json.is_empty(), "lines that are not JSON: {not_json:?}");
+}

@@ -343,6 +343,11 @@ impl ZygoteMode {
         // SAFETY: descriptor ZYGOTE_FD was checked open by `zygote_mode` and is the socket the
         // starting process placed there for us; nothing else in this process uses it.
         let sock = unsafe { OwnedFd::from_raw_fd(ZYGOTE_FD) };
+        tracing::info!(
+            parent = self.parent,
+            pid = std::process::id(),
+            "restarted zygote serving"
+        );
         zygote_main(sock, self.parent, self.options)
     }
 }

@@ -20,8 +20,15 @@ mod spawnbench;
 #[derive(Debug, Parser)]
 #[command(name = "hako", version, propagate_version = true)]
 pub struct Cli {
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    /// Log format on stderr (also from the environment variable HAKO_LOG_FORMAT; a zygote
+    /// that `hako serve` restarts inherits it).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = LOG_FORMAT_ENV,
+        default_value_t = LogFormat::Human
+    )]
     pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
@@ -105,6 +112,17 @@ pub struct AdminArgs {
     pub admin: SocketAddr,
 }
 
+/// The environment variable that carries `--log-format`.
+pub const LOG_FORMAT_ENV: &str = "HAKO_LOG_FORMAT";
+
+/// The log format a restarted zygote uses: `HAKO_LOG_FORMAT` as its `hako serve` set it.
+pub fn inherited_log_format() -> LogFormat {
+    match std::env::var(LOG_FORMAT_ENV).as_deref() {
+        Ok("json") => LogFormat::Json,
+        _ => LogFormat::Human,
+    }
+}
+
 /// Installs the tracing subscriber (stderr; RUST_LOG overrides the default `info`).
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
@@ -124,6 +142,15 @@ pub fn init_logging(format: LogFormat) {
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Still single-threaded here: the only moment `set_var` is sound. A zygote re-executed by
+    // `hako serve` (`hako __zygote`, which parses no options) reads it back.
+    std::env::set_var(
+        LOG_FORMAT_ENV,
+        match cli.log_format {
+            LogFormat::Human => "human",
+            LogFormat::Json => "json",
+        },
+    );
     init_logging(cli.log_format);
     match cli.command {
         Command::Check(args) => check::run(&args),
