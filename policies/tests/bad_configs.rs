@@ -544,6 +544,32 @@ fn absolute_command_must_exist_in_the_rootfs() {
     assert!(d.message.contains("is not a directory"));
 }
 
+/// A directory rootfs whose /proc, /dev, /tmp or /run is a symlink is refused at its line: the
+/// launcher mounts there before pivot_root, where an absolute link leads to the host.
+#[test]
+fn a_rootfs_with_a_symlinked_mount_point_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("root/bin")).unwrap();
+    let ok = "apps:\n  - name: web\n    hosts: [web.test]\n    rootfs: root\n    command: [sh]\n";
+    let file = dir.path().join("hako.yaml");
+    load_str(ok, &file).expect("no mount point yet: fine");
+    for d in ["proc", "tmp"] {
+        let link = dir.path().join("root").join(d);
+        std::os::unix::fs::symlink("/", &link).unwrap();
+        let err = load_str(ok, &file).unwrap_err();
+        let diag = single(err.diagnostics(), "symlinked mount point", ok);
+        assert_eq!((diag.line, diag.column), (4, 13), "{d}");
+        assert!(
+            diag.message.contains(&format!("root/{d}` is a symlink")),
+            "{}",
+            diag.message
+        );
+        std::fs::remove_file(&link).unwrap();
+        std::fs::create_dir(&link).unwrap();
+        load_str(ok, &file).expect("a real directory is fine");
+    }
+}
+
 #[test]
 fn io_errors_name_the_file() {
     let err = hako_policies::load_file(Path::new("/nonexistent-hako-dir/x.yaml")).unwrap_err();

@@ -191,6 +191,9 @@ impl PreparedSpec {
                         root.display()
                     )));
                 }
+                // A mount point that is a symlink would take the mount wherever it points,
+                // resolved against the host's root before the pivot.
+                mounts::refuse_mount_point_symlinks(std::slice::from_ref(&root), &spec.volumes)?;
                 // Mount points must exist in the (read-only) rootfs: create them now, once.
                 for d in ["proc", "dev", "tmp", "run"] {
                     let p = root.join(d);
@@ -741,5 +744,13 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("missing"));
+        // A mount point that is a symlink (here to the host's root) is refused, not followed.
+        let linked = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/", linked.path().join("proc")).unwrap();
+        let mut spec =
+            ContainerSpec::new(RootfsSpec::Dir(linked.path().to_owned()), vec!["x".into()]);
+        spec.seccomp = false;
+        let err = PreparedSpec::new(&spec).unwrap_err().to_string();
+        assert!(err.contains("/proc is a symlink in"), "{err}");
     }
 }

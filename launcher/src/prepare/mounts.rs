@@ -157,7 +157,7 @@ impl Builder {
         if img.layers.is_empty() {
             return Err(LaunchError::InvalidSpec("an image without layers".into()));
         }
-        refuse_layer_symlinks(&img.layers, volumes)?;
+        refuse_mount_point_symlinks(&img.layers, volumes)?;
         let size = if img.read_only {
             READ_ONLY_IMAGE_TMPFS
         } else {
@@ -352,10 +352,10 @@ pub(super) const RO_REMOUNT: c_ulong = libc::MS_BIND
     | libc::MS_NODEV
     | libc::MS_NOEXEC;
 
-/// Refuses an image whose layers hold a symlink on the way to a mount point (`/proc`, `/dev`,
-/// `/tmp`, `/run`, a volume's target): the mount table runs before `pivot_root`, where an
-/// absolute symlink would lead to the host's file system.
-pub(super) fn refuse_layer_symlinks(
+/// Refuses a root (an image's layers, or a directory rootfs) that holds a symlink on the way to
+/// a mount point (`/proc`, `/dev`, `/tmp`, `/run`, a volume's target): the mount table runs
+/// before `pivot_root`, where an absolute symlink would lead to the host's file system.
+pub(super) fn refuse_mount_point_symlinks(
     layers: &[PathBuf],
     volumes: &[VolumeSpec],
 ) -> Result<(), LaunchError> {
@@ -378,7 +378,8 @@ pub(super) fn refuse_layer_symlinks(
                 let p = layer.join(&prefix);
                 if std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink()) {
                     return Err(LaunchError::InvalidSpec(format!(
-                        "/{} is a symlink in the image (layer {}): cannot mount on /{}",
+                        "/{} is a symlink in {}: cannot mount on /{} (a symlink there could \
+                         lead the mount outside the root)",
                         prefix.display(),
                         layer.display(),
                         target.display()

@@ -85,7 +85,26 @@ impl Ctx<'_> {
                         );
                         None
                     }
-                    Ok(m) if m.is_dir() => Some(Rootfs::Dir(resolved)),
+                    Ok(m) if m.is_dir() => {
+                        // hako mounts on these before pivot_root: a symlink would take the
+                        // mount wherever it points on the host.
+                        let linked = ["proc", "dev", "tmp", "run"].into_iter().find(|d| {
+                            std::fs::symlink_metadata(resolved.join(d))
+                                .is_ok_and(|m| m.file_type().is_symlink())
+                        });
+                        if let Some(d) = linked {
+                            self.fault(
+                                &p("rootfs"),
+                                format!(
+                                    "`{}` is a symlink; hako mounts on /{d}, so it must be a                                      directory (or absent)",
+                                    resolved.join(d).display()
+                                ),
+                            );
+                            None
+                        } else {
+                            Some(Rootfs::Dir(resolved))
+                        }
+                    }
                     Ok(_) => {
                         self.fault(
                             &p("rootfs"),
