@@ -22,10 +22,11 @@
 //!    same load: the time from its first request to the log line taking lender's CPU back.
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::engine::{run_load_detailed, LoadSpec, RequestSpec, Stop, Target};
+use crate::scenarios::util::ServeProc;
 use crate::scenarios::{spike, ScenarioError, SpikeSpec};
 
 /// Inputs of the self-configured governor benchmarks.
@@ -244,13 +245,9 @@ fn get(addr: SocketAddr, host: &str, path: &str) -> std::io::Result<(u16, String
     Ok((status, body))
 }
 
-/// A running `hako serve`, SIGTERMed (then killed) on drop, its cgroup parent removed.
+/// The `hako serve` of these benchmarks.
 struct Serve {
-    child: Option<Child>,
-    admin: SocketAddr,
-    listen: SocketAddr,
-    cgroup_parent: String,
-    log: PathBuf,
+    proc: ServeProc,
 }
 
 impl Serve {
@@ -284,46 +281,24 @@ cgroup_parent: {cgroup_parent}\ngovernor: {{enabled: {g}}}\napps:\n{a}{b}{c}{e}"
         );
         let cfg_path = dir.join("hako.yaml");
         write(&cfg_path, &cfg, 0o644)?;
-        let log = dir.join("hako.log");
-        let f = std::fs::File::create(&log).map_err(|source| ScenarioError::Io {
-            path: log.display().to_string(),
-            source,
-        })?;
-        let e = f.try_clone().map_err(|source| ScenarioError::Io {
-            path: log.display().to_string(),
-            source,
-        })?;
-        let child = Command::new(&spec.hako)
-            .args(["--log-format", "json", "serve", "--config"])
+        let mut cmd = Command::new(&spec.hako);
+        cmd.args(["--log-format", "json", "serve", "--config"])
             .arg(&cfg_path)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(f)
-            .stderr(e)
-            .spawn()
-            .map_err(|e| setup(format!("spawn {}: {e}", spec.hako.display())))?;
-        let s = Serve {
-            child: Some(child),
-            admin: ([127, 0, 0, 1], admin).into(),
-            listen: ([127, 0, 0, 1], listen).into(),
+            .env("RUST_LOG", "info");
+        let proc = ServeProc::start(
+            cmd,
+            &dir.join("hako.log"),
+            ([127, 0, 0, 1], listen).into(),
+            ([127, 0, 0, 1], admin).into(),
             cgroup_parent,
-            log,
-        };
-        let end = Instant::now() + Duration::from_secs(30);
-        while !matches!(get(s.admin, "127.0.0.1", "/healthz"), Ok((200, _))) {
-            if Instant::now() > end {
-                return Err(setup(format!(
-                    "hako /healthz: not within 30 s\n{}",
-                    s.log_text()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(s)
+            Duration::from_secs(30),
+        )
+        .map_err(setup)?;
+        Ok(Serve { proc })
     }
 
     fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.proc.log_text()
     }
 
     fn changes(&self, app: &str, since: f64) -> Vec<Change> {
@@ -336,7 +311,7 @@ cgroup_parent: {cgroup_parent}\ngovernor: {{enabled: {g}}}\napps:\n{a}{b}{c}{e}"
     /// Boots `app` (one request) and returns its instance's pid.
     fn warm(&self, app: &str) -> Result<u64, ScenarioError> {
         let host = format!("{app}.bench");
-        match get(self.listen, &host, "/cgi-bin/burn") {
+        match get(self.proc.listen, &host, "/cgi-bin/burn") {
             Ok((200, _)) => {}
             other => {
                 return Err(setup(format!(
@@ -345,7 +320,7 @@ cgroup_parent: {cgroup_parent}\ngovernor: {{enabled: {g}}}\napps:\n{a}{b}{c}{e}"
                 )))
             }
         }
-        let (_, body) = get(self.admin, "127.0.0.1", "/v1/instances")
+        let (_, body) = get(self.proc.admin, "127.0.0.1", "/v1/instances")
             .map_err(|e| setup(format!("/v1/instances: {e}")))?;
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
         v.as_array()
@@ -368,28 +343,6 @@ cgroup_parent: {cgroup_parent}\ngovernor: {{enabled: {g}}}\napps:\n{a}{b}{c}{e}"
             }
         }
         eprintln!("spike: {app} not back at its policy after 30 s");
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let end = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < end && matches!(c.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if let Ok(None) = c.try_wait() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        if let Ok(dir) = std::fs::read_dir("/sys/fs/cgroup") {
-            for e in dir.flatten() {
-                let _ = std::fs::remove_dir(e.path().join(&self.cgroup_parent));
-            }
-        }
     }
 }
 
@@ -486,7 +439,7 @@ pub async fn run_govern(spec: &GovernSpec) -> Result<(), ScenarioError> {
         loadavg()
     );
     let serve = Serve::start(spec, dir.path())?;
-    let url = format!("http://{}/cgi-bin/burn", serve.listen);
+    let url = format!("http://{}/cgi-bin/burn", serve.proc.listen);
     let target = Target::resolve(&url).await?;
     serve.warm("noisy")?;
     serve.warm("quiet")?;

@@ -1,7 +1,10 @@
 //! Helpers the scenarios that start their own `hako serve` share: a free loopback port, one
-//! HTTP/1.1 GET on a fresh connection, and polling for a condition with a deadline.
+//! HTTP/1.1 GET on a fresh connection, polling for a condition with a deadline, and the
+//! running `hako serve` itself ([`ServeProc`]).
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A loopback port nobody listens on right now.
@@ -56,6 +59,100 @@ pub fn poll_until<T>(
             return None;
         }
         std::thread::sleep(every);
+    }
+}
+
+/// A `hako serve` a scenario started: stopped with SIGTERM on drop (killed if it has not
+/// exited 30 s later), then its cgroup parent removed from every hierarchy.
+pub struct ServeProc {
+    child: Option<Child>,
+    /// Its admin endpoint.
+    pub admin: SocketAddr,
+    /// Its proxy listener.
+    pub listen: SocketAddr,
+    cgroup_parent: String,
+    log: PathBuf,
+}
+
+impl ServeProc {
+    /// Starts `cmd` (a `hako ... serve --config FILE` whose config uses `listen`, `admin` and
+    /// `cgroup_parent`) with stdout and stderr to `log`, and waits until `/healthz` answers 200
+    /// (`Err` with the reason and the log if not within `within`).
+    pub fn start(
+        mut cmd: Command,
+        log: &Path,
+        listen: SocketAddr,
+        admin: SocketAddr,
+        cgroup_parent: String,
+        within: Duration,
+    ) -> Result<ServeProc, String> {
+        let f = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let e = f
+            .try_clone()
+            .map_err(|e| format!("{}: {e}", log.display()))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f)
+            .stderr(e)
+            .spawn()
+            .map_err(|e| format!("spawn {:?}: {e}", cmd.get_program()))?;
+        let s = ServeProc {
+            child: Some(child),
+            admin,
+            listen,
+            cgroup_parent,
+            log: log.to_owned(),
+        };
+        let healthy = poll_until(within, Duration::from_millis(50), || {
+            http_get(
+                s.admin,
+                "127.0.0.1",
+                "/healthz",
+                Duration::from_secs(5),
+                Duration::from_secs(30),
+            )
+            .ok()
+            .filter(|r| r.0 == 200)
+        });
+        match healthy {
+            Some(_) => Ok(s),
+            None => Err(format!(
+                "hako /healthz: not 200 within {within:?}\n{}",
+                s.log_text()
+            )),
+        }
+    }
+
+    /// What hako has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, up to 30 s for the drain, then SIGKILL; the cgroup parent removed.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let exited = poll_until(Duration::from_secs(30), Duration::from_millis(50), || {
+                c.try_wait().ok().flatten()
+            });
+            if exited.is_none() {
+                eprintln!("hako did not stop within 30 s of SIGTERM: killing it");
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if let Ok(dir) = std::fs::read_dir("/sys/fs/cgroup") {
+            for e in dir.flatten() {
+                let _ = std::fs::remove_dir(e.path().join(&self.cgroup_parent));
+            }
+        }
+    }
+}
+
+impl Drop for ServeProc {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

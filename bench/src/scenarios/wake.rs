@@ -17,10 +17,11 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::launcher::percentile;
+use super::util::ServeProc;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -139,13 +140,9 @@ fn cgroup_anon_file(pid: u64) -> Option<(u64, u64)> {
     })
 }
 
-/// A running `hako serve`, SIGTERMed (then killed) on drop, its cgroup parent removed.
+/// One `hako serve` of this benchmark.
 struct Serve {
-    child: Option<Child>,
-    admin: SocketAddr,
-    listen: SocketAddr,
-    cgroup_parent: String,
-    log: PathBuf,
+    proc: ServeProc,
 }
 
 impl Serve {
@@ -159,56 +156,34 @@ cgroup_parent: {cgroup_parent}\ngovernor: {{enabled: false}}\napps:\n{apps}",
         );
         let cfg_path = dir.join(format!("{name}.yaml"));
         write(&cfg_path, &cfg)?;
-        let log = dir.join(format!("{name}.log"));
-        let f = std::fs::File::create(&log).map_err(|source| WakeError::Io {
-            path: log.display().to_string(),
-            source,
-        })?;
-        let e = f.try_clone().map_err(|source| WakeError::Io {
-            path: log.display().to_string(),
-            source,
-        })?;
         let mut cmd = Command::new(&spec.hako);
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&cfg_path)
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or("warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(f)
-            .stderr(e);
+        cmd.arg("serve").arg("--config").arg(&cfg_path).env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or("warn".into()),
+        );
         match &spec.reclaim {
             Some(m) => cmd.env("HAKO_RECLAIM", m),
             None => cmd.env_remove("HAKO_RECLAIM"),
         };
-        let child = cmd
-            .spawn()
-            .map_err(|e| WakeError::Setup(format!("spawn {}: {e}", spec.hako.display())))?;
-        let s = Serve {
-            child: Some(child),
-            admin: ([127, 0, 0, 1], admin).into(),
-            listen: ([127, 0, 0, 1], listen).into(),
+        let proc = ServeProc::start(
+            cmd,
+            &dir.join(format!("{name}.log")),
+            ([127, 0, 0, 1], listen).into(),
+            ([127, 0, 0, 1], admin).into(),
             cgroup_parent,
-            log,
-        };
-        wait_for("hako /healthz", 30, || {
-            timed_get(s.admin, "127.0.0.1", "/healthz")
-                .ok()
-                .filter(|r| r.0 == 200)
-        })
-        .map_err(|e| WakeError::Setup(format!("{e}\n{}", s.log_text())))?;
-        Ok(s)
+            Duration::from_secs(30),
+        )
+        .map_err(WakeError::Setup)?;
+        Ok(Serve { proc })
     }
 
     fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.proc.log_text()
     }
 
     /// `/v1/instances`, by app: (state, pid, memory_bytes).
     fn instances(&self) -> Vec<(String, String, u64, u64)> {
-        let Ok((200, body, _)) = timed_get(self.admin, "127.0.0.1", "/v1/instances") else {
+        let Ok((200, body, _)) = timed_get(self.proc.admin, "127.0.0.1", "/v1/instances") else {
             return Vec::new();
         };
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -229,7 +204,7 @@ cgroup_parent: {cgroup_parent}\ngovernor: {{enabled: false}}\napps:\n{apps}",
     }
 
     fn get(&self, host: &str) -> Result<f64, WakeError> {
-        let (status, body, ms) = timed_get(self.listen, host, "/")
+        let (status, body, ms) = timed_get(self.proc.listen, host, "/")
             .map_err(|e| WakeError::Setup(format!("GET {host}: {e}")))?;
         if status != 200 {
             return Err(WakeError::Setup(format!(
@@ -241,33 +216,7 @@ cgroup_parent: {cgroup_parent}\ngovernor: {{enabled: false}}\napps:\n{apps}",
     }
 
     fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let end = Instant::now() + Duration::from_secs(30);
-            while Instant::now() < end {
-                if let Ok(Some(_)) = c.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if let Ok(None) = c.try_wait() {
-                eprintln!("wake: hako did not stop on SIGTERM, killing it");
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        if let Ok(dir) = std::fs::read_dir("/sys/fs/cgroup") {
-            for e in dir.flatten() {
-                let _ = std::fs::remove_dir(e.path().join(&self.cgroup_parent));
-            }
-        }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        self.stop();
+        self.proc.stop();
     }
 }
 
