@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hako_policies::{App, Rootfs};
+mod common;
+use common::metric;
+use hako_policies::App;
 use hako_proxy::Activator;
 use hako_supervisor::container::HostUpstream;
 use hako_supervisor::instances::{
@@ -15,8 +17,6 @@ use hako_supervisor::instances::{
     Supervisor, SupervisorOptions,
 };
 use hako_supervisor::metrics::Metrics;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// Everything the fake processes did, in order: "spawn 1", "freeze 1", "thaw 1", "sig15 1"...
@@ -138,19 +138,9 @@ impl Runtime for FakeRuntime {
         let wake_delay = self.wake_delay;
         let all = self.instances.clone();
         Box::pin(async move {
-            let io =
-                |e: std::io::Error| BootError::transient(BootErrorSource::Launcher, e.to_string());
-            let listener = TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
-            let addr = listener.local_addr().map_err(io)?;
-            tokio::spawn(async move {
-                while let Ok((mut s, _)) = listener.accept().await {
-                    tokio::spawn(async move {
-                        let _ = s
-                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                            .await;
-                    });
-                }
-            });
+            let (addr, _server) = common::ok_server()
+                .await
+                .map_err(|e| BootError::transient(BootErrorSource::Launcher, e.to_string()))?;
             let (exit_tx, _) = watch::channel(None);
             let f = Arc::new(Fake {
                 id,
@@ -178,8 +168,7 @@ fn runtime(wake_delay: Duration) -> Arc<FakeRuntime> {
 }
 
 fn app(name: &str) -> App {
-    let mut a = App::with_defaults(name, Rootfs::Host, vec!["/bin/true".into()]);
-    a.hosts = vec![format!("{name}.test")];
+    let mut a = common::app(name);
     a.lifetime.hibernate_after = Some(Duration::from_millis(100));
     a.lifetime.idle_timeout = Duration::from_secs(10);
     a.lifetime.stop_timeout = Duration::from_millis(200);
@@ -190,15 +179,6 @@ fn supervisor(rt: Arc<FakeRuntime>, apps: &[App], opts: SupervisorOptions) -> Ar
     let sup = Supervisor::new(rt, Metrics::new(), opts.clone());
     sup.apply_apps(apps, opts);
     sup
-}
-
-fn metric(sup: &Supervisor, needle: &str) -> f64 {
-    let text = sup.metrics().render();
-    text.lines()
-        .find(|l| l.starts_with(needle))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn log(rt: &FakeRuntime) -> Vec<String> {

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hako_policies::{App, Rootfs};
+mod common;
+use common::{app, metric};
+use hako_policies::App;
 use hako_proxy::{ActivateError, Activator};
 use hako_supervisor::container::HostUpstream;
 use hako_supervisor::instances::{
@@ -14,8 +16,6 @@ use hako_supervisor::instances::{
     SupervisorOptions,
 };
 use hako_supervisor::metrics::Metrics;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -143,27 +143,17 @@ impl Runtime for FakeRuntime {
             }
             // A slow boot: the process exists but listens only after `delay`.
             tokio::time::sleep(delay).await;
-            let io =
-                |e: std::io::Error| BootError::transient(BootErrorSource::Launcher, e.to_string());
-            let listener = TcpListener::bind("127.0.0.1:0").await.map_err(io)?;
-            let addr = listener.local_addr().map_err(io)?;
+            let (addr, server) = common::ok_server()
+                .await
+                .map_err(|e| BootError::transient(BootErrorSource::Launcher, e.to_string()))?;
             let server = match behaviour {
                 Behaviour::NeverListen => {
-                    drop(listener);
+                    // Nothing listens at `addr` once the server is gone.
+                    server.abort();
+                    let _ = server.await;
                     None
                 }
-                _ => Some(tokio::spawn(async move {
-                    loop {
-                        let Ok((mut s, _)) = listener.accept().await else {
-                            return;
-                        };
-                        tokio::spawn(async move {
-                            let _ = s
-                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                                .await;
-                        });
-                    }
-                })),
+                _ => Some(server),
             };
             let (exit_tx, _) = watch::channel(None);
             live.fetch_add(1, Ordering::SeqCst);
@@ -190,25 +180,10 @@ impl Runtime for FakeRuntime {
     }
 }
 
-fn app(name: &str) -> App {
-    let mut a = App::with_defaults(name, Rootfs::Host, vec!["/bin/true".into()]);
-    a.hosts = vec![format!("{name}.test")];
-    a
-}
-
 fn supervisor(rt: Arc<FakeRuntime>, apps: &[App]) -> Arc<Supervisor> {
     let sup = Supervisor::new(rt, Metrics::new(), SupervisorOptions::default());
     sup.apply_apps(apps, SupervisorOptions::default());
     sup
-}
-
-fn metric(sup: &Supervisor, needle: &str) -> f64 {
-    let text = sup.metrics().render();
-    text.lines()
-        .find(|l| l.starts_with(needle))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Waits until `n` requests of `app` are queued, as the `hako_queue_depth` gauge shows; fails
