@@ -90,7 +90,8 @@ impl Workers {
         Ok(Workers { workers })
     }
 
-    /// Hands an accepted connection to the worker with the fewest open connections.
+    /// Hands an accepted connection to the worker with the fewest open connections (a worker
+    /// whose thread is gone, which only a bug could cause, is passed over).
     pub(crate) fn dispatch(
         &self,
         stream: tokio::net::TcpStream,
@@ -101,8 +102,10 @@ impl Workers {
         let Some(worker) = self
             .workers
             .iter()
+            .filter(|w| !w.tx.is_closed())
             .min_by_key(|w| w.open.load(Ordering::Relaxed))
         else {
+            tracing::error!(%peer, "no proxy worker is running; connection closed");
             return;
         };
         let stream = match stream.into_std() {
