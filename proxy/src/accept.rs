@@ -9,16 +9,16 @@ use futures_util::FutureExt;
 use tokio::net::TcpListener;
 
 use crate::conn::{Limiter, RateLimitedLog, Refusal};
-use crate::connection::{self, Builder};
-use crate::state::Shared;
+use crate::state::Stats;
 use crate::tls::TlsHandle;
+use crate::workers::Workers;
 
 /// Accepts on `listener` until the future is dropped (shutdown closes the listener with it).
 pub(crate) async fn run(
     listener: TcpListener,
     tls: Option<Arc<TlsHandle>>,
-    shared: &Arc<Shared>,
-    builder: &Arc<Builder>,
+    stats: &Stats,
+    workers: &Workers,
     limiter: &Arc<Limiter>,
 ) {
     let local = listener.local_addr().ok();
@@ -34,16 +34,16 @@ pub(crate) async fn run(
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+                stats.connections.fetch_add(1, Ordering::Relaxed);
                 match limiter.admit(peer.ip()) {
                     Ok(slot) => {
                         // The acceptor is taken per connection: a reload's certificates apply
                         // to the next handshake.
                         let acceptor = tls.as_ref().map(|t| t.acceptor());
-                        connection::spawn(shared, builder, stream, peer, slot, acceptor)
+                        workers.dispatch(stream, peer, slot, acceptor)
                     }
                     Err(why) => {
-                        shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        stats.refused.fetch_add(1, Ordering::Relaxed);
                         let what = match why {
                             Refusal::PerClient => "max_connections_per_client reached",
                             Refusal::Total => "max_connections reached",
@@ -61,7 +61,7 @@ pub(crate) async fn run(
                         // The connection that could not be accepted is still queued: take it
                         // with the freed descriptor and close it.
                         if let Some(Ok((stream, _))) = listener.accept().now_or_never() {
-                            shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                            stats.refused.fetch_add(1, Ordering::Relaxed);
                             drop(stream);
                         }
                         spare = open_spare();

@@ -13,10 +13,12 @@ use tokio::net::TcpStream;
 
 use crate::conn::{Activity, Slot, Watched};
 use crate::state::{wait_phase, Phase, Shared};
+use crate::workers::Load;
 
 pub(crate) type Builder = auto::Builder<TokioExecutor>;
 
-/// Spawns the task of an accepted connection; `tls` is the acceptor of a TLS listener.
+/// Spawns the task of an accepted connection on the current (worker) runtime; `tls` is the
+/// acceptor of a TLS listener.
 pub(crate) fn spawn(
     shared: &Arc<Shared>,
     builder: &Arc<Builder>,
@@ -24,12 +26,14 @@ pub(crate) fn spawn(
     peer: SocketAddr,
     slot: Slot,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    load: Load,
 ) {
     let shared = Arc::clone(shared);
     let builder = Arc::clone(builder);
     let tracker = shared.tracker.clone();
     tracker.spawn(async move {
         let _slot = slot;
+        let _load = load;
         let _ = stream.set_nodelay(true);
         match tls {
             None => serve(&shared, &builder, stream, peer, false).await,

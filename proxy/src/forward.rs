@@ -365,7 +365,7 @@ async fn forward(
 /// A new connection to `id` could not be made: its pooled connections are dropped, and the
 /// supervisor is told when the connect itself failed.
 fn connect_failed(shared: &Shared, id: u64, error: &ConnectError) {
-    shared.pool.purge(id);
+    shared.purge(id);
     if let ConnectError::Io { source, .. } = error {
         shared.activator.upstream_failed(id, source);
     }

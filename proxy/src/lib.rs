@@ -34,6 +34,7 @@ mod routes;
 mod server;
 mod state;
 pub mod tls;
+mod workers;
 
 pub use activate::{AcquireFuture, ActivateError, Activator, ConnectFuture, Lease, Upstream};
 pub use body::{BoxError, ProxyBody};
@@ -42,5 +43,5 @@ pub use headers::HostError;
 pub use pool::ConnectError;
 pub use routes::{Route, Routes, RoutesHandle};
 pub use server::{serve, serve_listeners, Listeners, ServeReport};
-pub use state::ProxyOptions;
+pub use state::{default_workers, ProxyOptions};
 pub use tls::{TlsCertificate, TlsError, TlsHandle};

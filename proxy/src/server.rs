@@ -17,6 +17,7 @@ use crate::pool::Pool;
 use crate::routes::RoutesHandle;
 use crate::state::{Phase, ProxyOptions, Shared, Stats};
 use crate::tls::TlsHandle;
+use crate::workers::Workers;
 
 /// HTTP/2 streams a client may open and reset before the server accepted them.
 const H2_MAX_PENDING_RESETS: usize = 20;
@@ -85,18 +86,29 @@ pub async fn serve_listeners<A: Activator>(
         None => 443,
     };
     let (phase_tx, phase_rx) = watch::channel(Phase::Running);
-    let pool = Pool::new(opts.max_idle_per_upstream, opts.idle_conn_timeout);
     let activator: Arc<dyn Activator> = activator;
-    let shared = Arc::new(Shared {
-        activator,
-        routes,
-        pool: Arc::clone(&pool),
-        opts: opts.clone(),
-        stats: Stats::default(),
-        phase: phase_rx,
-        tracker: TaskTracker::new(),
-        https_port,
-    });
+    let stats = Arc::new(Stats::default());
+    let tracker = TaskTracker::new();
+    let worker_count = opts.workers.max(1);
+    let pools: Arc<[Arc<Pool>]> = (0..worker_count)
+        .map(|_| Pool::new(opts.max_idle_per_upstream, opts.idle_conn_timeout))
+        .collect();
+    let shared: Vec<Arc<Shared>> = pools
+        .iter()
+        .map(|pool| {
+            Arc::new(Shared {
+                activator: Arc::clone(&activator),
+                routes: Arc::clone(&routes),
+                pool: Arc::clone(pool),
+                pools: Arc::clone(&pools),
+                opts: opts.clone(),
+                stats: Arc::clone(&stats),
+                phase: phase_rx.clone(),
+                tracker: tracker.clone(),
+                https_port,
+            })
+        })
+        .collect();
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // hyper's header_read_timeout is off: it starts only after `auto` saw the first bytes and
@@ -119,29 +131,19 @@ pub async fn serve_listeners<A: Activator>(
 
     let reap_every =
         (opts.idle_conn_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
-    let reaper = {
-        let pool = Arc::clone(&pool);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(reap_every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                pool.reap();
-            }
-        })
-    };
+    let workers = Workers::start(shared, &builder, reap_every)?;
 
     let limiter = Limiter::new(opts.max_connections_per_client, opts.max_connections);
     let plain = async {
         match listeners.plain {
-            Some(l) => crate::accept::run(l, None, &shared, &builder, &limiter).await,
+            Some(l) => crate::accept::run(l, None, &stats, &workers, &limiter).await,
             None => std::future::pending().await,
         }
     };
     let tls = async {
         match listeners.tls {
             Some((l, handle)) => {
-                crate::accept::run(l, Some(handle), &shared, &builder, &limiter).await
+                crate::accept::run(l, Some(handle), &stats, &workers, &limiter).await
             }
             None => std::future::pending().await,
         }
@@ -152,25 +154,22 @@ pub async fn serve_listeners<A: Activator>(
         () = shutdown => {}
         _ = futures_util::future::join(plain, tls) => {}
     }
-    shared.stats.draining.store(true, Ordering::SeqCst);
+    stats.draining.store(true, Ordering::SeqCst);
     let _ = phase_tx.send(Phase::Draining);
     // No new connection task from here on; tunnels of requests still in flight may join.
-    shared.tracker.close();
+    tracker.close();
     tracing::info!(grace_ms = grace.as_millis() as u64, "proxy draining");
 
-    if tokio::time::timeout(grace, shared.tracker.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         let _ = phase_tx.send(Phase::Force);
         tracing::warn!("grace period over, closing remaining connections");
         // Tasks notice the phase change at their next poll; give them a moment to unwind.
-        let _ = tokio::time::timeout(Duration::from_secs(1), shared.tracker.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
     }
-    reaper.abort();
-    pool.purge_all();
+    // Idle upstream connections close with their workers.
+    workers.stop(Duration::from_secs(5)).await;
 
-    let s = &shared.stats;
+    let s = &stats;
     let report = ServeReport {
         connections: s.connections.load(Ordering::Relaxed),
         requests: s.requests.load(Ordering::Relaxed),

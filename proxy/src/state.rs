@@ -41,6 +41,11 @@ pub struct ProxyOptions {
     pub h2_max_concurrent_streams: u32,
     /// HTTP/2: largest request header list (decoded, RFC 9113 §6.5.2) accepted. Default 64 KiB.
     pub max_header_list_size: u32,
+    /// Proxy worker threads, each with its own single-threaded runtime and upstream pool; a
+    /// client connection, its requests and the upstream connections they use all run on one
+    /// of them (the least loaded at accept). Default: the CPUs available to the process
+    /// (`std::thread::available_parallelism`). `0` is taken as 1.
+    pub workers: usize,
 }
 
 impl Default for ProxyOptions {
@@ -55,8 +60,14 @@ impl Default for ProxyOptions {
             idle_conn_timeout: Duration::from_secs(90),
             h2_max_concurrent_streams: 128,
             max_header_list_size: 64 << 10,
+            workers: default_workers(),
         }
     }
+}
+
+/// The CPUs this process may run on (affinity and cgroup quota included), at least 1.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -83,13 +94,17 @@ pub(crate) struct Stats {
     pub(crate) draining: AtomicBool,
 }
 
-/// State shared by every connection and request of one [`serve`] call.
+/// State of one proxy worker, shared by its connections and requests; everything but `pool`
+/// is common to every worker of one [`serve`] call.
 pub(crate) struct Shared {
     pub(crate) activator: Arc<dyn Activator>,
     pub(crate) routes: Arc<RoutesHandle>,
+    /// This worker's upstream connections (used only on its thread).
     pub(crate) pool: Arc<Pool>,
+    /// The pools of every worker, this one's included.
+    pub(crate) pools: Arc<[Arc<Pool>]>,
     pub(crate) opts: ProxyOptions,
-    pub(crate) stats: Stats,
+    pub(crate) stats: Arc<Stats>,
     pub(crate) phase: watch::Receiver<Phase>,
     /// Connection and tunnel tasks; closed when shutdown begins, waited for during the grace.
     pub(crate) tracker: TaskTracker,
@@ -99,9 +114,16 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// The upstream `id` failed (refused, reset, closed early): its pooled connections are
-    /// dropped and the supervisor is told.
+    /// dropped (in every worker) and the supervisor is told.
     pub(crate) fn upstream_failed(&self, id: u64, error: &std::io::Error) {
-        self.pool.purge(id);
+        self.purge(id);
         self.activator.upstream_failed(id, error);
+    }
+
+    /// Drops every pooled connection to `id`, in every worker.
+    pub(crate) fn purge(&self, id: u64) {
+        for pool in self.pools.iter() {
+            pool.purge(id);
+        }
     }
 }

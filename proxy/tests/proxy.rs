@@ -190,9 +190,20 @@ async fn upstream_header_timeout_is_504() {
     assert!(h.activator.failures.lock().unwrap().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sequential_requests_reuse_one_upstream_connection() {
-    let (h, up) = harness_with_app().await;
+/// `workers` proxy workers, one app on a fresh upstream.
+async fn harness_with_workers(workers: usize) -> (Harness, TestUpstream) {
+    let up = TestUpstream::start().await;
+    let opts = ProxyOptions {
+        workers,
+        ..ProxyOptions::default()
+    };
+    let h = Harness::start(vec![route("app", "app.test", None)], opts, GRACE).await;
+    h.activator.set("app", serve_up(1, up.addr));
+    (h, up)
+}
+
+/// Ten requests on one client connection, then ten on fresh client connections.
+async fn sequential_requests(h: &Harness) {
     // Same client connection...
     let mut c = h.client().await;
     for i in 0..10 {
@@ -201,12 +212,30 @@ async fn sequential_requests_reuse_one_upstream_connection() {
         assert_eq!(s, StatusCode::OK);
         assert_eq!(body, format!("hello /n{i}"));
     }
-    // ...and fresh client connections: still the pooled upstream connection.
+    // ...and fresh client connections.
     for i in 0..10 {
         let (s, _, _) = h.get("app.test", &format!("/m{i}")).await;
         assert_eq!(s, StatusCode::OK);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequential_requests_reuse_one_upstream_connection() {
+    let (h, up) = harness_with_workers(1).await;
+    sequential_requests(&h).await;
+    // One worker: every request went over the one pooled upstream connection.
     assert_eq!(up.accepted.load(Ordering::SeqCst), 1);
+    assert!(eventually(|| h.activator.records().len() == 20).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_worker_reuses_its_own_upstream_connection() {
+    let (h, up) = harness_with_workers(3).await;
+    sequential_requests(&h).await;
+    // Every worker pools its own connections: sequential requests spread over the workers
+    // open at most one upstream connection each, and all are answered.
+    let opened = up.accepted.load(Ordering::SeqCst);
+    assert!((1..=3).contains(&opened), "{opened} upstream connections");
     assert!(eventually(|| h.activator.records().len() == 20).await);
 }
 

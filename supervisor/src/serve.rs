@@ -200,9 +200,23 @@ fn proxy_options(cfg: &Config) -> ProxyOptions {
         client_idle_timeout: cfg.clients.idle_timeout,
         max_connections_per_client: cfg.clients.max_connections_per_client as usize,
         max_connections: max_client_connections(),
+        workers: proxy_workers(),
         ..ProxyOptions::default()
     }
 }
+
+/// The proxy's worker threads: `HAKO_PROXY_WORKERS` if set to a positive number, else one per
+/// CPU available to the process.
+fn proxy_workers() -> usize {
+    std::env::var(PROXY_WORKERS_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(hako_proxy::default_workers)
+}
+
+/// Environment variable that overrides the number of proxy worker threads.
+const PROXY_WORKERS_ENV: &str = "HAKO_PROXY_WORKERS";
 
 /// glibc gives every thread that allocates its own arena; with tokio's workers and blocking
 /// threads that fragments memory (measured: 73 MiB RSS with 1000 idle instances, 47 MiB with

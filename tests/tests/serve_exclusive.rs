@@ -231,3 +231,57 @@ fn a_second_serve_on_the_same_state_dir_refuses() {
     h.stop();
     h.assert_clean();
 }
+
+/// The proxy's worker threads share one listening socket (no `SO_REUSEPORT`): a second serve
+/// on the same `listen` address, with its own cgroup parent and state_dir, fails at start
+/// saying which address is taken, and the first keeps serving.
+#[test]
+fn a_second_serve_on_the_same_listen_port_refuses() {
+    require_root!();
+    let rootfs = Rootfs::new();
+    let mut h = Hako::start_httpd("web", &rootfs, &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let parent = format!("{}-port", h.cgroup_parent);
+    // Removes what the refused serve may have created under its own cgroup parent.
+    struct Parent(String);
+    impl Drop for Parent {
+        fn drop(&mut self) {
+            for d in cgroup_parent_dirs(&self.0) {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
+    let _parent = Parent(parent.clone());
+    let state = dir.path().join("state");
+    let mut text = String::new();
+    for line in std::fs::read_to_string(&h.config_path)
+        .expect("read config")
+        .lines()
+    {
+        let line = if line.starts_with("admin:") {
+            format!("admin: 127.0.0.1:{}", free_port())
+        } else if line.starts_with("state_dir:") {
+            format!("state_dir: {}", state.display())
+        } else if line.starts_with("cgroup_parent:") {
+            format!("cgroup_parent: {parent}")
+        } else {
+            line.to_owned()
+        };
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let config = dir.path().join("same-port.yaml");
+    std::fs::write(&config, text).expect("write");
+    let (ok, log) = serve_expecting_exit(&config);
+    assert!(!ok, "the second serve must fail:\n{log}");
+    let expected = format!("listen on {}", h.listen);
+    assert!(log.contains(&expected), "expected `{expected}` in:\n{log}");
+    assert!(
+        log.contains("Address already in use"),
+        "expected the bind error in:\n{log}"
+    );
+    let r = h.get("web.test", "/");
+    assert_eq!(r.status, 200, "{}", r.text());
+    h.stop();
+    h.assert_clean();
+}

@@ -76,8 +76,11 @@ impl Supervisor {
         pool.publish_gauges(st);
         let this = self.clone();
         let pool = pool.clone();
-        self.tasks
-            .spawn(async move { this.run_instance(pool, inst, policy).await });
+        let run = async move { this.run_instance(pool, inst, policy).await };
+        match &self.home {
+            Some(home) => self.tasks.spawn_on(run, home),
+            None => self.tasks.spawn(run),
+        };
     }
 
     /// The whole life of one instance: spawn, readiness, serve, stop, cleanup.

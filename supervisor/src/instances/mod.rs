@@ -193,6 +193,10 @@ pub struct Supervisor {
     epoch: Instant,
     /// The instance tasks, so shutdown can wait for all of them.
     tasks: TaskTracker,
+    /// The runtime the supervisor was made on: instance tasks run there even when a boot is
+    /// started by a request on one of the proxy's worker runtimes (which stop before the
+    /// instances do, and must not carry boots on their request threads).
+    home: Option<tokio::runtime::Handle>,
     /// This node: its name, listening and draining (see [`crate::drain`]).
     node: crate::node::NodeState,
     me: Weak<Supervisor>,
@@ -225,6 +229,7 @@ impl Supervisor {
             budget: Arc::new(Budget::default()),
             epoch: Instant::now(),
             tasks: TaskTracker::new(),
+            home: tokio::runtime::Handle::try_current().ok(),
             node: crate::node::NodeState::default(),
         })
     }

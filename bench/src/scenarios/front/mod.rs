@@ -109,6 +109,8 @@ pub struct Sample {
 struct Front {
     name: String,
     pid: u32,
+    /// A child of `pid` whose CPU is not the front's (hako's backend app).
+    exclude: Option<u32>,
     plain: u16,
     tls: u16,
 }
@@ -131,14 +133,14 @@ fn measure(
     let c = spec.connections.to_string();
 
     // Plain HTTP/1.1, wrk.
-    let t0 = tree_cpu_ticks(front.pid);
+    let t0 = tree_cpu_ticks(front.pid, front.exclude);
     let text = run_ok(
         Command::new("wrk")
             .args(["-t1", "-c", &c, "-d", &format!("{d}s"), "--latency", "-H"])
             .arg(format!("Host: {HOST}"))
             .arg(format!("http://127.0.0.1:{}/", front.plain)),
     )?;
-    let t1 = tree_cpu_ticks(front.pid);
+    let t1 = tree_cpu_ticks(front.pid, front.exclude);
     let (rps, p50, p99, n) = parse_wrk(&text).ok_or_else(|| FrontError::Failed {
         cmd: "wrk".into(),
         reason: text.clone(),
@@ -175,9 +177,9 @@ fn measure(
             cmd.args(["-m", &spec.streams.to_string()]);
         }
         cmd.arg(&url);
-        let t0 = tree_cpu_ticks(front.pid);
+        let t0 = tree_cpu_ticks(front.pid, front.exclude);
         let text = run_ok(&mut cmd)?;
-        let t1 = tree_cpu_ticks(front.pid);
+        let t1 = tree_cpu_ticks(front.pid, front.exclude);
         let (_, rps, ok, note) = parse_h2load(&text).ok_or_else(|| FrontError::Failed {
             cmd: "h2load".into(),
             reason: text.clone(),
@@ -197,14 +199,14 @@ fn measure(
 
     // New TLS connections, one request each.
     let n = spec.handshakes.to_string();
-    let t0 = tree_cpu_ticks(front.pid);
+    let t0 = tree_cpu_ticks(front.pid, front.exclude);
     let text = run_ok(
         Command::new("h2load")
             .args(["-t1", "-c", &n, "-n", &n, "--tls13-ciphers", SUITE, "-H"])
             .arg(&authority)
             .arg(&url),
     )?;
-    let t1 = tree_cpu_ticks(front.pid);
+    let t1 = tree_cpu_ticks(front.pid, front.exclude);
     let (secs, _, ok, note) = parse_h2load(&text).ok_or_else(|| FrontError::Failed {
         cmd: "h2load".into(),
         reason: text.clone(),
@@ -410,6 +412,7 @@ apps:\n  - name: be\n    hosts: [{HOST}]\n    rootfs: host\n    network: host\n 
         fronts.push(Front {
             name: format!("nginx-{w}w"),
             pid: g.pid(),
+            exclude: None,
             plain: p,
             tls: t,
         });
@@ -418,6 +421,7 @@ apps:\n  - name: be\n    hosts: [{HOST}]\n    rootfs: host\n    network: host\n 
     fronts.push(Front {
         name: "hako".into(),
         pid: hako.pid(),
+        exclude: Some(be_pid as u32),
         plain,
         tls,
     });

@@ -7,14 +7,18 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
-/// A process tree to account CPU for: a pid and its direct children.
-pub(super) fn tree_cpu_ticks(pid: u32) -> u64 {
+/// A process tree to account CPU for: a pid and its direct children, but `exclude` (hako's
+/// backend app is its child: its CPU is the app's, not the front's).
+pub(super) fn tree_cpu_ticks(pid: u32, exclude: Option<u32>) -> u64 {
     let mut total = own_ticks(pid).unwrap_or(0);
     if let Ok(dir) = std::fs::read_dir("/proc") {
         for e in dir.flatten() {
             let Some(p) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
+            if Some(p) == exclude {
+                continue;
+            }
             if stat_fields(p).is_some_and(|f| f.get(1).and_then(|s| s.parse().ok()) == Some(pid)) {
                 total += own_ticks(p).unwrap_or(0);
             }
