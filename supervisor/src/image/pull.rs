@@ -90,6 +90,26 @@ pub struct Puller {
     layer_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
+/// Runs `f` (file system work) on tokio's blocking pool: a task that panicked becomes
+/// [`PullError::Task`], `f`'s own error goes through `err`; both name `reference`.
+async fn blocking<T, E>(
+    reference: &str,
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+    err: impl FnOnce(E) -> PullError,
+) -> Result<T, PullError>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| PullError::Task {
+            reference: reference.to_owned(),
+            reason: e.to_string(),
+        })?
+        .map_err(err)
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -196,16 +216,15 @@ impl Puller {
     ) -> Result<ResolvedImage, PullError> {
         let reference = r.to_string();
         let store = self.store.clone();
-        let lock = tokio::task::spawn_blocking(move || store.lock_shared())
-            .await
-            .map_err(|e| PullError::Task {
-                reference: reference.clone(),
-                reason: e.to_string(),
-            })?
-            .map_err(|source| PullError::Store {
+        let lock = blocking(
+            &reference,
+            move || store.lock_shared(),
+            |source| PullError::Store {
                 reference: reference.clone(),
                 source,
-            })?;
+            },
+        )
+        .await?;
         let rec = match r {
             ImageRef::DockerArchive { path } => {
                 self.pull_archive(&reference, path.clone(), progress)
@@ -450,16 +469,15 @@ impl Puller {
         let store = self.store.clone();
         let (d, di) = (digest.to_owned(), diff_id.to_owned());
         // Archives give the uncompressed tar whose digest is the diff_id itself.
-        let stats = tokio::task::spawn_blocking(move || store.unpack_layer(reader, &d, size, &di))
-            .await
-            .map_err(|e| PullError::Task {
-                reference: reference.to_owned(),
-                reason: e.to_string(),
-            })?
-            .map_err(|source| PullError::Store {
+        let stats = blocking(
+            reference,
+            move || store.unpack_layer(reader, &d, size, &di),
+            |source| PullError::Store {
                 reference: reference.to_owned(),
                 source,
-            })?;
+            },
+        )
+        .await?;
         tracing::info!(
             image = reference,
             layer = diff_id,
@@ -489,13 +507,7 @@ impl Puller {
             source,
         };
         let p2 = path.clone();
-        let archive = tokio::task::spawn_blocking(move || DockerArchive::open(&p2))
-            .await
-            .map_err(|e| PullError::Task {
-                reference: reference.to_owned(),
-                reason: e.to_string(),
-            })?
-            .map_err(se)?;
+        let archive = blocking(reference, move || DockerArchive::open(&p2), se).await?;
         let archive = Arc::new(archive);
         let image = archive.image().map_err(se)?;
         let cfg_bytes = archive.member_bytes(&image.config, 16 << 20).map_err(se)?;
