@@ -11,7 +11,6 @@ mod common;
 use common::metric;
 use hako_policies::App;
 use hako_proxy::Activator;
-use hako_supervisor::container::HostUpstream;
 use hako_supervisor::instances::{
     BootError, BootErrorSource, BoxFuture, ExitInfo, Hibernation, Running, Runtime, State,
     Supervisor, SupervisorOptions,
@@ -45,30 +44,19 @@ impl Fake {
         self.log.lock().unwrap().push(format!("{what} {}", self.id));
     }
     fn exit(&self, signal: i32) {
-        self.exit_tx.send_replace(Some(ExitInfo {
-            code: None,
-            signal: Some(signal),
-            oom: false,
-        }));
+        self.exit_tx.send_replace(Some(common::signaled(signal)));
     }
 }
 
 impl Running for Fake {
     fn pid(&self) -> i32 {
-        1000 + self.id as i32
+        common::fake_pid(self.id)
     }
     fn upstream(&self) -> Arc<dyn hako_proxy::Upstream> {
-        Arc::new(HostUpstream {
-            id: self.id,
-            addr: self.addr,
-        })
+        common::upstream(self.id, self.addr)
     }
     fn wait(&self) -> BoxFuture<'static, ExitInfo> {
-        let mut rx = self.exit_tx.subscribe();
-        Box::pin(async move {
-            let _ = rx.wait_for(Option::is_some).await;
-            rx.borrow().expect("set")
-        })
+        common::wait_exit(&self.exit_tx)
     }
     fn signal(&self, signal: i32) {
         self.note(&format!("sig{signal}"));
@@ -105,11 +93,7 @@ impl Running for Fake {
             tokio::time::sleep(delay).await;
             frozen.store(false, Ordering::SeqCst);
             if doomed {
-                tx.send_replace(Some(ExitInfo {
-                    code: None,
-                    signal: Some(libc::SIGKILL),
-                    oom: false,
-                }));
+                tx.send_replace(Some(common::signaled(libc::SIGKILL)));
                 return Err("killed while hibernated".into());
             }
             Ok(())

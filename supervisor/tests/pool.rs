@@ -10,7 +10,6 @@ mod common;
 use common::{app, metric};
 use hako_policies::App;
 use hako_proxy::{ActivateError, Activator};
-use hako_supervisor::container::HostUpstream;
 use hako_supervisor::instances::{
     BootError, BootErrorSource, BoxFuture, ExitInfo, Running, Runtime, State, Supervisor,
     SupervisorOptions,
@@ -76,21 +75,18 @@ impl FakeInstance {
 
 impl Running for FakeInstance {
     fn pid(&self) -> i32 {
-        1000 + self.id as i32
+        common::fake_pid(self.id)
     }
     fn upstream(&self) -> Arc<dyn hako_proxy::Upstream> {
-        Arc::new(HostUpstream {
-            id: self.id,
-            addr: self.addr,
-        })
+        common::upstream(self.id, self.addr)
     }
     fn wait(&self) -> BoxFuture<'static, ExitInfo> {
-        let mut rx = self.exit_tx.subscribe();
+        let exit = common::wait_exit(&self.exit_tx);
         let live = self.live.clone();
         Box::pin(async move {
-            let _ = rx.wait_for(Option::is_some).await;
+            let e = exit.await;
             live.fetch_sub(1, Ordering::SeqCst);
-            rx.borrow().expect("set")
+            e
         })
     }
     fn signal(&self, signal: i32) {
@@ -98,11 +94,7 @@ impl Running for FakeInstance {
         if let Some(h) = self.server.lock().unwrap().take() {
             h.abort();
         }
-        self.exit_tx.send_replace(Some(ExitInfo {
-            code: None,
-            signal: Some(signal),
-            oom: false,
-        }));
+        self.exit_tx.send_replace(Some(common::signaled(signal)));
     }
     fn cleanup(&self) -> BoxFuture<'static, ()> {
         Box::pin(async {})

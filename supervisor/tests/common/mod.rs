@@ -3,11 +3,14 @@
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use hako_policies::{App, Rootfs};
-use hako_supervisor::instances::Supervisor;
+use hako_supervisor::container::HostUpstream;
+use hako_supervisor::instances::{BoxFuture, ExitInfo, Supervisor};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// A loopback server that answers every connection with `200 ok`, as a booted app would: its
@@ -42,4 +45,32 @@ pub fn metric(sup: &Supervisor, needle: &str) -> f64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// A fake instance's pid: 1000 + its id.
+pub fn fake_pid(id: u64) -> i32 {
+    1000 + id as i32
+}
+
+/// The upstream of a fake instance listening on `addr`.
+pub fn upstream(id: u64, addr: SocketAddr) -> Arc<dyn hako_proxy::Upstream> {
+    Arc::new(HostUpstream { id, addr })
+}
+
+/// The exit of a process killed by `signal`.
+pub fn signaled(signal: i32) -> ExitInfo {
+    ExitInfo {
+        code: None,
+        signal: Some(signal),
+        oom: false,
+    }
+}
+
+/// Resolves with the exit once one is sent on `exit_tx`.
+pub fn wait_exit(exit_tx: &watch::Sender<Option<ExitInfo>>) -> BoxFuture<'static, ExitInfo> {
+    let mut rx = exit_tx.subscribe();
+    Box::pin(async move {
+        let _ = rx.wait_for(Option::is_some).await;
+        rx.borrow().expect("set")
+    })
 }
