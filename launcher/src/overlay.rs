@@ -116,7 +116,7 @@ impl OverlayRoot {
         let mut lowers: Vec<PathBuf> = layers.to_vec();
         if read_only {
             let m = base.join("mountpoints");
-            for d in ["proc", "dev", "tmp", "run"] {
+            for d in hako_policies::ROOT_MOUNT_POINTS {
                 std::fs::create_dir_all(m.join(d)).map_err(|e| io_err("mkdir", e))?;
             }
             lowers.push(m);

@@ -44,7 +44,7 @@ pub use units::{format_duration, format_size, parse_duration, parse_size};
 pub use validate::{
     DEFAULT_SPIKE_CPU_ABOVE, DEFAULT_SPIKE_FOR, MAX_APP_NAME_LEN, MIN_GOVERNOR_INTERVAL,
 };
-pub use volumes::{Volume, DEFAULT_TMPFS_VOLUME_SIZE, RESERVED_TARGETS};
+pub use volumes::{Volume, DEFAULT_TMPFS_VOLUME_SIZE, RESERVED_TARGETS, ROOT_MOUNT_POINTS};
 
 /// Reads and validates the configuration file at `path`. A file larger than
 /// [`MAX_CONFIG_BYTES`] is refused before it is read whole.

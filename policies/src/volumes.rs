@@ -24,6 +24,11 @@ pub const DEFAULT_TMPFS_VOLUME_SIZE: u64 = 64 << 20;
 /// Container paths no volume may cover (hako mounts its own there).
 pub const RESERVED_TARGETS: &[&str] = &["/proc", "/dev", "/sys"];
 
+/// The directories of every container root that hako mounts on (relative to the root): they
+/// must be directories or absent in a rootfs, never symlinks (the mounts run before
+/// `pivot_root`, where a link would lead outside the root).
+pub const ROOT_MOUNT_POINTS: [&str; 4] = ["proc", "dev", "tmp", "run"];
+
 /// One volume of an app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Volume {

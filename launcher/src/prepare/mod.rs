@@ -195,7 +195,7 @@ impl PreparedSpec {
                 // resolved against the host's root before the pivot.
                 mounts::refuse_mount_point_symlinks(std::slice::from_ref(&root), &spec.volumes)?;
                 // Mount points must exist in the (read-only) rootfs: create them now, once.
-                for d in ["proc", "dev", "tmp", "run"] {
+                for d in hako_policies::ROOT_MOUNT_POINTS {
                     let p = root.join(d);
                     if !p.is_dir() {
                         std::fs::create_dir(&p).map_err(|e| LaunchError::io("mkdir", &p, &e))?;
@@ -232,7 +232,7 @@ impl PreparedSpec {
                         b.bind_ro(&host, &root.join(e))?;
                     }
                 }
-                for d in ["proc", "dev", "tmp", "run"] {
+                for d in hako_policies::ROOT_MOUNT_POINTS {
                     b.mkdir(&root.join(d), 0o755)?;
                 }
                 root

@@ -220,7 +220,7 @@ impl Builder {
             libc::MS_NOSUID,
             Some(&data),
         )?;
-        for d in ["proc", "dev", "tmp", "run"] {
+        for d in hako_policies::ROOT_MOUNT_POINTS {
             self.mkdir(&merged.join(d), 0o755)?;
         }
         Ok(merged)
@@ -359,7 +359,7 @@ pub(super) fn refuse_mount_point_symlinks(
     layers: &[PathBuf],
     volumes: &[VolumeSpec],
 ) -> Result<(), LaunchError> {
-    let targets = ["proc", "dev", "tmp", "run"]
+    let targets = hako_policies::ROOT_MOUNT_POINTS
         .iter()
         .map(PathBuf::from)
         .chain(volumes.iter().map(|v| {

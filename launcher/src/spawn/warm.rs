@@ -26,10 +26,10 @@ pub(super) const WARM_NS_FLAGS: u64 =
 #[derive(Debug)]
 pub(crate) struct WarmNs {
     /// The outbound link of `net` (`network: egress`); held for its `Drop`, which deletes the
-    /// veth pair. Declared first, so dropped first: the pair is deleted by the dropping thread
-    /// (the zygote's dropper thread, at a lowered priority) while `net` is still open, instead of by
-    /// the kernel's namespace cleanup worker (at normal priority, competing with boots) once
-    /// `net` is closed.
+    /// veth pair. Declared first, so dropped first: the pair is deleted by the zygote's dropper
+    /// thread (at a lowered priority) while `net` is still open, instead of by the kernel's
+    /// namespace cleanup worker (at normal priority, competing with boots) once `net` is
+    /// closed.
     #[allow(dead_code)]
     pub egress: Option<crate::egress::EgressLink>,
     pub mnt: OwnedFd,

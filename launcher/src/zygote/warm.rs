@@ -78,8 +78,8 @@ impl Filler {
         }
     }
 
-    /// Drops the app's warm namespaces (outside the lock: a mount namespace teardown waits for
-    /// an RCU grace period).
+    /// Releases the app's warm namespaces: taken out of the pool under its lock, dropped on
+    /// the dropper thread (a teardown waits for RCU: see [`dropper`]).
     fn release(&self, key: &str) {
         let pool = self.pools.lock().ok().and_then(|mut m| m.remove(key));
         for ns in pool.into_iter().flatten() {
@@ -170,7 +170,9 @@ pub(super) fn filler(rx: Receiver<FillerMsg>, pools: Pools, target: usize, cap: 
     let dropper = std::thread::Builder::new()
         .name("hako-zygote-rm".into())
         .spawn(move || dropper(drop_rx))
-        .map_err(|error| tracing::warn!(%error, "no dropper thread: namespace sets are released by the builder"))
+        .map_err(|error| {
+            tracing::warn!(%error, "no dropper thread: the builder releases namespace sets");
+        })
         .ok()
         .map(|_| drop_tx);
     let mut f = Filler {

@@ -86,9 +86,7 @@ impl Ctx<'_> {
                         None
                     }
                     Ok(m) if m.is_dir() => {
-                        // hako mounts on these before pivot_root: a symlink would take the
-                        // mount wherever it points on the host.
-                        let linked = ["proc", "dev", "tmp", "run"].into_iter().find(|d| {
+                        let linked = crate::ROOT_MOUNT_POINTS.into_iter().find(|d| {
                             std::fs::symlink_metadata(resolved.join(d))
                                 .is_ok_and(|m| m.file_type().is_symlink())
                         });

@@ -117,10 +117,10 @@ pub const LOG_FORMAT_ENV: &str = "HAKO_LOG_FORMAT";
 
 /// The log format a restarted zygote uses: `HAKO_LOG_FORMAT` as its `hako serve` set it.
 pub fn inherited_log_format() -> LogFormat {
-    match std::env::var(LOG_FORMAT_ENV).as_deref() {
-        Ok("json") => LogFormat::Json,
-        _ => LogFormat::Human,
-    }
+    std::env::var(LOG_FORMAT_ENV)
+        .ok()
+        .and_then(|v| <LogFormat as ValueEnum>::from_str(&v, false).ok())
+        .unwrap_or(LogFormat::Human)
 }
 
 /// Installs the tracing subscriber (stderr; RUST_LOG overrides the default `info`).
@@ -144,13 +144,9 @@ pub fn init_logging(format: LogFormat) {
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     // Still single-threaded here: the only moment `set_var` is sound. A zygote re-executed by
     // `hako serve` (`hako __zygote`, which parses no options) reads it back.
-    std::env::set_var(
-        LOG_FORMAT_ENV,
-        match cli.log_format {
-            LogFormat::Human => "human",
-            LogFormat::Json => "json",
-        },
-    );
+    if let Some(v) = cli.log_format.to_possible_value() {
+        std::env::set_var(LOG_FORMAT_ENV, v.get_name());
+    }
     init_logging(cli.log_format);
     match cli.command {
         Command::Check(args) => check::run(&args),
