@@ -36,6 +36,13 @@ impl Activator for Static {
             })
         })
     }
+    fn try_acquire(&self, _app: &str) -> Option<Lease> {
+        Some(Lease {
+            upstream: self.0.clone(),
+            generation: 0,
+            guard: Box::new(()),
+        })
+    }
     fn record(&self, _app: Option<&str>, _status: u16, _elapsed: Duration) {}
 }
 

@@ -99,6 +99,14 @@ pub trait Activator: Send + Sync + 'static {
     /// Returns a lease on a ready instance of `app`, booting one if needed; waits (bounded)
     /// otherwise.
     fn acquire(&self, app: &str) -> AcquireFuture<'_>;
+    /// A lease right away if one can be had without waiting or booting (the common case: a
+    /// ready instance with a free slot), else `None` and the caller uses
+    /// [`Activator::acquire`]. Saves the boxed future on the hot path. The default never has
+    /// one.
+    fn try_acquire(&self, app: &str) -> Option<Lease> {
+        let _ = app;
+        None
+    }
     /// Called once per finished request (after the response body ended or failed), for
     /// metrics/logs. `app` is None when no route matched. A client that went away before a
     /// response was produced is recorded with status 499.

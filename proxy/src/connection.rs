@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 
 use crate::conn::{Activity, Slot, Watched};
 use crate::state::{wait_phase, Phase, Shared};
+use crate::wake::OnWake;
 use crate::workers::Load;
 
 pub(crate) type Builder = auto::Builder<TokioExecutor>;
@@ -78,11 +79,11 @@ where
     );
     let svc_shared = Arc::clone(shared);
     let svc_activity = Arc::clone(&activity);
+    let client = crate::forward::Client::new(peer, https);
     let svc = service_fn(move |req| {
         crate::forward::handle(
             Arc::clone(&svc_shared),
-            peer,
-            https,
+            Arc::clone(&client),
             svc_activity.begin(),
             req,
         )
@@ -91,14 +92,15 @@ where
     let conn = builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
     let mut draining = false;
-    // Created once: re-created in every turn of the loop they would register with the shared
-    // phase channel (a lock every connection contends for) several times per request.
-    let drain = wait_phase(&mut drain_rx, Phase::Draining);
-    tokio::pin!(drain);
-    let force = wait_phase(&mut force_rx, Phase::Force);
-    tokio::pin!(force);
-    let timer = tokio::time::sleep_until(activity.next_check(tokio::time::Instant::now()));
-    tokio::pin!(timer);
+    // Created once (re-created in every turn of the loop they would register with the shared
+    // phase channel, a lock every connection contends for, several times per request), and
+    // polled only when their own waker fired: the task is woken several times per request,
+    // by the client and by the upstream.
+    let mut drain = OnWake::new(Box::pin(wait_phase(&mut drain_rx, Phase::Draining)));
+    let mut force = OnWake::new(Box::pin(wait_phase(&mut force_rx, Phase::Force)));
+    let mut timer = OnWake::new(Box::pin(tokio::time::sleep_until(
+        activity.next_check(tokio::time::Instant::now()),
+    )));
     loop {
         tokio::select! {
             res = conn.as_mut() => {
@@ -107,7 +109,7 @@ where
                 }
                 break;
             }
-            () = timer.as_mut() => {
+            () = &mut timer => {
                 let now = tokio::time::Instant::now();
                 match activity.deadline() {
                     Some(at) if at <= now => {
@@ -120,7 +122,7 @@ where
                         tracing::debug!(%peer, why, "client connection closed");
                         break;
                     }
-                    _ => timer.as_mut().reset(activity.next_check(now)),
+                    _ => timer.get_mut().as_mut().reset(activity.next_check(now)),
                 }
             }
             () = &mut drain, if !draining => {

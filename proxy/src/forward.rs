@@ -145,16 +145,33 @@ pub(crate) fn retry_after_secs(d: Duration) -> u64 {
     secs.max(1)
 }
 
+/// The client end of a connection, as every request on it is forwarded (made once per
+/// connection).
+pub(crate) struct Client {
+    /// Whether the client came over TLS.
+    pub(crate) https: bool,
+    /// The client's address as `X-Forwarded-For` names it.
+    pub(crate) forwarded_for: HeaderValue,
+}
+
+impl Client {
+    pub(crate) fn new(peer: SocketAddr, https: bool) -> Arc<Self> {
+        Arc::new(Client {
+            https,
+            forwarded_for: headers::forwarded_for(peer.ip()),
+        })
+    }
+}
+
 /// The hyper service: never fails, every problem becomes an error page.
 pub(crate) async fn handle(
     shared: Arc<Shared>,
-    peer: SocketAddr,
-    https: bool,
+    client: Arc<Client>,
     in_flight: InFlight,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let mut guard = Some(RequestGuard::new(Arc::clone(&shared), in_flight));
-    let resp = match forward(&shared, peer, https, req, &mut guard).await {
+    let resp = match forward(&shared, &client, req, &mut guard).await {
         Ok(resp) => resp,
         Err(error) => {
             // The instance is not needed to send an error page: release it now.
@@ -182,8 +199,7 @@ pub(crate) async fn handle(
 
 async fn forward(
     shared: &Arc<Shared>,
-    peer: SocketAddr,
-    https: bool,
+    client: &Client,
     mut req: Request<Incoming>,
     guard_slot: &mut Option<RequestGuard>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -194,19 +210,19 @@ async fn forward(
     let (app, redirect_https) = shared
         .routes
         .load()
-        .resolve_entry(&host, req.uri().path())
+        .resolve_entry(host.as_str(), req.uri().path())
         .map(|(app, redirect)| (Arc::clone(app), redirect))
         .ok_or_else(|| ProxyError::UnknownHost {
-            host: host.clone(),
+            host: host.as_str().to_string(),
             path: req.uri().path().to_string(),
         })?;
     let Some(guard) = guard_slot.as_mut() else {
         unreachable_guard()
     };
     guard.app = Some(Arc::clone(&app));
-    if redirect_https && !https {
+    if redirect_https && !client.https {
         // Before any lease: a redirect never boots the app.
-        let location = headers::https_location(&host, req.uri(), shared.https_port);
+        let location = headers::https_location(host.as_str(), req.uri(), shared.https_port);
         let mut resp = Response::new(ProxyBody::empty());
         *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
         if let Ok(v) = HeaderValue::from_str(&location) {
@@ -221,7 +237,10 @@ async fn forward(
     // the request reached the app.
     let mut retried = false;
     let (lease, first) = loop {
-        let lease = shared.activator.acquire(&app).await?;
+        let lease = match shared.activator.try_acquire(&app) {
+            Some(lease) => lease,
+            None => shared.activator.acquire(&app).await?,
+        };
         let id = lease.upstream.id();
         let key = Key {
             id,
@@ -280,11 +299,14 @@ async fn forward(
     // route, so the app gets it as `Host` too, whatever `Host` the client sent
     // (RFC 9112 §3.2.2).
     if parts.uri.authority().is_some() || !parts.headers.contains_key(header::HOST) {
-        if let Ok(v) = HeaderValue::from_str(&host) {
-            parts.headers.insert(header::HOST, v);
-        }
+        parts.headers.insert(header::HOST, host.value().clone());
     }
-    headers::set_forwarded(&mut parts.headers, peer.ip(), &host, https);
+    headers::set_forwarded(
+        &mut parts.headers,
+        &client.forwarded_for,
+        &host,
+        client.https,
+    );
     parts.uri = parts
         .uri
         .path_and_query()

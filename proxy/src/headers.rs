@@ -4,44 +4,47 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Version};
-
-/// Headers that describe one hop and never travel through a proxy (RFC 9110 §7.6.1).
-/// `Proxy-*` headers are removed by prefix in [`strip_hop_by_hop`].
-static HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+use smallvec::SmallVec;
 
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// Whether `name` describes one hop by itself (RFC 9110 §7.6.1), without being listed in
+/// `Connection`: `Connection`, `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`,
+/// `Upgrade`, or `Proxy-*`.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    // Compared as text (a length check first), not as `HeaderName`s: this runs for every
+    // header of every request and response.
+    let s = name.as_str();
+    matches!(
+        s,
+        "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
+    ) || s.starts_with("proxy-")
+}
+
 /// Removes hop-by-hop headers: `Connection` and every header it lists, `Keep-Alive`,
 /// `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
+    // Runs on every request and response, so: one pass over the names, no allocation in the
+    // usual case, and a removal (which hashes) only for a header that is there. The usual
+    // case is a single `Connection: keep-alive`.
+    let mut listed: SmallVec<[&str; 4]> = SmallVec::new();
+    for (name, value) in headers.iter() {
+        if name == header::CONNECTION {
+            let tokens = value.to_str().unwrap_or_default().split(',');
+            listed.extend(tokens.map(str::trim).filter(|t| !t.is_empty()));
+        }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-    let proxy_named: Vec<HeaderName> = headers
+    let doomed: SmallVec<[HeaderName; 4]> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with("proxy-"))
+        .filter(|name| {
+            is_hop_by_hop(name) || listed.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
+        })
         .cloned()
         .collect();
-    for name in proxy_named {
+    drop(listed);
+    for name in doomed {
         headers.remove(name);
     }
 }
@@ -85,54 +88,93 @@ pub enum HostError {
     Invalid,
 }
 
+/// The host a request asked for, as sent (may carry a port): a header value known to be
+/// visible ASCII, so that it is forwarded as `Host` / `X-Forwarded-Host` without a copy.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestHost(HeaderValue);
+
+impl RequestHost {
+    pub(crate) fn as_str(&self) -> &str {
+        // Checked by `request_host`: every byte is visible ASCII.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    pub(crate) fn value(&self) -> &HeaderValue {
+        &self.0
+    }
+}
+
 /// The host the client asked for, as sent (may carry a port): the request-target authority
 /// (HTTP/2 `:authority`, HTTP/1.1 absolute-form) or else the `Host` header.
-pub(crate) fn request_host<B>(req: &Request<B>) -> Result<String, HostError> {
+pub(crate) fn request_host<B>(req: &Request<B>) -> Result<RequestHost, HostError> {
     if let Some(auth) = req.uri().authority() {
         // `user@host` in an http(s) URI is deprecated and a known spoofing trick
         // (RFC 9110 §4.2.4): refuse it rather than route by something the app reads otherwise.
         if auth.as_str().contains('@') {
             return Err(HostError::Invalid);
         }
-        return Ok(auth.as_str().to_string());
+        return HeaderValue::from_str(auth.as_str())
+            .map(RequestHost)
+            .map_err(|_| HostError::Invalid);
     }
     let mut values = req.headers().get_all(header::HOST).iter();
     let first = values.next().ok_or(HostError::Missing)?;
     if values.next().is_some() {
         return Err(HostError::Invalid);
     }
-    let s = first.to_str().map_err(|_| HostError::Invalid)?.trim();
+    let raw = first.to_str().map_err(|_| HostError::Invalid)?;
+    let s = raw.trim();
     if s.is_empty() {
         return Err(HostError::Missing);
     }
-    Ok(s.to_string())
+    if s.len() == raw.len() {
+        // The common case: the value as received (a reference count, no copy).
+        return Ok(RequestHost(first.clone()));
+    }
+    HeaderValue::from_str(s)
+        .map(RequestHost)
+        .map_err(|_| HostError::Invalid)
 }
 
-/// Sets `X-Forwarded-For` (appending the peer), `X-Forwarded-Proto` (`https` when the client
-/// came over TLS, else `http`; a value the client sent is replaced) and `X-Forwarded-Host`
-/// (the host the client asked for).
-pub(crate) fn set_forwarded(headers: &mut HeaderMap, peer: IpAddr, host: &str, https: bool) {
-    let peer = peer.to_canonical().to_string();
-    let previous: Vec<&str> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    let xff = if previous.is_empty() {
-        peer
+/// A client address as `X-Forwarded-For` names it (IPv4-mapped IPv6 addresses as IPv4);
+/// made once per connection.
+pub(crate) fn forwarded_for(peer: IpAddr) -> HeaderValue {
+    let text = peer.to_canonical().to_string();
+    // An address's text is always a valid header value.
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// Sets `X-Forwarded-For` (appending the peer, as made by [`forwarded_for`]),
+/// `X-Forwarded-Proto` (`https` when the client came over TLS, else `http`; a value the
+/// client sent is replaced) and `X-Forwarded-Host` (the host the client asked for).
+pub(crate) fn set_forwarded(
+    headers: &mut HeaderMap,
+    peer: &HeaderValue,
+    host: &RequestHost,
+    https: bool,
+) {
+    let xff = if headers.contains_key(&X_FORWARDED_FOR) {
+        let previous: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        let peer_text = peer.to_str().unwrap_or_default();
+        if previous.is_empty() {
+            peer.clone()
+        } else {
+            let joined = format!("{}, {peer_text}", previous.join(", "));
+            HeaderValue::from_str(&joined).unwrap_or_else(|_| peer.clone())
+        }
     } else {
-        format!("{}, {peer}", previous.join(", "))
+        peer.clone()
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
+    headers.insert(X_FORWARDED_FOR.clone(), xff);
     let proto = if https { "https" } else { "http" };
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    if let Ok(v) = HeaderValue::from_str(host) {
-        headers.insert(X_FORWARDED_HOST.clone(), v);
-    }
+    headers.insert(X_FORWARDED_HOST.clone(), host.value().clone());
 }
 
 /// The `Location` of a redirect to https: same host (its port replaced by `https_port`,
@@ -189,16 +231,27 @@ mod tests {
     }
 
     #[test]
+    fn strips_proxy_headers_when_nothing_else_is_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "proxy-authorization",
+            HeaderValue::from_static("Basic eDp5"),
+        );
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key(header::ACCEPT));
+    }
+
+    #[test]
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2"));
-        set_forwarded(
-            &mut h,
-            "::ffff:127.0.0.1".parse().unwrap(),
-            "a.example:8080",
-            false,
-        );
+        let host = |s: &'static str| RequestHost(HeaderValue::from_static(s));
+        let mapped = forwarded_for("::ffff:127.0.0.1".parse().unwrap());
+        assert_eq!(mapped, "127.0.0.1");
+        set_forwarded(&mut h, &mapped, &host("a.example:8080"), false);
         assert_eq!(
             h.get(&X_FORWARDED_FOR).unwrap(),
             "10.0.0.1, 10.0.0.2, 127.0.0.1"
@@ -206,8 +259,18 @@ mod tests {
         assert_eq!(h.get(&X_FORWARDED_PROTO).unwrap(), "http");
         assert_eq!(h.get(&X_FORWARDED_HOST).unwrap(), "a.example:8080");
         h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-        set_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "a.example", true);
+        set_forwarded(&mut h, &mapped, &host("a.example"), true);
         assert_eq!(h.get(&X_FORWARDED_PROTO).unwrap(), "https");
+        assert_eq!(h.get(&X_FORWARDED_HOST).unwrap(), "a.example");
+        assert_eq!(
+            h.get(&X_FORWARDED_FOR).unwrap(),
+            "10.0.0.1, 10.0.0.2, 127.0.0.1, 127.0.0.1"
+        );
+
+        // No earlier proxy: the peer alone.
+        let mut fresh = HeaderMap::new();
+        set_forwarded(&mut fresh, &mapped, &host("a.example"), false);
+        assert_eq!(fresh.get(&X_FORWARDED_FOR).unwrap(), "127.0.0.1");
     }
 
     #[test]

@@ -34,6 +34,7 @@ mod routes;
 mod server;
 mod state;
 pub mod tls;
+mod wake;
 mod workers;
 
 pub use activate::{AcquireFuture, ActivateError, Activator, ConnectFuture, Lease, Upstream};

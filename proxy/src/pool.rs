@@ -2,6 +2,7 @@
 //! connection generation (see [`Lease::generation`](crate::Lease::generation)).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -33,11 +34,36 @@ struct Slot {
     idle: Vec<Idle>,
 }
 
+/// Hashes an upstream id (a small counter the supervisor hands out) with one multiply
+/// instead of SipHash: the pool is looked up twice per request, and ids are not chosen by
+/// clients.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8 | u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        // Fibonacci hashing: spreads consecutive ids over the high bits hashbrown uses.
+        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+
 /// Idle connections per upstream id (LIFO: the most recently used is reused first). Only the
 /// newest generation seen for an id is kept: a checkout or checkin under a newer generation
 /// drops the older connections, and a connection of an older generation is never pooled.
 pub(crate) struct Pool {
-    idle: Mutex<HashMap<u64, Slot>>,
+    idle: Mutex<IdMap<Slot>>,
     max_idle_per_upstream: usize,
     idle_timeout: Duration,
 }
@@ -74,13 +100,13 @@ impl ConnectError {
 impl Pool {
     pub(crate) fn new(max_idle_per_upstream: usize, idle_timeout: Duration) -> Arc<Self> {
         Arc::new(Pool {
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(IdMap::default()),
             max_idle_per_upstream,
             idle_timeout,
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Slot>> {
+    fn lock(&self) -> MutexGuard<'_, IdMap<Slot>> {
         match self.idle.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),

@@ -261,7 +261,7 @@ impl Supervisor {
 
     /// A lease on the least loaded ready instance with a free slot, if there is one now and
     /// no request is queued before this one.
-    fn lease_ready(&self, pool: &Arc<AppPool>) -> Option<Lease> {
+    pub(super) fn lease_ready(&self, pool: &Arc<AppPool>) -> Option<Lease> {
         for _ in 0..2 {
             let st = pool.lock();
             // Queued requests go first; shutting down is answered by the full path.

@@ -414,6 +414,13 @@ impl Activator for Supervisor {
         })
     }
 
+    fn try_acquire(&self, app: &str) -> Option<Lease> {
+        let pool = self.pools.get(app)?.value().clone();
+        let lease = self.lease_ready(&pool)?;
+        self.node.touch();
+        Some(lease)
+    }
+
     fn record(&self, app: Option<&str>, status: u16, elapsed: Duration) {
         self.node.touch();
         match app.and_then(|a| self.pools.get(a)) {
