@@ -481,6 +481,10 @@ fn summary(spec: &FrontSpec, samples: &[Sample], mut tls: Vec<f64>, mut plain: V
     }
     tls.sort_by(f64::total_cmp);
     plain.sort_by(f64::total_cmp);
+    if tls.is_empty() && plain.is_empty() {
+        let _ = writeln!(s, "cold path: not measured (--cold 0)");
+        return s;
+    }
     let _ = writeln!(
         s,
         "cold path, first response of a cold busybox app on a new connection (curl time_total, {} apps each; with fewer than 100 samples p99 is the maximum):\n  tls:   p50 {:.1} ms  p99 {:.1} ms\n  plain: p50 {:.1} ms  p99 {:.1} ms",
