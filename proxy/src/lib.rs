@@ -29,11 +29,11 @@ mod connection;
 mod forward;
 mod headers;
 mod pool;
-mod reqbody;
 mod routes;
 mod server;
 mod state;
 pub mod tls;
+mod upstream;
 mod workers;
 
 pub use activate::{AcquireFuture, ActivateError, Activator, ConnectFuture, Lease, Upstream};
@@ -45,3 +45,4 @@ pub use routes::{Route, Routes, RoutesHandle};
 pub use server::{serve, serve_listeners, Listeners, ServeReport};
 pub use state::{default_workers, ProxyOptions};
 pub use tls::{TlsCertificate, TlsError, TlsHandle};
+pub use upstream::UpstreamError;

@@ -1,0 +1,389 @@
+//! hako's own HTTP/1.1 client to the apps: one keep-alive connection ([`UpstreamConn`]) is a
+//! TCP stream and a read buffer, driven inside the request's own future (no connection task,
+//! no channels). [`send`] writes the request head in one write and streams the request body;
+//! it returns the response head and an [`UpstreamBody`] that reads the response body straight
+//! from the socket and hands the connection back for reuse once the body ended cleanly.
+//!
+//! Framing is strict (RFC 9112 §6.3): a desynchronised connection is never reused. Responses
+//! to `HEAD`, `1xx`, `204` and `304` have no body; interim `1xx` responses (but `101`) are
+//! skipped; `Transfer-Encoding` must be exactly `chunked` and never comes with
+//! `Content-Length`; several `Content-Length` values must agree; otherwise the body runs until
+//! the app closes the connection.
+
+mod body;
+mod head;
+#[cfg(test)]
+mod tests;
+
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use http::Response;
+use http_body::Body;
+use hyper::body::Incoming;
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+
+pub(crate) use body::UpstreamBody;
+pub(crate) use head::RequestHead;
+use head::{parse_response_head, Framing, HeadStatus, Parsed};
+
+use crate::activate::Upstream;
+use crate::pool::ConnectError;
+
+/// Largest response head accepted (hyper's default).
+pub(crate) const MAX_HEAD: usize = 64 << 10;
+/// Most response header fields accepted.
+pub(crate) const MAX_HEADERS: usize = 100;
+/// Bytes asked of the socket per read at least.
+const READ_CHUNK: usize = 8 << 10;
+
+/// Why an exchange with an app failed (the app's side; a failing client body is
+/// [`SendError::Client`]).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The socket failed.
+    #[error("{during}: {source}")]
+    Io {
+        /// What was under way.
+        during: &'static str,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The app closed the connection before the response was complete.
+    #[error("connection closed by the app {during}")]
+    Closed {
+        /// What was under way.
+        during: &'static str,
+    },
+    /// The response head exceeded [`MAX_HEAD`] bytes.
+    #[error("response head larger than {limit} bytes")]
+    HeadTooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The response head is not HTTP/1.x.
+    #[error("invalid response head: {0}")]
+    Parse(#[from] httparse::Error),
+    /// The response head parsed but is unusable (status code, header name or value).
+    #[error("invalid response head: {0}")]
+    InvalidHead(&'static str),
+    /// The response's body framing is invalid or ambiguous.
+    #[error("invalid response framing: {0}")]
+    Framing(&'static str),
+    /// `101 Switching Protocols` to a request that asked for no upgrade.
+    #[error("101 Switching Protocols without an upgrade request")]
+    UnexpectedSwitch,
+}
+
+impl UpstreamError {
+    fn io(during: &'static str, source: io::Error) -> Self {
+        UpstreamError::Io { during, source }
+    }
+
+    /// The connection-level failure behind this error (refused, reset, closed early), if any:
+    /// what tells the supervisor its instance may have crashed.
+    pub(crate) fn connection_failure(&self) -> Option<io::Error> {
+        match self {
+            UpstreamError::Io { source, .. } => {
+                Some(io::Error::new(source.kind(), self.to_string()))
+            }
+            UpstreamError::Closed { .. } => Some(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                self.to_string(),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Why [`send`] gave no response.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// The reused connection was found closed before any byte of the request reached the app
+    /// (the request body was not touched either): the request may go out on another one.
+    Stale,
+    /// Reading the client's request body failed.
+    Client(hyper::Error),
+    /// The exchange with the app failed.
+    Upstream(UpstreamError),
+}
+
+/// One keep-alive HTTP/1.1 connection to an app.
+pub(crate) struct UpstreamConn {
+    io: TcpStream,
+    buf: BytesMut,
+    /// A previous exchange completed on it: a close found at the next request is a stale
+    /// keep-alive connection, not a failure of the app.
+    reused: bool,
+}
+
+impl UpstreamConn {
+    /// Opens a fresh connection to `upstream`.
+    pub(crate) async fn connect(upstream: &dyn Upstream) -> Result<Self, ConnectError> {
+        let id = upstream.id();
+        let io = upstream
+            .connect()
+            .await
+            .map_err(|source| ConnectError::Io { id, source })?;
+        let _ = io.set_nodelay(true);
+        tracing::debug!(upstream = id, "opened upstream connection");
+        Ok(Self::new(io))
+    }
+
+    pub(crate) fn new(io: TcpStream) -> Self {
+        UpstreamConn {
+            io,
+            buf: BytesMut::new(),
+            reused: false,
+        }
+    }
+
+    /// Whether an idle connection can take a request: the app has neither closed it nor sent
+    /// anything since its last response. No system call unless the socket became readable.
+    pub(crate) fn is_idle_usable(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 8];
+                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+
+    /// Reads more of the response into the buffer; `Ok(0)` at end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        self.buf.reserve(want.max(READ_CHUNK));
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
+    async fn fill(&mut self) -> io::Result<usize> {
+        poll_fn(|cx| self.poll_fill(cx, READ_CHUNK)).await
+    }
+
+    /// Writes every byte of `bufs`; returns how many went out before an error.
+    async fn write_all_vectored(
+        &mut self,
+        bufs: &mut [IoSlice<'_>],
+    ) -> Result<(), (usize, io::Error)> {
+        let mut bufs = bufs;
+        let mut written = 0;
+        while !bufs.is_empty() {
+            let io = &mut self.io;
+            match poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, bufs)).await {
+                Ok(0) => return Err((written, io::ErrorKind::WriteZero.into())),
+                Ok(n) => {
+                    written += n;
+                    IoSlice::advance_slices(&mut bufs, n);
+                }
+                Err(e) => return Err((written, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The stream and the bytes read past the response head (a protocol switch).
+    pub(crate) fn into_parts(self) -> (TcpStream, Bytes) {
+        (self.io, self.buf.freeze())
+    }
+}
+
+/// What [`send`] got back.
+pub(crate) enum Exchange {
+    /// A response; its body streams from the connection.
+    Response(Response<UpstreamBody>),
+    /// `101 Switching Protocols`: the head, and the connection for the tunnel.
+    Switched(Response<()>, UpstreamConn),
+}
+
+/// The request body as [`send`] streams it: whether any of it was read yet decides if a
+/// failed attempt may be retried on another connection.
+pub(crate) struct RequestBody {
+    inner: Incoming,
+    touched: bool,
+}
+
+impl RequestBody {
+    pub(crate) fn new(inner: Incoming) -> Self {
+        RequestBody {
+            inner,
+            touched: false,
+        }
+    }
+
+    pub(crate) fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    pub(crate) fn exact_len(&self) -> Option<u64> {
+        self.inner.size_hint().exact()
+    }
+}
+
+/// Sends `head` and `body` on `conn` and reads the response head. The caller bounds it with
+/// the upstream timeout.
+pub(crate) async fn send(
+    mut conn: UpstreamConn,
+    head: &RequestHead,
+    body: &mut RequestBody,
+) -> Result<Exchange, SendError> {
+    let reused = conn.reused;
+    let retryable = |body: &RequestBody| reused && !body.touched;
+    if let Err((written, e)) = conn
+        .write_all_vectored(&mut [IoSlice::new(head.bytes())])
+        .await
+    {
+        if written == 0 && retryable(body) {
+            tracing::debug!(error = %e, "stale upstream connection (write)");
+            return Err(SendError::Stale);
+        }
+        return Err(SendError::Upstream(UpstreamError::io(
+            "writing the request",
+            e,
+        )));
+    }
+    if let Err(e) = write_body(&mut conn, head.framing(), body).await {
+        match e {
+            SendError::Upstream(err) => {
+                // The app may have answered early (e.g. 413) and closed: give its answer.
+                return match read_head(&mut conn, head).await {
+                    Ok(parsed) => Ok(finish(conn, parsed, false)),
+                    Err(_) => Err(SendError::Upstream(err)),
+                };
+            }
+            other => return Err(other),
+        }
+    }
+    match read_head(&mut conn, head).await {
+        Ok(parsed) => Ok(finish(conn, parsed, true)),
+        Err((got_any, err)) => {
+            let closed = matches!(&err, UpstreamError::Closed { .. })
+                || matches!(&err, UpstreamError::Io { source, .. }
+                    if source.kind() == io::ErrorKind::ConnectionReset);
+            if closed && !got_any && retryable(body) {
+                tracing::debug!(error = %err, "stale upstream connection (read)");
+                return Err(SendError::Stale);
+            }
+            Err(SendError::Upstream(err))
+        }
+    }
+}
+
+fn finish(conn: UpstreamConn, parsed: Parsed, reusable: bool) -> Exchange {
+    let Parsed {
+        response,
+        framing,
+        keep_alive,
+    } = parsed;
+    match framing {
+        Framing::Switch => Exchange::Switched(response, conn),
+        framing => {
+            let body = UpstreamBody::new(conn, framing, keep_alive && reusable);
+            Exchange::Response(response.map(|()| body))
+        }
+    }
+}
+
+/// Streams the client's body to the app with the framing announced in the head.
+async fn write_body(
+    conn: &mut UpstreamConn,
+    framing: head::RequestFraming,
+    body: &mut RequestBody,
+) -> Result<(), SendError> {
+    use head::RequestFraming;
+    if framing == RequestFraming::None {
+        return Ok(());
+    }
+    let chunked = framing == RequestFraming::Chunked;
+    let wrote = |r: Result<(), (usize, io::Error)>| {
+        r.map_err(|(_, e)| SendError::Upstream(UpstreamError::io("writing the request body", e)))
+    };
+    loop {
+        let frame = poll_fn(|cx| Pin::new(&mut body.inner).poll_frame(cx)).await;
+        body.touched = true;
+        let frame = match frame {
+            None => break,
+            Some(Err(e)) => return Err(SendError::Client(e)),
+            Some(Ok(f)) => f,
+        };
+        match frame.into_data() {
+            Ok(data) if data.is_empty() => {}
+            Ok(data) if chunked => {
+                let size = format!("{:x}\r\n", data.len());
+                wrote(
+                    conn.write_all_vectored(&mut [
+                        IoSlice::new(size.as_bytes()),
+                        IoSlice::new(&data),
+                        IoSlice::new(b"\r\n"),
+                    ])
+                    .await,
+                )?;
+            }
+            Ok(data) => wrote(conn.write_all_vectored(&mut [IoSlice::new(&data)]).await)?,
+            Err(frame) => {
+                if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
+                    let mut end = Vec::from(&b"0\r\n"[..]);
+                    for (name, value) in &trailers {
+                        end.extend_from_slice(name.as_str().as_bytes());
+                        end.extend_from_slice(b": ");
+                        end.extend_from_slice(value.as_bytes());
+                        end.extend_from_slice(b"\r\n");
+                    }
+                    end.extend_from_slice(b"\r\n");
+                    wrote(conn.write_all_vectored(&mut [IoSlice::new(&end)]).await)?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+    if chunked {
+        wrote(
+            conn.write_all_vectored(&mut [IoSlice::new(b"0\r\n\r\n")])
+                .await,
+        )?;
+    }
+    Ok(())
+}
+
+/// Reads the final response head (interim `1xx` skipped). On error, whether any response byte
+/// had arrived.
+async fn read_head(
+    conn: &mut UpstreamConn,
+    req: &RequestHead,
+) -> Result<Parsed, (bool, UpstreamError)> {
+    let mut got_any = !conn.buf.is_empty();
+    loop {
+        if !conn.buf.is_empty() {
+            match parse_response_head(&mut conn.buf, req) {
+                Ok(HeadStatus::Done(parsed)) => return Ok(parsed),
+                // An interim response was consumed: look for the next head.
+                Ok(HeadStatus::Interim) => continue,
+                Ok(HeadStatus::Partial) => {}
+                Err(e) => return Err((true, e)),
+            }
+            if conn.buf.len() >= MAX_HEAD {
+                return Err((true, UpstreamError::HeadTooLarge { limit: MAX_HEAD }));
+            }
+        }
+        match conn.fill().await {
+            Ok(0) => {
+                return Err((
+                    got_any,
+                    UpstreamError::Closed {
+                        during: "before the response head",
+                    },
+                ))
+            }
+            Ok(_) => got_any = true,
+            Err(e) => return Err((got_any, UpstreamError::io("reading the response head", e))),
+        }
+    }
+}
