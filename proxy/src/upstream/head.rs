@@ -31,7 +31,11 @@ impl RequestHead {
     /// Encodes `parts` (origin-form target, hop-by-hop headers removed, `Host` set) as an
     /// HTTP/1.1 head, with the body framing `body` needs. `upgrade`: the request asks for a
     /// protocol switch (its `Connection`/`Upgrade` headers are in `parts`).
-    pub(crate) fn encode(parts: &request::Parts, body: &RequestBody, upgrade: bool) -> Self {
+    pub(crate) fn encode<B: http_body::Body<Data = bytes::Bytes> + Unpin>(
+        parts: &request::Parts,
+        body: &RequestBody<B>,
+        upgrade: bool,
+    ) -> Self {
         let (framing, length) = if body.is_end_stream() {
             (RequestFraming::None, 0)
         } else if let Some(n) = body.exact_len() {

@@ -100,14 +100,14 @@ impl UpstreamError {
     }
 }
 
-/// Why [`send`] gave no response.
+/// Why [`send`] gave no response (`E`: the request body's error).
 #[derive(Debug)]
-pub(crate) enum SendError {
+pub(crate) enum SendError<E = hyper::Error> {
     /// The reused connection was found closed before any byte of the request reached the app
     /// (the request body was not touched either): the request may go out on another one.
     Stale,
     /// Reading the client's request body failed.
-    Client(hyper::Error),
+    Client(E),
     /// The exchange with the app failed.
     Upstream(UpstreamError),
 }
@@ -206,13 +206,13 @@ pub(crate) enum Exchange {
 
 /// The request body as [`send`] streams it: whether any of it was read yet decides if a
 /// failed attempt may be retried on another connection.
-pub(crate) struct RequestBody {
-    inner: Incoming,
+pub(crate) struct RequestBody<B = Incoming> {
+    inner: B,
     touched: bool,
 }
 
-impl RequestBody {
-    pub(crate) fn new(inner: Incoming) -> Self {
+impl<B: Body<Data = Bytes> + Unpin> RequestBody<B> {
+    pub(crate) fn new(inner: B) -> Self {
         RequestBody {
             inner,
             touched: false,
@@ -230,13 +230,13 @@ impl RequestBody {
 
 /// Sends `head` and `body` on `conn` and reads the response head. The caller bounds it with
 /// the upstream timeout.
-pub(crate) async fn send(
+pub(crate) async fn send<B: Body<Data = Bytes> + Unpin>(
     mut conn: UpstreamConn,
     head: &RequestHead,
-    body: &mut RequestBody,
-) -> Result<Exchange, SendError> {
+    body: &mut RequestBody<B>,
+) -> Result<Exchange, SendError<B::Error>> {
     let reused = conn.reused;
-    let retryable = |body: &RequestBody| reused && !body.touched;
+    let retryable = |body: &RequestBody<B>| reused && !body.touched;
     if let Err((written, e)) = conn
         .write_all_vectored(&mut [IoSlice::new(head.bytes())])
         .await
@@ -293,11 +293,11 @@ fn finish(conn: UpstreamConn, parsed: Parsed, reusable: bool) -> Exchange {
 }
 
 /// Streams the client's body to the app with the framing announced in the head.
-async fn write_body(
+async fn write_body<B: Body<Data = Bytes> + Unpin>(
     conn: &mut UpstreamConn,
     framing: head::RequestFraming,
-    body: &mut RequestBody,
-) -> Result<(), SendError> {
+    body: &mut RequestBody<B>,
+) -> Result<(), SendError<B::Error>> {
     use head::RequestFraming;
     if framing == RequestFraming::None {
         return Ok(());
