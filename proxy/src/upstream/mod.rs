@@ -38,8 +38,10 @@ use crate::pool::ConnectError;
 pub(crate) const MAX_HEAD: usize = 64 << 10;
 /// Most response header fields accepted.
 pub(crate) const MAX_HEADERS: usize = 100;
-/// Bytes asked of the socket per read at least.
+/// Bytes asked of the socket per read at least, when the buffer grows.
 const READ_CHUNK: usize = 8 << 10;
+/// Below this much room left in the read buffer, it grows.
+const MIN_SPARE: usize = 1 << 10;
 
 /// Why an exchange with an app failed (the app's side; a failing client body is
 /// [`SendError::Client`]).
@@ -159,9 +161,14 @@ impl UpstreamConn {
         }
     }
 
-    /// Reads more of the response into the buffer; `Ok(0)` at end of stream.
+    /// Reads more of the response into the buffer; `Ok(0)` at end of stream. The buffer's
+    /// allocation is shared with the heads and bodies already handed out: it grows (a new
+    /// allocation) only when little room is left, so small responses share one.
     fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
-        self.buf.reserve(want.max(READ_CHUNK));
+        let spare = self.buf.capacity() - self.buf.len();
+        if spare < MIN_SPARE || (want > READ_CHUNK && spare < READ_CHUNK) {
+            self.buf.reserve(want.max(READ_CHUNK));
+        }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
