@@ -144,9 +144,14 @@ impl ProxyBody {
 
     /// The upstream body failed: drop the connection, report, release lease, record.
     fn fail(&mut self, error: &UpstreamError) {
-        // The request body was sent completely before the response was read: a failure here
-        // is the instance's.
-        let id = self.conn.take().map(|c| c.key.id);
+        // A response cut short because the client's request body failed (while it was still
+        // being sent to an app that had answered early) is the client's fault.
+        let client_failed = matches!(&self.kind, Kind::Stream(b) if b.client_failed());
+        let id = self
+            .conn
+            .take()
+            .filter(|_| !client_failed)
+            .map(|c| c.key.id);
         if let (Some(id), Some(g)) = (id, self.guard.as_ref()) {
             tracing::warn!(
                 app = g.app.as_deref().unwrap_or("-"),

@@ -440,7 +440,9 @@ fn spawn_tunnel(
                 return;
             }
         };
-        let (mut upstream, early) = upstream.into_parts();
+        let Some((mut upstream, early)) = upstream.into_parts() else {
+            return;
+        };
         let mut client = TokioIo::new(client);
         let relay = async {
             if !early.is_empty() {

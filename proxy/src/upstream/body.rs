@@ -1,6 +1,8 @@
 //! The response body, read from the app's connection as the client's side polls it.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -39,10 +41,18 @@ pub(crate) struct UpstreamBody {
     conn: Option<UpstreamConn>,
     state: State,
     keep_alive: bool,
+    /// Set when the client's body failed while a task was still sending it (the app had
+    /// answered early): a response cut short then is not the app's fault.
+    client_failed: Option<Arc<AtomicBool>>,
 }
 
 impl UpstreamBody {
-    pub(crate) fn new(conn: UpstreamConn, framing: Framing, keep_alive: bool) -> Self {
+    pub(crate) fn new(
+        conn: UpstreamConn,
+        framing: Framing,
+        keep_alive: bool,
+        client_failed: Option<Arc<AtomicBool>>,
+    ) -> Self {
         let (state, keep_alive) = match framing {
             Framing::Empty | Framing::Switch => (State::Done, keep_alive),
             Framing::Length(n) => (State::Length(n), keep_alive),
@@ -53,7 +63,15 @@ impl UpstreamBody {
             conn: Some(conn),
             state,
             keep_alive,
+            client_failed,
         }
+    }
+
+    /// The client's request body failed while it was still being sent.
+    pub(crate) fn client_failed(&self) -> bool {
+        self.client_failed
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Acquire))
     }
 
     /// The connection, when the body ended cleanly, the response allowed keep-alive and

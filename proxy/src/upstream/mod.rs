@@ -14,10 +14,13 @@ mod body;
 mod head;
 #[cfg(test)]
 mod tests;
+mod upload;
 
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
@@ -25,11 +28,13 @@ use http::Response;
 use http_body::Body;
 use hyper::body::Incoming;
 use tokio::io::AsyncWrite;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
 
 pub(crate) use body::UpstreamBody;
 pub(crate) use head::RequestHead;
-use head::{parse_response_head, Framing, HeadStatus, Parsed};
+use head::{parse_response_head, Framing, HeadStatus, Parsed, RequestFraming};
+use upload::{Upload, UploadError};
 
 use crate::activate::Upstream;
 use crate::pool::ConnectError;
@@ -114,9 +119,16 @@ pub(crate) enum SendError<E = hyper::Error> {
     Upstream(UpstreamError),
 }
 
+/// The socket of an [`UpstreamConn`]: whole, or only its read half while a task finishes
+/// sending a request body the app answered early (never reused then).
+enum Stream {
+    Whole(TcpStream),
+    Read(OwnedReadHalf),
+}
+
 /// One keep-alive HTTP/1.1 connection to an app.
 pub(crate) struct UpstreamConn {
-    io: TcpStream,
+    io: Stream,
     buf: BytesMut,
     /// A previous exchange completed on it: a close found at the next request is a stale
     /// keep-alive connection, not a failure of the app.
@@ -138,7 +150,7 @@ impl UpstreamConn {
 
     pub(crate) fn new(io: TcpStream) -> Self {
         UpstreamConn {
-            io,
+            io: Stream::Whole(io),
             buf: BytesMut::new(),
             reused: false,
         }
@@ -147,16 +159,19 @@ impl UpstreamConn {
     /// Whether an idle connection can take a request: the app has neither closed it nor sent
     /// anything since its last response. No system call unless the socket became readable.
     pub(crate) fn is_idle_usable(&mut self) -> bool {
+        let Stream::Whole(io) = &self.io else {
+            return false;
+        };
         if !self.buf.is_empty() {
             return false;
         }
         let mut cx = Context::from_waker(Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
+        match io.poll_read_ready(&mut cx) {
             Poll::Pending => true,
             Poll::Ready(Err(_)) => false,
             Poll::Ready(Ok(())) => {
                 let mut probe = [0u8; 8];
-                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                matches!(io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
             }
         }
     }
@@ -169,11 +184,10 @@ impl UpstreamConn {
         if spare < MIN_SPARE || (want > READ_CHUNK && spare < READ_CHUNK) {
             self.buf.reserve(want.max(READ_CHUNK));
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
-    }
-
-    async fn fill(&mut self) -> io::Result<usize> {
-        poll_fn(|cx| self.poll_fill(cx, READ_CHUNK)).await
+        match &mut self.io {
+            Stream::Whole(io) => tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut self.buf),
+            Stream::Read(io) => tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut self.buf),
+        }
     }
 
     /// Writes every byte of `bufs`; returns how many went out before an error.
@@ -181,10 +195,13 @@ impl UpstreamConn {
         &mut self,
         bufs: &mut [IoSlice<'_>],
     ) -> Result<(), (usize, io::Error)> {
+        let Stream::Whole(io) = &mut self.io else {
+            return Err((0, io::ErrorKind::NotConnected.into()));
+        };
         let mut bufs = bufs;
         let mut written = 0;
         while !bufs.is_empty() {
-            let io = &mut self.io;
+            let io = &mut *io;
             match poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, bufs)).await {
                 Ok(0) => return Err((written, io::ErrorKind::WriteZero.into())),
                 Ok(n) => {
@@ -197,9 +214,13 @@ impl UpstreamConn {
         Ok(())
     }
 
-    /// The stream and the bytes read past the response head (a protocol switch).
-    pub(crate) fn into_parts(self) -> (TcpStream, Bytes) {
-        (self.io, self.buf.freeze())
+    /// The stream and the bytes read past the response head (a protocol switch); `None`
+    /// when the write half is gone (never for a switch: see [`send`]).
+    pub(crate) fn into_parts(self) -> Option<(TcpStream, Bytes)> {
+        match self.io {
+            Stream::Whole(io) => Some((io, self.buf.freeze())),
+            Stream::Read(_) => None,
+        }
     }
 }
 
@@ -214,34 +235,41 @@ pub(crate) enum Exchange {
 /// The request body as [`send`] streams it: whether any of it was read yet decides if a
 /// failed attempt may be retried on another connection.
 pub(crate) struct RequestBody<B = Incoming> {
-    inner: B,
+    /// `None` once handed to the task finishing an upload.
+    inner: Option<B>,
     touched: bool,
 }
 
 impl<B: Body<Data = Bytes> + Unpin> RequestBody<B> {
     pub(crate) fn new(inner: B) -> Self {
         RequestBody {
-            inner,
+            inner: Some(inner),
             touched: false,
         }
     }
 
     pub(crate) fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     pub(crate) fn exact_len(&self) -> Option<u64> {
-        self.inner.size_hint().exact()
+        self.inner.as_ref().and_then(|b| b.size_hint().exact())
     }
 }
 
 /// Sends `head` and `body` on `conn` and reads the response head. The caller bounds it with
-/// the upstream timeout.
-pub(crate) async fn send<B: Body<Data = Bytes> + Unpin>(
+/// the upstream timeout. The body is written while the response is awaited: an answer that
+/// comes first is returned at once, and the rest of the body follows in a task of its own
+/// (the connection is not reused then).
+pub(crate) async fn send<B>(
     mut conn: UpstreamConn,
     head: &RequestHead,
     body: &mut RequestBody<B>,
-) -> Result<Exchange, SendError<B::Error>> {
+) -> Result<Exchange, SendError<B::Error>>
+where
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: std::fmt::Display + Send,
+{
     let reused = conn.reused;
     let retryable = |body: &RequestBody<B>| reused && !body.touched;
     if let Err((written, e)) = conn
@@ -257,34 +285,137 @@ pub(crate) async fn send<B: Body<Data = Bytes> + Unpin>(
             e,
         )));
     }
-    if let Err(e) = write_body(&mut conn, head.framing(), body).await {
-        match e {
-            SendError::Upstream(err) => {
-                // The app may have answered early (e.g. 413) and closed: give its answer.
-                return match read_head(&mut conn, head).await {
-                    Ok(parsed) => Ok(finish(conn, parsed, false)),
-                    Err(_) => Err(SendError::Upstream(err)),
-                };
+    let mut upload = match head.framing() {
+        RequestFraming::None => None,
+        framing => Some(Upload::new(framing == RequestFraming::Chunked)),
+    };
+    let mut write_error: Option<io::Error> = None;
+    let mut got_any = !conn.buf.is_empty();
+    loop {
+        if !conn.buf.is_empty() {
+            match parse_response_head(&mut conn.buf, head) {
+                Ok(HeadStatus::Done(parsed)) => {
+                    let clean = write_error.is_none();
+                    return match upload.filter(|u| !u.finished() && clean) {
+                        None => Ok(finish(conn, parsed, clean, None)),
+                        Some(rest) => continue_upload(conn, parsed, rest, body),
+                    };
+                }
+                // An interim response was consumed: look for the next head.
+                Ok(HeadStatus::Interim) => continue,
+                Ok(HeadStatus::Partial) => {}
+                Err(e) => return Err(SendError::Upstream(e)),
             }
-            other => return Err(other),
+            if conn.buf.len() >= MAX_HEAD {
+                return Err(SendError::Upstream(UpstreamError::HeadTooLarge {
+                    limit: MAX_HEAD,
+                }));
+            }
         }
-    }
-    match read_head(&mut conn, head).await {
-        Ok(parsed) => Ok(finish(conn, parsed, true)),
-        Err((got_any, err)) => {
-            let closed = matches!(&err, UpstreamError::Closed { .. })
-                || matches!(&err, UpstreamError::Io { source, .. }
-                    if source.kind() == io::ErrorKind::ConnectionReset);
-            if closed && !got_any && retryable(body) {
-                tracing::debug!(error = %err, "stale upstream connection (read)");
-                return Err(SendError::Stale);
+        let read = poll_fn(|cx| {
+            let writing = write_error.is_none();
+            if let (Some(up), true, Stream::Whole(io)) = (upload.as_mut(), writing, &mut conn.io) {
+                if !up.finished() {
+                    match up.poll(cx, io, body) {
+                        Poll::Ready(Err(UploadError::Client(e))) => return Poll::Ready(Err(Ok(e))),
+                        // The app may have answered early (e.g. 413) and closed: read on.
+                        Poll::Ready(Err(UploadError::Write(e))) => write_error = Some(e),
+                        Poll::Ready(Ok(())) | Poll::Pending => {}
+                    }
+                }
             }
-            Err(SendError::Upstream(err))
+            conn.poll_fill(cx, READ_CHUNK).map_err(Err)
+        })
+        .await;
+        match read {
+            Ok(0) => {
+                if let Some(e) = write_error {
+                    return Err(SendError::Upstream(UpstreamError::io(
+                        "writing the request body",
+                        e,
+                    )));
+                }
+                let err = UpstreamError::Closed {
+                    during: "before the response head",
+                };
+                if !got_any && retryable(body) {
+                    tracing::debug!(error = %err, "stale upstream connection (read)");
+                    return Err(SendError::Stale);
+                }
+                return Err(SendError::Upstream(err));
+            }
+            Ok(_) => got_any = true,
+            Err(Ok(client)) => return Err(SendError::Client(client)),
+            Err(Err(e)) => {
+                if !got_any && retryable(body) && e.kind() == io::ErrorKind::ConnectionReset {
+                    tracing::debug!(error = %e, "stale upstream connection (read)");
+                    return Err(SendError::Stale);
+                }
+                return Err(SendError::Upstream(UpstreamError::io(
+                    "reading the response head",
+                    e,
+                )));
+            }
         }
     }
 }
 
-fn finish(conn: UpstreamConn, parsed: Parsed, reusable: bool) -> Exchange {
+/// The app answered before the request body was all sent: a task sends the rest on the write
+/// half while the response streams from the read half.
+fn continue_upload<B>(
+    conn: UpstreamConn,
+    parsed: Parsed,
+    mut upload: Upload,
+    body: &mut RequestBody<B>,
+) -> Result<Exchange, SendError<B::Error>>
+where
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: std::fmt::Display + Send,
+{
+    if parsed.framing == Framing::Switch {
+        return Err(SendError::Upstream(UpstreamError::Framing(
+            "101 Switching Protocols before the request body was sent",
+        )));
+    }
+    let UpstreamConn { io, buf, reused } = conn;
+    let Stream::Whole(io) = io else {
+        return Err(SendError::Upstream(UpstreamError::Framing(
+            "request already sent",
+        )));
+    };
+    let (read, mut write) = io.into_split();
+    let mut rest = RequestBody {
+        inner: body.inner.take(),
+        touched: true,
+    };
+    let client_failed = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&client_failed);
+    tokio::spawn(async move {
+        match poll_fn(|cx| upload.poll(cx, &mut write, &mut rest)).await {
+            Ok(()) => {}
+            Err(UploadError::Client(error)) => {
+                flag.store(true, Ordering::Release);
+                tracing::debug!(%error, "client body failed after the app answered");
+            }
+            Err(UploadError::Write(error)) => {
+                tracing::debug!(%error, "app stopped reading the request body it answered");
+            }
+        }
+    });
+    let conn = UpstreamConn {
+        io: Stream::Read(read),
+        buf,
+        reused,
+    };
+    Ok(finish(conn, parsed, false, Some(client_failed)))
+}
+
+fn finish(
+    conn: UpstreamConn,
+    parsed: Parsed,
+    reusable: bool,
+    client_failed: Option<Arc<AtomicBool>>,
+) -> Exchange {
     let Parsed {
         response,
         framing,
@@ -293,104 +424,8 @@ fn finish(conn: UpstreamConn, parsed: Parsed, reusable: bool) -> Exchange {
     match framing {
         Framing::Switch => Exchange::Switched(response, conn),
         framing => {
-            let body = UpstreamBody::new(conn, framing, keep_alive && reusable);
+            let body = UpstreamBody::new(conn, framing, keep_alive && reusable, client_failed);
             Exchange::Response(response.map(|()| body))
-        }
-    }
-}
-
-/// Streams the client's body to the app with the framing announced in the head.
-async fn write_body<B: Body<Data = Bytes> + Unpin>(
-    conn: &mut UpstreamConn,
-    framing: head::RequestFraming,
-    body: &mut RequestBody<B>,
-) -> Result<(), SendError<B::Error>> {
-    use head::RequestFraming;
-    if framing == RequestFraming::None {
-        return Ok(());
-    }
-    let chunked = framing == RequestFraming::Chunked;
-    let wrote = |r: Result<(), (usize, io::Error)>| {
-        r.map_err(|(_, e)| SendError::Upstream(UpstreamError::io("writing the request body", e)))
-    };
-    loop {
-        let frame = poll_fn(|cx| Pin::new(&mut body.inner).poll_frame(cx)).await;
-        body.touched = true;
-        let frame = match frame {
-            None => break,
-            Some(Err(e)) => return Err(SendError::Client(e)),
-            Some(Ok(f)) => f,
-        };
-        match frame.into_data() {
-            Ok(data) if data.is_empty() => {}
-            Ok(data) if chunked => {
-                let size = format!("{:x}\r\n", data.len());
-                wrote(
-                    conn.write_all_vectored(&mut [
-                        IoSlice::new(size.as_bytes()),
-                        IoSlice::new(&data),
-                        IoSlice::new(b"\r\n"),
-                    ])
-                    .await,
-                )?;
-            }
-            Ok(data) => wrote(conn.write_all_vectored(&mut [IoSlice::new(&data)]).await)?,
-            Err(frame) => {
-                if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
-                    let mut end = Vec::from(&b"0\r\n"[..]);
-                    for (name, value) in &trailers {
-                        end.extend_from_slice(name.as_str().as_bytes());
-                        end.extend_from_slice(b": ");
-                        end.extend_from_slice(value.as_bytes());
-                        end.extend_from_slice(b"\r\n");
-                    }
-                    end.extend_from_slice(b"\r\n");
-                    wrote(conn.write_all_vectored(&mut [IoSlice::new(&end)]).await)?;
-                    return Ok(());
-                }
-            }
-        }
-    }
-    if chunked {
-        wrote(
-            conn.write_all_vectored(&mut [IoSlice::new(b"0\r\n\r\n")])
-                .await,
-        )?;
-    }
-    Ok(())
-}
-
-/// Reads the final response head (interim `1xx` skipped). On error, whether any response byte
-/// had arrived.
-async fn read_head(
-    conn: &mut UpstreamConn,
-    req: &RequestHead,
-) -> Result<Parsed, (bool, UpstreamError)> {
-    let mut got_any = !conn.buf.is_empty();
-    loop {
-        if !conn.buf.is_empty() {
-            match parse_response_head(&mut conn.buf, req) {
-                Ok(HeadStatus::Done(parsed)) => return Ok(parsed),
-                // An interim response was consumed: look for the next head.
-                Ok(HeadStatus::Interim) => continue,
-                Ok(HeadStatus::Partial) => {}
-                Err(e) => return Err((true, e)),
-            }
-            if conn.buf.len() >= MAX_HEAD {
-                return Err((true, UpstreamError::HeadTooLarge { limit: MAX_HEAD }));
-            }
-        }
-        match conn.fill().await {
-            Ok(0) => {
-                return Err((
-                    got_any,
-                    UpstreamError::Closed {
-                        during: "before the response head",
-                    },
-                ))
-            }
-            Ok(_) => got_any = true,
-            Err(e) => return Err((got_any, UpstreamError::io("reading the response head", e))),
         }
     }
 }

@@ -123,11 +123,15 @@ fn parts(method: Method, upgrade: bool) -> http::request::Parts {
     b.body(()).expect("request").into_parts().0
 }
 
-async fn send_with<B: Body<Data = Bytes> + Unpin>(
+async fn send_with<B>(
     conn: UpstreamConn,
     method: Method,
     body: B,
-) -> Result<Exchange, SendError<B::Error>> {
+) -> Result<Exchange, SendError<B::Error>>
+where
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: std::fmt::Display + Send,
+{
     let mut body = RequestBody::new(body);
     let head = RequestHead::encode(&parts(method, false), &body, false);
     send(conn, &head, &mut body).await
@@ -454,7 +458,7 @@ async fn switching_protocols_keeps_the_bytes_after_the_head() {
     match send(conn(&srv).await, &head, &mut body).await {
         Ok(Exchange::Switched(resp, c)) => {
             assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
-            let (_, early) = c.into_parts();
+            let (_, early) = c.into_parts().expect("whole connection");
             assert_eq!(&early[..], b"EARLY");
         }
         _ => panic!("no switch"),
@@ -493,4 +497,56 @@ async fn oversized_head_and_early_close_are_errors() {
     let mut resp = response(get(conn(&srv).await, Method::GET).await);
     let err = collect(resp.body_mut()).await.expect_err("truncated");
     assert!(matches!(err, UpstreamError::Closed { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn an_app_answering_before_the_body_is_sent_streams_both_ways() {
+    // A full-duplex echo: the response head goes out at once, then every byte of the request
+    // body comes back as it arrives. 16 MiB is far more than the sockets buffer, so sending
+    // the whole body before reading the response would never finish.
+    const TOTAL: usize = 16 << 20;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(64 << 10).expect("rcvbuf");
+    socket.set_send_buffer_size(64 << 10).expect("sndbuf");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener = socket.listen(8).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let mut got = Vec::new();
+        let mut chunk = vec![0u8; 64 << 10];
+        let body_start = loop {
+            let n = s.read(&mut chunk).await.expect("read");
+            got.extend_from_slice(&chunk[..n]);
+            if let Some(end) = find(&got, b"\r\n\r\n") {
+                break end + 4;
+            }
+        };
+        s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.expect("head");
+        s.write_all(&got[body_start..]).await.expect("echo");
+        let mut echoed = got.len() - body_start;
+        while echoed < TOTAL {
+            let n = s.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "body cut short");
+            s.write_all(&chunk[..n]).await.expect("echo");
+            echoed += n;
+        }
+    });
+    let data: Vec<u8> = (0..TOTAL).map(|i| (i % 251) as u8).collect();
+    let c = UpstreamConn::new(TcpStream::connect(addr).await.expect("connect"));
+    let run = async {
+        let mut resp =
+            response(send_with(c, Method::POST, Full::new(Bytes::from(data.clone()))).await);
+        assert_eq!(resp.status(), StatusCode::OK);
+        let (echo, _) = collect(resp.body_mut()).await.expect("body");
+        assert!(resp.body_mut().take_reusable().is_none());
+        echo
+    };
+    let echo = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("the exchange stalled");
+    assert_eq!(echo.len(), TOTAL);
+    assert!(echo == data, "echo differs");
 }
