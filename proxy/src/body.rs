@@ -2,19 +2,19 @@
 //! carrying the per-request bookkeeping ([`RequestGuard`]) until the body has ended.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use crate::activate::Lease;
 use crate::conn::InFlight;
-use crate::pool::{connection_failure, Key, Pool, Sender};
+use crate::pool::{Key, Pool};
 use crate::state::Shared;
+use crate::upstream::{UpstreamBody, UpstreamError};
 
 /// Error type of [`ProxyBody`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -77,18 +77,15 @@ impl Drop for RequestGuard {
     }
 }
 
-/// The upstream connection a streamed body came from, returned to the pool on a clean end.
+/// Where the upstream connection a streamed body reads from goes back on a clean end.
 pub(crate) struct PooledConn {
     pub(crate) pool: Arc<Pool>,
     pub(crate) key: Key,
-    pub(crate) sender: Sender,
-    /// Set when the client's request body failed (see [`crate::reqbody::ClientBody`]).
-    pub(crate) client_failed: Arc<AtomicBool>,
 }
 
 enum Kind {
     Full(Option<Bytes>),
-    Stream(Incoming),
+    Stream(UpstreamBody),
 }
 
 /// Response body served to the client.
@@ -112,7 +109,7 @@ impl ProxyBody {
         Self::full(Bytes::new())
     }
 
-    pub(crate) fn stream(body: Incoming, conn: PooledConn) -> Self {
+    pub(crate) fn stream(body: UpstreamBody, conn: PooledConn) -> Self {
         ProxyBody {
             kind: Kind::Stream(body),
             conn: Some(conn),
@@ -135,8 +132,10 @@ impl ProxyBody {
 
     /// The body ended cleanly: give the connection back, release lease, record.
     fn complete(&mut self) {
-        if let Some(c) = self.conn.take() {
-            c.pool.checkin(c.key, c.sender);
+        if let (Some(c), Kind::Stream(body)) = (self.conn.take(), &mut self.kind) {
+            if let Some(conn) = body.take_reusable() {
+                c.pool.checkin(c.key, conn);
+            }
         }
         if let Some(mut g) = self.guard.take() {
             g.finish();
@@ -144,13 +143,14 @@ impl ProxyBody {
     }
 
     /// The upstream body failed: drop the connection, report, release lease, record.
-    fn fail(&mut self, error: &hyper::Error) {
-        // A response cut short because the client's request body was malformed is the
-        // client's fault, not the instance's.
+    fn fail(&mut self, error: &UpstreamError) {
+        // A response cut short because the client's request body failed (while it was still
+        // being sent to an app that had answered early) is the client's fault.
+        let client_failed = matches!(&self.kind, Kind::Stream(b) if b.client_failed());
         let id = self
             .conn
             .take()
-            .filter(|c| !c.client_failed.load(Ordering::Acquire))
+            .filter(|_| !client_failed)
             .map(|c| c.key.id);
         if let (Some(id), Some(g)) = (id, self.guard.as_ref()) {
             tracing::warn!(
@@ -159,7 +159,7 @@ impl ProxyBody {
                 %error,
                 "upstream body failed mid-response"
             );
-            if let Some(io) = connection_failure(error) {
+            if let Some(io) = error.connection_failure() {
                 g.shared.upstream_failed(id, &io);
             }
         }

@@ -14,9 +14,11 @@ use crate::activate::{ActivateError, Upstream};
 use crate::body::{PooledConn, ProxyBody, RequestGuard};
 use crate::conn::InFlight;
 use crate::headers::{self, HostError};
-use crate::pool::{connection_failure, ConnectError, Key, Pool, Sender};
-use crate::reqbody::ClientBody;
+use crate::pool::{ConnectError, Key, Pool};
 use crate::state::{wait_phase, Phase, Shared};
+use crate::upstream::{
+    self, Exchange, RequestBody, RequestHead, SendError, UpstreamConn, UpstreamError,
+};
 
 /// Methods `Allow` names when a `CONNECT` is refused: every method is forwarded but
 /// `CONNECT` (hako is not a tunnelling proxy).
@@ -74,9 +76,9 @@ pub enum ProxyError {
     Upstream {
         /// The app.
         app: String,
-        /// hyper's error.
+        /// What failed.
         #[source]
-        source: hyper::Error,
+        source: UpstreamError,
     },
 }
 
@@ -246,12 +248,12 @@ async fn forward(
             id,
             generation: lease.generation,
         };
-        if let Some(sender) = shared.pool.checkout(key) {
-            break (lease, sender);
+        if let Some(conn) = shared.pool.checkout(key) {
+            break (lease, conn);
         }
         let timeout = shared.opts.upstream_timeout;
         match tokio::time::timeout(timeout, Pool::connect(&*lease.upstream)).await {
-            Ok(Ok(sender)) => break (lease, sender),
+            Ok(Ok(conn)) => break (lease, conn),
             Ok(Err(source)) => {
                 connect_failed(shared, id, &source);
                 if !retried && source.is_refused() {
@@ -313,84 +315,92 @@ async fn forward(
         .map(|pq| Uri::from(pq.clone()))
         .unwrap_or_else(|| Uri::from_static("/"));
     parts.version = Version::HTTP_11;
-    let (body, client_failed) = ClientBody::new(body);
-    let upstream_req = Request::from_parts(parts, body);
+    let mut body = RequestBody::new(body);
+    let head = RequestHead::encode(&parts, &body, upgrading);
+    drop(parts);
 
     let timeout = shared.opts.upstream_timeout;
     let id = key.id;
-    let (mut resp, sender) =
-        match tokio::time::timeout(timeout, send(shared, &*upstream, key, upstream_req, first))
-            .await
-        {
-            Err(_) => {
-                return Err(ProxyError::UpstreamTimeout {
-                    app: app.to_string(),
-                    timeout,
-                })
+    let exchange = match tokio::time::timeout(
+        timeout,
+        send(shared, &*upstream, key, &head, &mut body, first),
+    )
+    .await
+    {
+        Err(_) => {
+            return Err(ProxyError::UpstreamTimeout {
+                app: app.to_string(),
+                timeout,
+            })
+        }
+        Ok(Err(SendFailure::Connect(source))) => {
+            connect_failed(shared, id, &source);
+            return Err(ProxyError::Connect {
+                app: app.to_string(),
+                source,
+            });
+        }
+        Ok(Err(SendFailure::Send(SendError::Client(source)))) => {
+            return Err(ProxyError::ClientBody {
+                app: app.to_string(),
+                source,
+            });
+        }
+        Ok(Err(SendFailure::Send(SendError::Upstream(source)))) => {
+            if let Some(io) = source.connection_failure() {
+                shared.upstream_failed(id, &io);
             }
-            Ok(Err(SendError::Connect(source))) => {
-                connect_failed(shared, id, &source);
-                return Err(ProxyError::Connect {
-                    app: app.to_string(),
-                    source,
-                });
-            }
-            Ok(Err(SendError::Request(source)))
-                if client_failed.load(std::sync::atomic::Ordering::Acquire) =>
-            {
-                return Err(ProxyError::ClientBody {
-                    app: app.to_string(),
-                    source,
-                });
-            }
-            Ok(Err(SendError::Request(source))) => {
-                if let Some(io) = connection_failure(&source) {
-                    shared.upstream_failed(id, &io);
-                }
+            return Err(ProxyError::Upstream {
+                app: app.to_string(),
+                source,
+            });
+        }
+        Ok(Err(SendFailure::Send(SendError::Stale))) => {
+            // Only a reused connection is ever found stale; `send` ends on a fresh one.
+            return Err(ProxyError::Upstream {
+                app: app.to_string(),
+                source: UpstreamError::Closed {
+                    during: "before the response head",
+                },
+            });
+        }
+        Ok(Ok(exchange)) => exchange,
+    };
+
+    let resp = match exchange {
+        Exchange::Switched(resp, conn) => {
+            let Some(client_upgrade) = client_upgrade else {
+                // `send` only accepts a switch for an upgrade request.
                 return Err(ProxyError::Upstream {
                     app: app.to_string(),
-                    source,
+                    source: UpstreamError::UnexpectedSwitch,
                 });
-            }
-            Ok(Ok(pair)) => pair,
-        };
-
-    if let Some(client_upgrade) = client_upgrade {
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            let (mut parts, _) = resp.into_parts();
+            };
+            let (mut parts, ()) = resp.into_parts();
             headers::strip_hop_by_hop_keep_upgrade(&mut parts.headers);
             let mut tunnel_guard = guard_slot.take().unwrap_or_else(|| unreachable_guard());
             tunnel_guard.status = 101;
-            spawn_tunnel(
-                shared,
-                client_upgrade,
-                upstream_upgrade,
-                tunnel_guard,
-                sender,
-            );
+            spawn_tunnel(shared, client_upgrade, conn, tunnel_guard);
             return Ok(Response::from_parts(parts, ProxyBody::empty()));
         }
-    }
+        Exchange::Response(resp) => resp,
+    };
 
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     let conn = PooledConn {
         pool: Arc::clone(&shared.pool),
         key,
-        sender,
-        client_failed,
     };
     Ok(Response::from_parts(parts, ProxyBody::stream(body, conn)))
 }
 
 /// A new connection to `id` could not be made: its pooled connections are dropped, and the
-/// supervisor is told when the connect itself failed.
+/// supervisor is told.
 fn connect_failed(shared: &Shared, id: u64, error: &ConnectError) {
     shared.purge(id);
-    if let ConnectError::Io { source, .. } = error {
-        shared.activator.upstream_failed(id, source);
-    }
+    let ConnectError::Io { source, .. } = error;
+    shared.activator.upstream_failed(id, source);
 }
 
 #[cold]
@@ -399,66 +409,71 @@ fn unreachable_guard() -> ! {
     panic!("request guard taken twice")
 }
 
-enum SendError {
+enum SendFailure {
     Connect(ConnectError),
-    Request(hyper::Error),
+    Send(SendError),
 }
 
-/// Sends on `first` (a pooled or fresh connection); if that turns out stale before the request
-/// was written, on another idle pooled connection, otherwise on a fresh one.
+/// Sends on `first` (a pooled or fresh connection); if that turns out stale before any byte
+/// of the request reached the app, on another idle pooled connection, otherwise on a fresh
+/// one.
 async fn send(
     shared: &Shared,
     upstream: &dyn Upstream,
     key: Key,
-    mut req: Request<ClientBody>,
-    first: Sender,
-) -> Result<(Response<Incoming>, Sender), SendError> {
+    head: &RequestHead,
+    body: &mut RequestBody,
+    first: UpstreamConn,
+) -> Result<Exchange, SendFailure> {
     let id = key.id;
     let mut next = Some(first);
-    while let Some(mut sender) = next.take().or_else(|| shared.pool.checkout(key)) {
-        match sender.try_send_request(req).await {
-            Ok(resp) => return Ok((resp, sender)),
-            Err(mut e) => match e.take_message() {
-                Some(back) => {
-                    tracing::debug!(upstream = id, "stale pooled connection, retrying");
-                    req = back;
-                }
-                None => return Err(SendError::Request(e.into_error())),
-            },
+    while let Some(conn) = next.take().or_else(|| shared.pool.checkout(key)) {
+        match upstream::send(conn, head, body).await {
+            Err(SendError::Stale) => {
+                tracing::debug!(upstream = id, "stale pooled connection, retrying");
+            }
+            other => return other.map_err(SendFailure::Send),
         }
     }
-    let mut sender = Pool::connect(upstream).await.map_err(SendError::Connect)?;
-    let resp = sender.send_request(req).await.map_err(SendError::Request)?;
-    Ok((resp, sender))
+    let conn = Pool::connect(upstream)
+        .await
+        .map_err(SendFailure::Connect)?;
+    upstream::send(conn, head, body)
+        .await
+        .map_err(SendFailure::Send)
 }
 
+/// Joins the client's upgraded connection and the app's switched one; the bytes the app
+/// sent right after its `101` head go to the client first.
 fn spawn_tunnel(
     shared: &Arc<Shared>,
     client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
+    upstream: UpstreamConn,
     guard: RequestGuard,
-    sender: Sender,
 ) {
     let mut phase = shared.phase.clone();
     let stats = Arc::clone(shared);
     shared.tracker.spawn(async move {
         let _guard = guard;
-        drop(sender);
-        let (client, upstream) = match tokio::join!(client, upstream) {
-            (Ok(c), Ok(u)) => (c, u),
-            (c, u) => {
-                tracing::debug!(
-                    client_ok = c.is_ok(),
-                    upstream_ok = u.is_ok(),
-                    "upgrade failed"
-                );
+        let client = match client.await {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::debug!(%error, "client upgrade failed");
                 return;
             }
         };
+        let Some((mut upstream, early)) = upstream.into_parts() else {
+            return;
+        };
         let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
+        let relay = async {
+            if !early.is_empty() {
+                tokio::io::AsyncWriteExt::write_all(&mut client, &early).await?;
+            }
+            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+        };
         tokio::select! {
-            res = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+            res = relay => {
                 match res {
                     Ok((up, down)) => tracing::debug!(up, down, "tunnel closed"),
                     Err(error) => tracing::debug!(%error, "tunnel closed with error"),

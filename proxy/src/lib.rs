@@ -2,7 +2,8 @@
 //!
 //! Routes requests by `Host` (and optional path prefix) to an app, asks the supervisor for a
 //! lease on a ready instance through the [`Activator`] trait, forwards the request over a
-//! pooled keep-alive HTTP/1.1 connection and streams both bodies. HTTP/1.1 and h2c clients
+//! pooled keep-alive HTTP/1.1 connection (hako's own client, `upstream`, driven inside the
+//! request's future) and streams both bodies. HTTP/1.1 and h2c clients
 //! are served on the same port; a TLS listener ([`Listeners::tls`], certificates chosen by SNI
 //! and swapped on reload, see [`tls`]) serves HTTP/1.1 and HTTP/2 by ALPN. HTTP/1.1 upgrades
 //! (WebSocket) are tunnelled. The crate knows nothing about containers or cgroups.
@@ -11,7 +12,8 @@
 //! reason: 308 (a plain-HTTP request to an app with [`Route::redirect_https`]), 400 (no/invalid `Host`, or a malformed request body from the client, which is not
 //! reported as a failure of the upstream), 405 (`CONNECT`, never forwarded), 404 (no route —
 //! the body names the host — or [`ActivateError::UnknownApp`]), 502 (boot failed, upstream connect failed or the upstream
-//! closed before answering), 503 (queue full, with `Retry-After` in whole seconds rounded up,
+//! closed before answering, or answered with an invalid or ambiguous head: see [`UpstreamError`]),
+//! 503 (queue full, with `Retry-After` in whole seconds rounded up,
 //! or shutting down), 504 (not ready in time, or no upstream response headers within
 //! [`ProxyOptions::upstream_timeout`]).
 //!
@@ -29,11 +31,11 @@ mod connection;
 mod forward;
 mod headers;
 mod pool;
-mod reqbody;
 mod routes;
 mod server;
 mod state;
 pub mod tls;
+mod upstream;
 mod wake;
 mod workers;
 
@@ -46,3 +48,4 @@ pub use routes::{Route, Routes, RoutesHandle};
 pub use server::{serve, serve_listeners, Listeners, ServeReport};
 pub use state::{default_workers, ProxyOptions};
 pub use tls::{TlsCertificate, TlsError, TlsHandle};
+pub use upstream::UpstreamError;

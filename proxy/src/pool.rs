@@ -6,17 +6,11 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
-
 use crate::activate::Upstream;
-use crate::reqbody::ClientBody;
-
-/// Sender half of one upstream connection.
-pub(crate) type Sender = SendRequest<ClientBody>;
+use crate::upstream::UpstreamConn;
 
 struct Idle {
-    sender: Sender,
+    conn: UpstreamConn,
     since: Instant,
 }
 
@@ -79,14 +73,6 @@ pub enum ConnectError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The HTTP/1.1 handshake failed.
-    #[error("HTTP/1.1 handshake with upstream {id} failed: {source}")]
-    Handshake {
-        /// Upstream id.
-        id: u64,
-        /// hyper's error.
-        source: hyper::Error,
-    },
 }
 
 impl ConnectError {
@@ -115,7 +101,7 @@ impl Pool {
 
     /// A ready idle connection for `key`, if one is pooled. Expired or closed ones are
     /// dropped, and so are all of an older generation.
-    pub(crate) fn checkout(&self, key: Key) -> Option<Sender> {
+    pub(crate) fn checkout(&self, key: Key) -> Option<UpstreamConn> {
         let now = Instant::now();
         let mut map = self.lock();
         let slot = map.get_mut(&key.id)?;
@@ -134,9 +120,9 @@ impl Pool {
         }
         let list = &mut slot.idle;
         let mut found = None;
-        while let Some(idle) = list.pop() {
-            if now.duration_since(idle.since) < self.idle_timeout && idle.sender.is_ready() {
-                found = Some(idle.sender);
+        while let Some(mut idle) = list.pop() {
+            if now.duration_since(idle.since) < self.idle_timeout && idle.conn.is_idle_usable() {
+                found = Some(idle.conn);
                 break;
             }
         }
@@ -146,26 +132,15 @@ impl Pool {
         found
     }
 
-    /// Returns a connection whose previous exchange has completed. Not-yet-ready connections
-    /// are parked in a task until hyper reports them ready (or they close).
-    pub(crate) fn checkin(self: &Arc<Self>, key: Key, mut sender: Sender) {
-        if self.max_idle_per_upstream == 0 || sender.is_closed() {
+    /// Returns a connection whose previous exchange has completed.
+    pub(crate) fn checkin(&self, key: Key, conn: UpstreamConn) {
+        if self.max_idle_per_upstream == 0 {
             return;
         }
-        if sender.is_ready() {
-            self.put(key, sender);
-            return;
-        }
-        let pool = Arc::clone(self);
-        let wait = self.idle_timeout;
-        tokio::spawn(async move {
-            if let Ok(Ok(())) = tokio::time::timeout(wait, sender.ready()).await {
-                pool.put(key, sender);
-            }
-        });
+        self.put(key, conn);
     }
 
-    fn put(&self, key: Key, sender: Sender) {
+    fn put(&self, key: Key, conn: UpstreamConn) {
         let mut map = self.lock();
         let slot = map.entry(key.id).or_insert_with(|| Slot {
             generation: key.generation,
@@ -182,7 +157,7 @@ impl Pool {
         let list = &mut slot.idle;
         if list.len() < self.max_idle_per_upstream {
             list.push(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -203,51 +178,17 @@ impl Pool {
         let now = Instant::now();
         let mut map = self.lock();
         map.retain(|_, slot| {
-            slot.idle.retain(|i| {
-                now.duration_since(i.since) < self.idle_timeout && !i.sender.is_closed()
+            slot.idle.retain_mut(|i| {
+                now.duration_since(i.since) < self.idle_timeout && i.conn.is_idle_usable()
             });
             !slot.idle.is_empty()
         });
     }
 
-    /// Opens a fresh connection to `upstream` and spawns its connection task.
-    pub(crate) async fn connect(upstream: &dyn Upstream) -> Result<Sender, ConnectError> {
-        let id = upstream.id();
-        let stream = upstream
-            .connect()
-            .await
-            .map_err(|source| ConnectError::Io { id, source })?;
-        let _ = stream.set_nodelay(true);
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ConnectError::Handshake { id, source })?;
-        tokio::spawn(async move {
-            if let Err(error) = conn.with_upgrades().await {
-                tracing::debug!(upstream = id, %error, "upstream connection ended with error");
-            }
-        });
-        tracing::debug!(upstream = id, "opened upstream connection");
-        Ok(sender)
+    /// Opens a fresh connection to `upstream`.
+    pub(crate) async fn connect(upstream: &dyn Upstream) -> Result<UpstreamConn, ConnectError> {
+        UpstreamConn::connect(upstream).await
     }
-}
-
-/// The connection-level failure behind a hyper error (refused, reset, closed early), if any.
-pub(crate) fn connection_failure(error: &hyper::Error) -> Option<std::io::Error> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return Some(std::io::Error::new(io.kind(), error.to_string()));
-        }
-        source = e.source();
-    }
-    if error.is_incomplete_message() || error.is_closed() || error.is_canceled() {
-        return Some(std::io::Error::new(
-            std::io::ErrorKind::ConnectionAborted,
-            error.to_string(),
-        ));
-    }
-    None
 }
 
 #[cfg(test)]
@@ -307,11 +248,9 @@ mod tests {
         }
     }
 
-    /// A fresh connection to `up`, ready for a request (as after a completed exchange).
-    async fn connect(up: &Local) -> Sender {
-        let mut sender = Pool::connect(up).await.expect("connect");
-        sender.ready().await.expect("ready");
-        sender
+    /// A fresh connection to `up`.
+    async fn connect(up: &Local) -> UpstreamConn {
+        Pool::connect(up).await.expect("connect")
     }
 
     async fn wait_for(count: &AtomicUsize, want: usize) -> usize {
@@ -341,7 +280,7 @@ mod tests {
         // Same generation: the idle connection is reused.
         let sender = pool.checkout(old).expect("pooled connection reused");
         pool.checkin(old, sender);
-        assert_eq!(srv.accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(wait_for(&srv.accepted, 1).await, 1);
 
         // The upstream's connections were retired (e.g. its process is about to be paused).
         assert!(
@@ -372,7 +311,7 @@ mod tests {
             pool.checkout(new).is_none(),
             "more than one connection pooled"
         );
-        assert_eq!(srv.accepted.load(Ordering::SeqCst), 3);
+        assert_eq!(wait_for(&srv.accepted, 3).await, 3);
         drop(sender);
     }
 }

@@ -523,6 +523,29 @@ async fn stale_pooled_connection_is_not_an_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connection_closed_as_the_request_arrives_is_retried_on_a_fresh_one() {
+    let up = TestUpstream::start_raw(RawMode::CloseOnSecond).await;
+    let h = Harness::start(
+        vec![route("app", "app.test", None)],
+        ProxyOptions {
+            workers: 1,
+            ..ProxyOptions::default()
+        },
+        GRACE,
+    )
+    .await;
+    h.activator.set("app", serve_up(7, up.addr));
+    for _ in 0..4 {
+        // Every request after the first goes out on the pooled connection, which the app
+        // closes on reading it: the proxy retries on a new connection, unseen by the client.
+        let (s, _, body) = h.get("app.test", "/").await;
+        assert_eq!((s, body.as_str()), (StatusCode::OK, "ok"));
+    }
+    assert_eq!(up.accepted.load(Ordering::SeqCst), 4);
+    assert!(h.activator.failures.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_request_headers_are_cut_off() {
     let opts = ProxyOptions {
         header_read_timeout: Duration::from_millis(300),

@@ -230,16 +230,28 @@ pub enum RawMode {
     /// A complete response (`ok`) without `Connection: close`, then closes: a pooled
     /// connection to it goes stale.
     OneShot,
+    /// A complete keep-alive response (`ok`), then reads the next request head and closes
+    /// without answering it: the race of a keep-alive close with a reused connection.
+    CloseOnSecond,
 }
 
 impl TestUpstream {
     pub async fn start_raw(mode: RawMode) -> TestUpstream {
         Self::spawn_counting(move |mut stream| async move {
             let _ = read_head(&mut stream).await;
+            if let RawMode::CloseOnSecond = mode {
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                let _ = read_head(&mut stream).await;
+                return;
+            }
             let out: &[u8] = match mode {
                 RawMode::CloseImmediately => b"",
                 RawMode::Truncate => b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n0123456789",
-                RawMode::OneShot => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                RawMode::OneShot | RawMode::CloseOnSecond => {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+                }
             };
             let _ = stream.write_all(out).await;
             let _ = stream.flush().await;

@@ -1,0 +1,552 @@
+//! The client against a scripted HTTP/1.1 server on loopback.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+
+/// What the scripted server does with one request on a connection.
+#[derive(Clone)]
+enum Step {
+    /// Reads a request, writes these bytes (one write).
+    Respond(&'static [u8]),
+    /// Reads a request, writes the first bytes, waits a little, writes the second.
+    RespondThen(&'static [u8], &'static [u8]),
+    /// Reads a request and closes without an answer.
+    Hangup,
+}
+
+struct Script {
+    addr: std::net::SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    /// Every request received, as raw bytes.
+    requests: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+/// A server whose n-th accepted connection plays `conns[n]`, then closes.
+async fn scripted(conns: Vec<Vec<Step>>) -> Script {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let (acc, reqs) = (Arc::clone(&accepted), Arc::clone(&requests));
+    tokio::spawn(async move {
+        for steps in conns {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            acc.fetch_add(1, Ordering::SeqCst);
+            let reqs = Arc::clone(&reqs);
+            tokio::spawn(async move {
+                for step in steps {
+                    let Some(req) = read_request(&mut s).await else {
+                        return;
+                    };
+                    reqs.lock().unwrap().push(req);
+                    match step {
+                        Step::Respond(out) => s.write_all(out).await.expect("write"),
+                        Step::RespondThen(first, then) => {
+                            s.write_all(first).await.expect("write");
+                            tokio::time::sleep(Duration::from_millis(30)).await;
+                            s.write_all(then).await.expect("write");
+                        }
+                        Step::Hangup => return,
+                    }
+                }
+                // Let the client read everything before the close.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            });
+        }
+    });
+    Script {
+        addr,
+        accepted,
+        requests,
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Reads one request (head, then a Content-Length or chunked body).
+async fn read_request(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = find(&got, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map(|v| v.trim().parse::<usize>().expect("length"));
+            let done = match length {
+                Some(n) => got.len() >= end + 4 + n,
+                None if head.contains("transfer-encoding: chunked") => {
+                    got[end + 4..].ends_with(b"0\r\n\r\n")
+                }
+                None => true,
+            };
+            if done {
+                return Some(got);
+            }
+        }
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&chunk[..n]);
+    }
+}
+
+async fn conn(script: &Script) -> UpstreamConn {
+    UpstreamConn::new(TcpStream::connect(script.addr).await.expect("connect"))
+}
+
+fn parts(method: Method, upgrade: bool) -> http::request::Parts {
+    let mut b = Request::builder()
+        .method(method)
+        .uri("/x?y=1")
+        .header("host", "app.test");
+    if upgrade {
+        b = b.header("connection", "upgrade").header("upgrade", "test");
+    }
+    b.body(()).expect("request").into_parts().0
+}
+
+async fn send_with<B>(
+    conn: UpstreamConn,
+    method: Method,
+    body: B,
+) -> Result<Exchange, SendError<B::Error>>
+where
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: std::fmt::Display + Send,
+{
+    let mut body = RequestBody::new(body);
+    let head = RequestHead::encode(&parts(method, false), &body, false);
+    send(conn, &head, &mut body).await
+}
+
+async fn get(conn: UpstreamConn, method: Method) -> Result<Exchange, SendError<Infallible>> {
+    send_with(conn, method, Empty::<Bytes>::new()).await
+}
+
+fn response<E: std::fmt::Debug>(x: Result<Exchange, SendError<E>>) -> Response<UpstreamBody> {
+    match x.expect("exchange") {
+        Exchange::Response(r) => r,
+        Exchange::Switched(r, _) => panic!("unexpected switch: {}", r.status()),
+    }
+}
+
+fn upstream_error<E: std::fmt::Debug>(x: Result<Exchange, SendError<E>>) -> UpstreamError {
+    match x {
+        Err(SendError::Upstream(e)) => e,
+        Err(other) => panic!("expected an upstream error, got {other:?}"),
+        Ok(_) => panic!("expected an upstream error, got a response"),
+    }
+}
+
+/// The whole body and its trailers.
+async fn collect(body: &mut UpstreamBody) -> Result<(Vec<u8>, Option<HeaderMap>), UpstreamError> {
+    let mut data = Vec::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        match frame.into_data() {
+            Ok(d) => data.extend_from_slice(&d),
+            Err(f) => trailers = f.into_trailers().ok(),
+        }
+    }
+    Ok((data, trailers))
+}
+
+#[tokio::test]
+async fn chunked_response_with_extensions_and_trailers_then_reuse() {
+    let srv = scripted(vec![vec![
+        Step::Respond(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;name=value\r\nhello\r\n6 ; x\r\n world\r\n0\r\nX-Sum: abc\r\n\r\n",
+        ),
+        Step::Respond(b"HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked\r\n\r\n0\r\n\r\n"),
+    ]])
+    .await;
+    let mut resp = response(get(conn(&srv).await, Method::GET).await);
+    assert_eq!(resp.status(), StatusCode::OK);
+    let (data, trailers) = collect(resp.body_mut()).await.expect("body");
+    assert_eq!(data, b"hello world");
+    assert_eq!(trailers.expect("trailers")["x-sum"], "abc");
+    let again = resp.body_mut().take_reusable().expect("reusable");
+    let mut resp = response(get(again, Method::GET).await);
+    let (data, trailers) = collect(resp.body_mut()).await.expect("body");
+    assert!(data.is_empty() && trailers.is_none());
+    assert!(resp.body_mut().take_reusable().is_some());
+    assert_eq!(srv.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn content_length_response_and_the_request_as_written() {
+    let srv = scripted(vec![vec![
+        Step::Respond(
+            b"HTTP/1.1 201 Created\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhello",
+        ),
+        Step::Respond(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    ]])
+    .await;
+    let mut resp = response(get(conn(&srv).await, Method::GET).await);
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let xa: Vec<_> = resp.headers().get_all("x-a").iter().collect();
+    assert_eq!(xa, ["1", "2"]);
+    assert_eq!(resp.body().size_hint().exact(), Some(5));
+    assert_eq!(collect(resp.body_mut()).await.expect("body").0, b"hello");
+    let again = resp.body_mut().take_reusable().expect("reusable");
+    let mut resp = response(get(again, Method::GET).await);
+    assert_eq!(collect(resp.body_mut()).await.expect("body").0, b"ok");
+    assert_eq!(srv.accepted.load(Ordering::SeqCst), 1);
+    let reqs = srv.requests.lock().unwrap().clone();
+    assert_eq!(reqs[0], b"GET /x?y=1 HTTP/1.1\r\nhost: app.test\r\n\r\n");
+}
+
+#[tokio::test]
+async fn close_delimited_body_reads_to_close_and_is_not_reused() {
+    let srv = scripted(vec![vec![Step::Respond(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it",
+    )]])
+    .await;
+    let mut resp = response(get(conn(&srv).await, Method::GET).await);
+    assert_eq!(
+        collect(resp.body_mut()).await.expect("body").0,
+        b"all of it"
+    );
+    assert!(resp.body_mut().take_reusable().is_none());
+}
+
+#[tokio::test]
+async fn connection_close_and_http10_responses_are_not_reused() {
+    let srv = scripted(vec![
+        vec![Step::Respond(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        )],
+        vec![Step::Respond(
+            b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        )],
+    ])
+    .await;
+    for _ in 0..2 {
+        let mut resp = response(get(conn(&srv).await, Method::GET).await);
+        assert_eq!(collect(resp.body_mut()).await.expect("body").0, b"ok");
+        assert!(resp.body_mut().take_reusable().is_none());
+    }
+}
+
+#[tokio::test]
+async fn head_204_and_304_have_no_body() {
+    let srv = scripted(vec![vec![
+        Step::Respond(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"),
+        Step::Respond(b"HTTP/1.1 204 No Content\r\n\r\n"),
+        Step::Respond(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n"),
+        Step::Respond(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+    ]])
+    .await;
+    let mut c = conn(&srv).await;
+    for (method, status) in [(Method::HEAD, 200), (Method::GET, 204), (Method::GET, 304)] {
+        let mut resp = response(get(c, method).await);
+        assert_eq!(resp.status().as_u16(), status);
+        assert!(resp.body().is_end_stream(), "{status} has a body");
+        c = resp.body_mut().take_reusable().expect("reusable");
+    }
+    // Nothing of the bodiless responses was taken for the next one.
+    let mut resp = response(get(c, Method::GET).await);
+    assert_eq!(collect(resp.body_mut()).await.expect("body").0, b"ok");
+    assert_eq!(srv.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn interim_100_continue_is_skipped() {
+    let srv = scripted(vec![vec![Step::RespondThen(
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    )]])
+    .await;
+    let mut resp = response(get(conn(&srv).await, Method::GET).await);
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers().get("link").is_none());
+    assert_eq!(collect(resp.body_mut()).await.expect("body").0, b"ok");
+}
+
+#[tokio::test]
+async fn ambiguous_framing_is_refused() {
+    let cases: [&'static [u8]; 5] = [
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello",
+    ];
+    let srv = scripted(cases.iter().map(|c| vec![Step::Respond(c)]).collect()).await;
+    for case in cases {
+        let err = upstream_error(get(conn(&srv).await, Method::GET).await);
+        assert!(
+            matches!(err, UpstreamError::Framing(_)),
+            "{}: {err}",
+            String::from_utf8_lossy(case)
+        );
+        assert!(err.connection_failure().is_none());
+    }
+    // Repeated equal lengths are one length.
+    let srv = scripted(vec![vec![Step::Respond(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok",
+    )]])
+    .await;
+    let mut resp = response(get(conn(&srv).await, Method::GET).await);
+    assert_eq!(collect(resp.body_mut()).await.expect("body").0, b"ok");
+}
+
+#[tokio::test]
+async fn malformed_chunks_fail_the_body() {
+    let srv = scripted(vec![
+        vec![Step::Respond(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
+        )],
+        vec![Step::Respond(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        )],
+    ])
+    .await;
+    for _ in 0..2 {
+        let mut resp = response(get(conn(&srv).await, Method::GET).await);
+        let err = collect(resp.body_mut()).await.expect_err("bad chunks");
+        assert!(matches!(err, UpstreamError::Framing(_)), "{err}");
+        assert!(resp.body_mut().take_reusable().is_none());
+    }
+}
+
+#[tokio::test]
+async fn bytes_after_the_response_mean_the_connection_is_not_reused() {
+    let srv = scripted(vec![
+        vec![Step::Respond(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nno",
+        )],
+        vec![Step::RespondThen(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            b"garbage",
+        )],
+    ])
+    .await;
+    // Arriving with the response.
+    let mut resp = response(get(conn(&srv).await, Method::GET).await);
+    assert_eq!(collect(resp.body_mut()).await.expect("body").0, b"ok");
+    assert!(resp.body_mut().take_reusable().is_none());
+    // Arriving later, while the connection idles in the pool.
+    let mut resp = response(get(conn(&srv).await, Method::GET).await);
+    assert_eq!(collect(resp.body_mut()).await.expect("body").0, b"ok");
+    let mut idle = resp.body_mut().take_reusable().expect("clean so far");
+    assert!(idle.is_idle_usable());
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    assert!(!idle.is_idle_usable(), "unsolicited bytes went unnoticed");
+}
+
+#[tokio::test]
+async fn reused_connection_closed_by_the_app_is_stale_not_failed() {
+    let srv = scripted(vec![
+        // Closed while idle.
+        vec![Step::Respond(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        )],
+        // Closed as the next request arrives (the keep-alive race).
+        vec![
+            Step::Respond(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+            Step::Hangup,
+        ],
+        // Same, with a request body: that body is gone, no retry.
+        vec![
+            Step::Respond(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"),
+            Step::Hangup,
+        ],
+        // The fresh connection the request is retried on.
+        vec![Step::Respond(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nnew",
+        )],
+    ])
+    .await;
+    let reused = |srv: &Script| {
+        let addr = srv.addr;
+        async move {
+            let c = UpstreamConn::new(TcpStream::connect(addr).await.expect("connect"));
+            let mut resp = response(get(c, Method::GET).await);
+            assert_eq!(collect(resp.body_mut()).await.expect("body").0, b"ok");
+            resp.body_mut().take_reusable().expect("reusable")
+        }
+    };
+    let mut idle = reused(&srv).await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(!idle.is_idle_usable(), "a closed connection looked usable");
+
+    let raced = reused(&srv).await;
+    assert!(matches!(
+        get(raced, Method::GET).await,
+        Err(SendError::Stale)
+    ));
+
+    let raced = reused(&srv).await;
+    let err = upstream_error(send_with(raced, Method::POST, Full::new(Bytes::from("data"))).await);
+    assert!(err.connection_failure().is_some(), "{err}");
+
+    // A fresh connection answers the retried request.
+    let mut resp = response(get(conn(&srv).await, Method::GET).await);
+    assert_eq!(collect(resp.body_mut()).await.expect("body").0, b"new");
+    assert_eq!(srv.accepted.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn request_bodies_are_framed_by_length_or_chunked() {
+    let ok: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let srv = scripted(vec![vec![
+        Step::Respond(ok),
+        Step::Respond(ok),
+        Step::Respond(ok),
+    ]])
+    .await;
+    let mut c = conn(&srv).await;
+    let mut resp = response(send_with(c, Method::PUT, Full::new(Bytes::from("abc"))).await);
+    collect(resp.body_mut()).await.expect("body");
+    c = resp.body_mut().take_reusable().expect("reusable");
+    let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+        Ok(Frame::data(Bytes::from("hello "))),
+        Ok(Frame::data(Bytes::from("world"))),
+    ];
+    let stream = StreamBody::new(futures_util::stream::iter(frames));
+    let mut resp = response(send_with(c, Method::POST, stream).await);
+    collect(resp.body_mut()).await.expect("body");
+    c = resp.body_mut().take_reusable().expect("reusable");
+    let mut resp = response(get(c, Method::POST).await);
+    collect(resp.body_mut()).await.expect("body");
+    let reqs = srv.requests.lock().unwrap().clone();
+    assert_eq!(
+        String::from_utf8_lossy(&reqs[0]),
+        "PUT /x?y=1 HTTP/1.1\r\nhost: app.test\r\ncontent-length: 3\r\n\r\nabc"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&reqs[1]),
+        "POST /x?y=1 HTTP/1.1\r\nhost: app.test\r\ntransfer-encoding: chunked\r\n\r\n6\r\nhello \r\n5\r\nworld\r\n0\r\n\r\n"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&reqs[2]),
+        "POST /x?y=1 HTTP/1.1\r\nhost: app.test\r\ncontent-length: 0\r\n\r\n"
+    );
+}
+
+#[tokio::test]
+async fn switching_protocols_keeps_the_bytes_after_the_head() {
+    let srv = scripted(vec![
+        vec![Step::Respond(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: test\r\nConnection: upgrade\r\n\r\nEARLY",
+        )],
+        vec![Step::Respond(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")],
+    ])
+    .await;
+    let mut body = RequestBody::new(Empty::<Bytes>::new());
+    let head = RequestHead::encode(&parts(Method::GET, true), &body, true);
+    match send(conn(&srv).await, &head, &mut body).await {
+        Ok(Exchange::Switched(resp, c)) => {
+            assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+            let (_, early) = c.into_parts().expect("whole connection");
+            assert_eq!(&early[..], b"EARLY");
+        }
+        _ => panic!("no switch"),
+    }
+    // Not asked for: refused.
+    let err = upstream_error(get(conn(&srv).await, Method::GET).await);
+    assert!(matches!(err, UpstreamError::UnexpectedSwitch), "{err}");
+}
+
+#[tokio::test]
+async fn oversized_head_and_early_close_are_errors() {
+    static BIG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let big = BIG.get_or_init(|| {
+        let mut v = b"HTTP/1.1 200 OK\r\n".to_vec();
+        while v.len() <= MAX_HEAD {
+            v.extend_from_slice(b"X-Filler: ");
+            v.extend_from_slice(&[b'a'; 2000]);
+            v.extend_from_slice(b"\r\n");
+        }
+        v
+    });
+    let srv = scripted(vec![
+        vec![Step::Respond(big)],
+        vec![Step::Respond(b"HTTP/1.1 200 OK\r\nContent-Le")],
+        vec![Step::Respond(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+        )],
+    ])
+    .await;
+    let err = upstream_error(get(conn(&srv).await, Method::GET).await);
+    assert!(matches!(err, UpstreamError::HeadTooLarge { .. }), "{err}");
+    // A fresh connection closed mid-head: a failure, not a stale connection.
+    let err = upstream_error(get(conn(&srv).await, Method::GET).await);
+    assert!(matches!(err, UpstreamError::Closed { .. }), "{err}");
+    assert!(err.connection_failure().is_some());
+    let mut resp = response(get(conn(&srv).await, Method::GET).await);
+    let err = collect(resp.body_mut()).await.expect_err("truncated");
+    assert!(matches!(err, UpstreamError::Closed { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn an_app_answering_before_the_body_is_sent_streams_both_ways() {
+    // A full-duplex echo: the response head goes out at once, then every byte of the request
+    // body comes back as it arrives. 16 MiB is far more than the sockets buffer, so sending
+    // the whole body before reading the response would never finish.
+    const TOTAL: usize = 16 << 20;
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(64 << 10).expect("rcvbuf");
+    socket.set_send_buffer_size(64 << 10).expect("sndbuf");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let listener = socket.listen(8).expect("listen");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let mut got = Vec::new();
+        let mut chunk = vec![0u8; 64 << 10];
+        let body_start = loop {
+            let n = s.read(&mut chunk).await.expect("read");
+            got.extend_from_slice(&chunk[..n]);
+            if let Some(end) = find(&got, b"\r\n\r\n") {
+                break end + 4;
+            }
+        };
+        s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.expect("head");
+        s.write_all(&got[body_start..]).await.expect("echo");
+        let mut echoed = got.len() - body_start;
+        while echoed < TOTAL {
+            let n = s.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "body cut short");
+            s.write_all(&chunk[..n]).await.expect("echo");
+            echoed += n;
+        }
+    });
+    let data: Vec<u8> = (0..TOTAL).map(|i| (i % 251) as u8).collect();
+    let c = UpstreamConn::new(TcpStream::connect(addr).await.expect("connect"));
+    let run = async {
+        let mut resp =
+            response(send_with(c, Method::POST, Full::new(Bytes::from(data.clone()))).await);
+        assert_eq!(resp.status(), StatusCode::OK);
+        let (echo, _) = collect(resp.body_mut()).await.expect("body");
+        assert!(resp.body_mut().take_reusable().is_none());
+        echo
+    };
+    let echo = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .expect("the exchange stalled");
+    assert_eq!(echo.len(), TOTAL);
+    assert!(echo == data, "echo differs");
+}
