@@ -386,8 +386,9 @@ async fn forward(
         Exchange::Response(resp) => resp,
     };
 
-    let (mut parts, body) = resp.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
+    // Hop-by-hop fields were left out when the head was parsed
+    // (`upstream::head::parse_response_head`).
+    let (parts, body) = resp.into_parts();
     let conn = PooledConn {
         pool: Arc::clone(&shared.pool),
         key,

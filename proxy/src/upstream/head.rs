@@ -4,8 +4,9 @@ use bytes::{Buf, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{request, Method, Response, StatusCode, Version};
 
+use smallvec::SmallVec;
+
 use super::{RequestBody, UpstreamError, MAX_HEADERS};
-use crate::headers::connection_has;
 
 /// How the request body travels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,10 +162,23 @@ pub(crate) fn parse_response_head(
         buf.advance(len);
         return Ok(HeadStatus::Interim);
     }
+    // One pass over the raw fields: the framing and keep-alive facts, and which fields go to
+    // the client. Hop-by-hop fields (and those `Connection` names) are left out here, so the
+    // response needs no stripping later; a 101 keeps all of them (its `Upgrade` travels on).
+    let switching = status == StatusCode::SWITCHING_PROTOCOLS;
+    let mut facts = Facts::default();
+    for h in resp.headers.iter() {
+        facts.note(h.name.as_bytes(), h.value);
+    }
+    let framing = framing(req, status, &facts)?;
+    let keep_alive = version == Version::HTTP_11 && !facts.close;
     // Values are sliced from the head's bytes without copying: note where they are first.
     let base = buf.as_ptr() as usize;
-    let mut fields: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(resp.headers.len());
+    let mut fields: SmallVec<[(HeaderName, usize, usize); 16]> = SmallVec::new();
     for h in resp.headers.iter() {
+        if !switching && facts.is_hop_by_hop(h.name.as_bytes()) {
+            continue;
+        }
         let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| UpstreamError::InvalidHead("header name"))?;
         let start = if h.value.is_empty() {
@@ -176,6 +190,7 @@ pub(crate) fn parse_response_head(
         };
         fields.push((name, start, start + h.value.len()));
     }
+    drop(facts);
     let head = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(fields.len());
     for (name, start, end) in fields {
@@ -183,8 +198,6 @@ pub(crate) fn parse_response_head(
             .map_err(|_| UpstreamError::InvalidHead("header value"))?;
         headers.append(name, value);
     }
-    let framing = framing(req, status, &headers)?;
-    let keep_alive = version == Version::HTTP_11 && !connection_has(&headers, "close");
     let mut response = Response::new(());
     *response.status_mut() = status;
     *response.version_mut() = version;
@@ -196,11 +209,63 @@ pub(crate) fn parse_response_head(
     }))
 }
 
+/// What a response head's fields say about framing and the connection, gathered from the raw
+/// fields (names compared case-insensitively, no `HeaderMap` lookups).
+#[derive(Default)]
+struct Facts<'a> {
+    /// `Transfer-Encoding` values.
+    transfer_encoding: SmallVec<[&'a [u8]; 1]>,
+    /// `Content-Length` values.
+    content_length: SmallVec<[&'a [u8]; 1]>,
+    /// The tokens `Connection` lists.
+    connection: SmallVec<[&'a [u8]; 2]>,
+    /// `Connection: close`.
+    close: bool,
+}
+
+impl<'a> Facts<'a> {
+    fn note(&mut self, name: &[u8], value: &'a [u8]) {
+        if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            self.transfer_encoding.push(value);
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            self.content_length.push(value);
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if token.is_empty() {
+                    continue;
+                }
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                }
+                self.connection.push(token);
+            }
+        }
+    }
+
+    /// Whether a field is hop-by-hop (RFC 9110 §7.6.1): one that describes this connection
+    /// only, `Proxy-*`, or one that `Connection` names.
+    fn is_hop_by_hop(&self, name: &[u8]) -> bool {
+        const HOP: [&[u8]; 6] = [
+            b"connection",
+            b"keep-alive",
+            b"te",
+            b"trailer",
+            b"transfer-encoding",
+            b"upgrade",
+        ];
+        HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+            || name
+                .get(..6)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
+            || self.connection.iter().any(|t| name.eq_ignore_ascii_case(t))
+    }
+}
+
 /// The response body's framing (RFC 9112 §6.3), refusing anything ambiguous.
 fn framing(
     req: &RequestHead,
     status: StatusCode,
-    headers: &HeaderMap,
+    facts: &Facts<'_>,
 ) -> Result<Framing, UpstreamError> {
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return if req.upgrade {
@@ -212,16 +277,16 @@ fn framing(
     if req.head_method || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Empty);
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
-        if headers.contains_key(header::CONTENT_LENGTH) {
+    if !facts.transfer_encoding.is_empty() {
+        if !facts.content_length.is_empty() {
             return Err(UpstreamError::Framing(
                 "both Transfer-Encoding and Content-Length",
             ));
         }
-        let mut codings = headers
-            .get_all(header::TRANSFER_ENCODING)
+        let mut codings = facts
+            .transfer_encoding
             .iter()
-            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .flat_map(|v| v.split(|&b| b == b','))
             .map(|t| t.trim_ascii())
             .filter(|t| !t.is_empty());
         return match (codings.next(), codings.next()) {
@@ -232,8 +297,8 @@ fn framing(
         };
     }
     let mut length: Option<u64> = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for token in value.as_bytes().split(|&b| b == b',') {
+    for value in &facts.content_length {
+        for token in value.split(|&b| b == b',') {
             let n = parse_length(token.trim_ascii())
                 .ok_or(UpstreamError::Framing("invalid Content-Length"))?;
             if length.is_some_and(|l| l != n) {

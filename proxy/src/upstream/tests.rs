@@ -193,6 +193,22 @@ async fn chunked_response_with_extensions_and_trailers_then_reuse() {
 }
 
 #[tokio::test]
+async fn hop_by_hop_response_fields_are_left_out_and_close_ends_reuse() {
+    let srv = scripted(vec![vec![Step::Respond(
+        b"HTTP/1.1 200 OK\r\nX-Drop: 1\r\nConnection: close, X-Drop\r\nKeep-Alive: timeout=5\r\nProxy-Agent: p\r\nX-Kept: yes\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    )]])
+    .await;
+    let mut resp = response(get(conn(&srv).await, Method::GET).await);
+    let names: Vec<&str> = resp.headers().keys().map(|k| k.as_str()).collect();
+    assert_eq!(names, ["x-kept"], "hop-by-hop fields passed");
+    assert_eq!(collect(resp.body_mut()).await.expect("body").0, b"ok");
+    assert!(
+        resp.body_mut().take_reusable().is_none(),
+        "a `Connection: close` response was reused"
+    );
+}
+
+#[tokio::test]
 async fn content_length_response_and_the_request_as_written() {
     let srv = scripted(vec![vec![
         Step::Respond(
