@@ -174,7 +174,6 @@ impl Workers {
     /// Stops every worker (their remaining tasks are dropped) and waits for their threads,
     /// at most `wait` in all.
     pub(crate) async fn stop(mut self, wait: Duration) {
-        self.sampler.abort();
         for w in &mut self.workers {
             if let Some(stop) = w.stop.take() {
                 let _ = stop.send(());
@@ -185,6 +184,13 @@ impl Workers {
         if tokio::time::timeout(wait, all).await.is_err() {
             tracing::warn!("proxy workers still running after shutdown");
         }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        // Also on an error path that never called `stop`.
+        self.sampler.abort();
     }
 }
 
