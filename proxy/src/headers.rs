@@ -10,17 +10,23 @@ pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwa
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Whether `name` describes one hop by itself (RFC 9110 §7.6.1), without being listed in
-/// `Connection`: `Connection`, `Keep-Alive`, `TE`, `Trailer`, `Transfer-Encoding`,
-/// `Upgrade`, or `Proxy-*`.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    // Compared as text (a length check first), not as `HeaderName`s: this runs for every
-    // header of every request and response.
-    let s = name.as_str();
-    matches!(
-        s,
-        "connection" | "keep-alive" | "te" | "trailer" | "transfer-encoding" | "upgrade"
-    ) || s.starts_with("proxy-")
+/// Whether a field named `name` (any case) describes one hop by itself (RFC 9110 §7.6.1),
+/// without being listed in `Connection`: `Connection`, `Keep-Alive`, `TE`, `Trailer`,
+/// `Transfer-Encoding`, `Upgrade`, or `Proxy-*`. Compared as bytes, a length check first:
+/// this runs for every field of every request and response.
+pub(crate) fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: [&[u8]; 6] = [
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    ];
+    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || name
+            .get(..6)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
 }
 
 /// Removes hop-by-hop headers: `Connection` and every header it lists, `Keep-Alive`,
@@ -39,7 +45,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let doomed: SmallVec<[HeaderName; 4]> = headers
         .keys()
         .filter(|name| {
-            is_hop_by_hop(name) || listed.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
+            is_hop_by_hop(name.as_str().as_bytes())
+                || listed.iter().any(|t| t.eq_ignore_ascii_case(name.as_str()))
         })
         .cloned()
         .collect();
@@ -161,10 +168,10 @@ pub(crate) fn set_forwarded(
             .map(str::trim)
             .filter(|s| !s.is_empty())
             .collect();
-        let peer_text = peer.to_str().unwrap_or_default();
         if previous.is_empty() {
             peer.clone()
         } else {
+            let peer_text = peer.to_str().unwrap_or_default();
             let joined = format!("{}, {peer_text}", previous.join(", "));
             HeaderValue::from_str(&joined).unwrap_or_else(|_| peer.clone())
         }

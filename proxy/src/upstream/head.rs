@@ -245,18 +245,7 @@ impl<'a> Facts<'a> {
     /// Whether a field is hop-by-hop (RFC 9110 §7.6.1): one that describes this connection
     /// only, `Proxy-*`, or one that `Connection` names.
     fn is_hop_by_hop(&self, name: &[u8]) -> bool {
-        const HOP: [&[u8]; 6] = [
-            b"connection",
-            b"keep-alive",
-            b"te",
-            b"trailer",
-            b"transfer-encoding",
-            b"upgrade",
-        ];
-        HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-            || name
-                .get(..6)
-                .is_some_and(|p| p.eq_ignore_ascii_case(b"proxy-"))
+        crate::headers::is_hop_by_hop(name)
             || self.connection.iter().any(|t| name.eq_ignore_ascii_case(t))
     }
 }
