@@ -330,6 +330,10 @@ struct FrontArgs {
     /// Measure hako alone (no nginx front), e.g. to profile it.
     #[arg(long)]
     no_nginx: bool,
+    /// Loads of each round, comma-separated: plain (wrk), tls (h2load h2 and h1),
+    /// handshakes (new TLS connections). More rounds of fewer loads give steadier medians.
+    #[arg(long, default_value = "plain,tls,handshakes", value_delimiter = ',')]
+    loads: Vec<String>,
 }
 
 fn cmd_front(a: FrontArgs) -> Result<()> {
@@ -346,6 +350,8 @@ fn cmd_front(a: FrontArgs) -> Result<()> {
         handshakes: a.handshakes,
         cold: a.cold,
         workers: if a.no_nginx { Vec::new() } else { a.workers },
+        loads: scenarios::front::Loads::parse(a.loads.iter().map(String::as_str))
+            .map_err(|e| anyhow::anyhow!("--loads: {e}"))?,
     };
     let mut res = Ok(());
     scenarios::front::run_front(&spec, &mut |line| {

@@ -83,6 +83,57 @@ pub struct FrontSpec {
     pub cold: usize,
     /// nginx worker counts to compare.
     pub workers: Vec<usize>,
+    /// Which loads run.
+    pub loads: Loads,
+}
+
+/// The loads of a round; `--loads` chooses them, every one by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Loads {
+    /// Plain HTTP/1.1 (wrk).
+    pub plain: bool,
+    /// TLS h2 and h1 (h2load).
+    pub tls: bool,
+    /// New TLS connections (h2load -c N -n N).
+    pub handshakes: bool,
+}
+
+impl Loads {
+    /// Every load.
+    pub const ALL: Loads = Loads {
+        plain: true,
+        tls: true,
+        handshakes: true,
+    };
+
+    /// Parses names such as `plain`, `tls`, `handshakes` (one per item).
+    pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Loads, String> {
+        let mut l = Loads {
+            plain: false,
+            tls: false,
+            handshakes: false,
+        };
+        for n in names {
+            match n.trim() {
+                "plain" => l.plain = true,
+                "tls" => l.tls = true,
+                "handshakes" => l.handshakes = true,
+                other => {
+                    return Err(format!(
+                        "unknown load '{other}' (expected plain, tls, handshakes)"
+                    ))
+                }
+            }
+        }
+        if l == (Loads {
+            plain: false,
+            tls: false,
+            handshakes: false,
+        }) {
+            return Err("no load chosen".into());
+        }
+        Ok(l)
+    }
 }
 
 /// One measurement.
@@ -133,38 +184,45 @@ fn measure(
     let c = spec.connections.to_string();
 
     // Plain HTTP/1.1, wrk.
-    let t0 = tree_cpu_ticks(front.pid, front.exclude);
-    let text = run_ok(
-        Command::new("wrk")
-            .args(["-t1", "-c", &c, "-d", &format!("{d}s"), "--latency", "-H"])
-            .arg(format!("Host: {HOST}"))
-            .arg(format!("http://127.0.0.1:{}/", front.plain)),
-    )?;
-    let t1 = tree_cpu_ticks(front.pid, front.exclude);
-    let (rps, p50, p99, n) = parse_wrk(&text).ok_or_else(|| FrontError::Failed {
-        cmd: "wrk".into(),
-        reason: text.clone(),
-    })?;
-    if text.contains("Non-2xx") || text.contains("Socket errors") {
-        print(&format!(
-            "  wrk reported errors for {}:\n{text}",
-            front.name
-        ));
+    if spec.loads.plain {
+        let t0 = tree_cpu_ticks(front.pid, front.exclude);
+        let text = run_ok(
+            Command::new("wrk")
+                .args(["-t1", "-c", &c, "-d", &format!("{d}s"), "--latency", "-H"])
+                .arg(format!("Host: {HOST}"))
+                .arg(format!("http://127.0.0.1:{}/", front.plain)),
+        )?;
+        let t1 = tree_cpu_ticks(front.pid, front.exclude);
+        let (rps, p50, p99, n) = parse_wrk(&text).ok_or_else(|| FrontError::Failed {
+            cmd: "wrk".into(),
+            reason: text.clone(),
+        })?;
+        if text.contains("Non-2xx") || text.contains("Socket errors") {
+            print(&format!(
+                "  wrk reported errors for {}:\n{text}",
+                front.name
+            ));
+        }
+        out.push(Sample {
+            round,
+            front: front.name.clone(),
+            load: "http1 (wrk)",
+            rate: rps,
+            p50_ms: Some(p50),
+            p99_ms: Some(p99),
+            cpu_us_per_req: cpu_per(t0, t1, n),
+            note: String::new(),
+        });
     }
-    out.push(Sample {
-        round,
-        front: front.name.clone(),
-        load: "http1 (wrk)",
-        rate: rps,
-        p50_ms: Some(p50),
-        p99_ms: Some(p99),
-        cpu_us_per_req: cpu_per(t0, t1, n),
-        note: String::new(),
-    });
 
     let url = format!("https://127.0.0.1:{}/", front.tls);
     let authority = format!(":authority: {HOST}");
-    for (load, h1) in [("tls h2", false), ("tls h1", true)] {
+    let tls_loads: &[(&str, bool)] = if spec.loads.tls {
+        &[("tls h2", false), ("tls h1", true)]
+    } else {
+        &[]
+    };
+    for &(load, h1) in tls_loads {
         let log = dir.join("h2load.log");
         let _ = std::fs::remove_file(&log);
         let mut cmd = Command::new("h2load");
@@ -198,29 +256,31 @@ fn measure(
     }
 
     // New TLS connections, one request each.
-    let n = spec.handshakes.to_string();
-    let t0 = tree_cpu_ticks(front.pid, front.exclude);
-    let text = run_ok(
-        Command::new("h2load")
-            .args(["-t1", "-c", &n, "-n", &n, "--tls13-ciphers", SUITE, "-H"])
-            .arg(&authority)
-            .arg(&url),
-    )?;
-    let t1 = tree_cpu_ticks(front.pid, front.exclude);
-    let (secs, _, ok, note) = parse_h2load(&text).ok_or_else(|| FrontError::Failed {
-        cmd: "h2load".into(),
-        reason: text.clone(),
-    })?;
-    out.push(Sample {
-        round,
-        front: front.name.clone(),
-        load: "tls handshakes",
-        rate: ok as f64 / secs.max(1e-9),
-        p50_ms: None,
-        p99_ms: None,
-        cpu_us_per_req: cpu_per(t0, t1, ok),
-        note,
-    });
+    if spec.loads.handshakes {
+        let n = spec.handshakes.to_string();
+        let t0 = tree_cpu_ticks(front.pid, front.exclude);
+        let text = run_ok(
+            Command::new("h2load")
+                .args(["-t1", "-c", &n, "-n", &n, "--tls13-ciphers", SUITE, "-H"])
+                .arg(&authority)
+                .arg(&url),
+        )?;
+        let t1 = tree_cpu_ticks(front.pid, front.exclude);
+        let (secs, _, ok, note) = parse_h2load(&text).ok_or_else(|| FrontError::Failed {
+            cmd: "h2load".into(),
+            reason: text.clone(),
+        })?;
+        out.push(Sample {
+            round,
+            front: front.name.clone(),
+            load: "tls handshakes",
+            rate: ok as f64 / secs.max(1e-9),
+            p50_ms: None,
+            p99_ms: None,
+            cpu_us_per_req: cpu_per(t0, t1, ok),
+            note,
+        });
+    }
     for s in &out {
         print(&sample_line(s));
     }
@@ -428,7 +488,14 @@ apps:\n  - name: be\n    hosts: [{HOST}]\n    rootfs: host\n    network: host\n 
 
     let mut samples = Vec::new();
     for round in 1..=spec.rounds {
-        for f in &fronts {
+        // The order of the fronts alternates between rounds, so that neither always runs
+        // first (after a pause) or last.
+        let order: Vec<&Front> = if round % 2 == 1 {
+            fronts.iter().collect()
+        } else {
+            fronts.iter().rev().collect()
+        };
+        for f in order {
             samples.extend(measure(f, round, spec, dir, print)?);
         }
     }
@@ -452,7 +519,7 @@ fn remove_cgroup_parent(name: &str) {
 }
 
 fn summary(spec: &FrontSpec, samples: &[Sample], mut tls: Vec<f64>, mut plain: Vec<f64>) -> String {
-    let mut s = String::from("\nsummary (every round, in order):\n");
+    let mut s = String::from("\nsummary (every round, in order; med = median of the rounds):\n");
     let mut fronts: Vec<&str> = Vec::new();
     for x in samples {
         if !fronts.contains(&x.front.as_str()) {
@@ -460,6 +527,9 @@ fn summary(spec: &FrontSpec, samples: &[Sample], mut tls: Vec<f64>, mut plain: V
         }
     }
     for load in ["http1 (wrk)", "tls h2", "tls h1", "tls handshakes"] {
+        if !samples.iter().any(|x| x.load == load) {
+            continue;
+        }
         let _ = writeln!(s, "{load}:");
         for f in &fronts {
             let rows: Vec<&Sample> = samples
@@ -469,14 +539,52 @@ fn summary(spec: &FrontSpec, samples: &[Sample], mut tls: Vec<f64>, mut plain: V
             let join = |g: &dyn Fn(&Sample) -> String| {
                 rows.iter().map(|r| g(r)).collect::<Vec<_>>().join(", ")
             };
+            let rates: Vec<f64> = rows.iter().map(|r| r.rate).collect();
+            let p99s: Vec<f64> = rows.iter().filter_map(|r| r.p99_ms).collect();
             let _ = writeln!(
                 s,
-                "  {f:<9} rate/s [{}]  p50 ms [{}]  p99 ms [{}]  cpu us/req [{}]",
+                "  {f:<9} rate/s [{}] med {:.0}  p50 ms [{}]  p99 ms [{}] med {}  cpu us/req [{}]",
                 join(&|r| format!("{:.0}", r.rate)),
+                median(&rates).unwrap_or(0.0),
                 join(&|r| ms(r.p50_ms)),
                 join(&|r| ms(r.p99_ms)),
+                ms(median(&p99s)),
                 join(&|r| format!("{:.1}", r.cpu_us_per_req)),
             );
+        }
+        // hako against each nginx front, round by round (the two ran one after the other).
+        for f in fronts.iter().filter(|f| **f != "hako") {
+            let pairs = paired(samples, load, f);
+            if pairs.is_empty() {
+                continue;
+            }
+            let ratios: Vec<f64> = pairs.iter().map(|(h, n)| 100.0 * h.rate / n.rate).collect();
+            let diffs: Vec<f64> = pairs
+                .iter()
+                .filter_map(|(h, n)| Some(h.p99_ms? - n.p99_ms?))
+                .collect();
+            let _ = write!(
+                s,
+                "  hako/{f:<9} rate % [{}] med {:.0}",
+                ratios
+                    .iter()
+                    .map(|r| format!("{r:.0}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                median(&ratios).unwrap_or(0.0),
+            );
+            if let Some(m) = median(&diffs) {
+                let _ = write!(
+                    s,
+                    "  p99 hako - {f} ms [{}] med {m:+.2}",
+                    diffs
+                        .iter()
+                        .map(|d| format!("{d:+.2}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                );
+            }
+            s.push('\n');
         }
     }
     tls.sort_by(f64::total_cmp);
@@ -497,9 +605,95 @@ fn summary(spec: &FrontSpec, samples: &[Sample], mut tls: Vec<f64>, mut plain: V
     s
 }
 
+/// hako's and `front`'s samples of `load`, paired by round.
+fn paired<'a>(samples: &'a [Sample], load: &str, front: &str) -> Vec<(&'a Sample, &'a Sample)> {
+    let of = |name: &str, round: usize| {
+        samples
+            .iter()
+            .find(|x| x.load == load && x.front == name && x.round == round)
+    };
+    samples
+        .iter()
+        .filter(|x| x.load == load && x.front == "hako")
+        .filter_map(|h| Some((h, of(front, h.round)?)))
+        .collect()
+}
+
+/// The median (the mean of the middle two for an even count); none for no values.
+fn median(values: &[f64]) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sample(round: usize, front: &str, rate: f64, p99: f64) -> Sample {
+        Sample {
+            round,
+            front: front.into(),
+            load: "http1 (wrk)",
+            rate,
+            p50_ms: Some(0.5),
+            p99_ms: Some(p99),
+            cpu_us_per_req: 16.0,
+            note: String::new(),
+        }
+    }
+
+    #[test]
+    fn summary_pairs_rounds_and_gives_medians() {
+        let spec = FrontSpec {
+            hako: "hako".into(),
+            nginx: "nginx".into(),
+            rounds: 3,
+            seconds: 1,
+            connections: 1,
+            streams: 1,
+            handshakes: 1,
+            cold: 0,
+            workers: vec![2],
+            loads: Loads::parse(["plain"]).unwrap(),
+        };
+        // Round 2 ran hako first: pairing goes by round, not by position.
+        let samples = vec![
+            sample(1, "nginx-2w", 40000.0, 2.0),
+            sample(1, "hako", 50000.0, 2.5),
+            sample(2, "hako", 44000.0, 1.5),
+            sample(2, "nginx-2w", 40000.0, 2.0),
+            sample(3, "nginx-2w", 50000.0, 1.0),
+            sample(3, "hako", 50000.0, 1.2),
+        ];
+        let text = summary(&spec, &samples, Vec::new(), Vec::new());
+        assert!(
+            text.contains("p99 ms [2.50, 1.50, 1.20] med 1.50"),
+            "{text}"
+        );
+        assert!(text.contains("rate % [125, 110, 100] med 110"), "{text}");
+        assert!(
+            text.contains("p99 hako - nginx-2w ms [+0.50, -0.50, +0.20] med +0.20"),
+            "{text}"
+        );
+        assert!(!text.contains("tls h2"), "{text}");
+        assert_eq!(median(&[3.0, 1.0, 2.0, 10.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+
+    #[test]
+    fn loads_are_parsed() {
+        assert_eq!(Loads::parse(["plain", "tls", "handshakes"]), Ok(Loads::ALL));
+        let only = Loads::parse(["tls"]).unwrap();
+        assert!(only.tls && !only.plain && !only.handshakes);
+        assert!(Loads::parse(["quic"]).unwrap_err().contains("quic"));
+        assert!(Loads::parse([]).is_err());
+    }
 
     #[test]
     fn wrk_output_is_parsed() {
