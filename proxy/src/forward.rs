@@ -429,7 +429,7 @@ async fn send(
     let id = key.id;
     let mut next = Some(first);
     while let Some(conn) = next.take().or_else(|| shared.pool.checkout(key)) {
-        match upstream::send(conn, head, body).await {
+        match upstream::send(conn, head, body, &shared.tracker).await {
             Err(SendError::Stale) => {
                 tracing::debug!(upstream = id, "stale pooled connection, retrying");
             }
@@ -439,7 +439,7 @@ async fn send(
     let conn = Pool::connect(upstream)
         .await
         .map_err(SendFailure::Connect)?;
-    upstream::send(conn, head, body)
+    upstream::send(conn, head, body, &shared.tracker)
         .await
         .map_err(SendFailure::Send)
 }

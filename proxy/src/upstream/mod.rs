@@ -30,6 +30,7 @@ use hyper::body::Incoming;
 use tokio::io::AsyncWrite;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
+use tokio_util::task::TaskTracker;
 
 pub(crate) use body::UpstreamBody;
 pub(crate) use head::RequestHead;
@@ -265,6 +266,7 @@ pub(crate) async fn send<B>(
     mut conn: UpstreamConn,
     head: &RequestHead,
     body: &mut RequestBody<B>,
+    tasks: &TaskTracker,
 ) -> Result<Exchange, SendError<B::Error>>
 where
     B: Body<Data = Bytes> + Unpin + Send + 'static,
@@ -298,7 +300,7 @@ where
                     let clean = write_error.is_none();
                     return match upload.filter(|u| !u.finished() && clean) {
                         None => Ok(finish(conn, parsed, clean, None)),
-                        Some(rest) => continue_upload(conn, parsed, rest, body),
+                        Some(rest) => continue_upload(conn, parsed, rest, body, tasks),
                     };
                 }
                 // An interim response was consumed: look for the next head.
@@ -361,12 +363,14 @@ where
 }
 
 /// The app answered before the request body was all sent: a task sends the rest on the write
-/// half while the response streams from the read half.
+/// half while the response streams from the read half. The task is on `tasks` (the proxy's
+/// shutdown tracker), so a graceful shutdown waits for the upload too.
 fn continue_upload<B>(
     conn: UpstreamConn,
     parsed: Parsed,
     mut upload: Upload,
     body: &mut RequestBody<B>,
+    tasks: &TaskTracker,
 ) -> Result<Exchange, SendError<B::Error>>
 where
     B: Body<Data = Bytes> + Unpin + Send + 'static,
@@ -390,7 +394,7 @@ where
     };
     let client_failed = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&client_failed);
-    tokio::spawn(async move {
+    tasks.spawn(async move {
         match poll_fn(|cx| upload.poll(cx, &mut write, &mut rest)).await {
             Ok(()) => {}
             Err(UploadError::Client(error)) => {

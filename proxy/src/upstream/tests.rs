@@ -134,7 +134,7 @@ where
 {
     let mut body = RequestBody::new(body);
     let head = RequestHead::encode(&parts(method, false), &body, false);
-    send(conn, &head, &mut body).await
+    send(conn, &head, &mut body, &TaskTracker::new()).await
 }
 
 async fn get(conn: UpstreamConn, method: Method) -> Result<Exchange, SendError<Infallible>> {
@@ -471,7 +471,7 @@ async fn switching_protocols_keeps_the_bytes_after_the_head() {
     .await;
     let mut body = RequestBody::new(Empty::<Bytes>::new());
     let head = RequestHead::encode(&parts(Method::GET, true), &body, true);
-    match send(conn(&srv).await, &head, &mut body).await {
+    match send(conn(&srv).await, &head, &mut body, &TaskTracker::new()).await {
         Ok(Exchange::Switched(resp, c)) => {
             assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
             let (_, early) = c.into_parts().expect("whole connection");
@@ -565,4 +565,61 @@ async fn an_app_answering_before_the_body_is_sent_streams_both_ways() {
         .expect("the exchange stalled");
     assert_eq!(echo.len(), TOTAL);
     assert!(echo == data, "echo differs");
+}
+
+#[tokio::test]
+async fn the_rest_of_an_answered_upload_is_a_tracked_task() {
+    // The app answers (a complete, empty response) as soon as the head arrives, then reads
+    // the body. The proxy's shutdown waits on its tracker: the rest of the upload must be a
+    // task there, or a shutdown would cut the body the app is still reading.
+    const TOTAL: usize = 4 << 20;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (got_tx, got_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let mut got = Vec::new();
+        let mut chunk = vec![0u8; 64 << 10];
+        let body_start = loop {
+            let n = s.read(&mut chunk).await.expect("read");
+            got.extend_from_slice(&chunk[..n]);
+            if let Some(end) = find(&got, b"\r\n\r\n") {
+                break end + 4;
+            }
+        };
+        s.write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .expect("head");
+        let mut read = got.len() - body_start;
+        while read < TOTAL {
+            // A slow reader: the upload outlives the response.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            let n = s.read(&mut chunk).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            read += n;
+        }
+        let _ = got_tx.send(read);
+    });
+    let data = Bytes::from(vec![7u8; TOTAL]);
+    let tasks = TaskTracker::new();
+    let c = UpstreamConn::new(TcpStream::connect(addr).await.expect("connect"));
+    let mut body = RequestBody::new(Full::new(data));
+    let head = RequestHead::encode(&parts(Method::POST, false), &body, false);
+    let resp = response(send(c, &head, &mut body, &tasks).await);
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    drop(resp);
+    assert_eq!(tasks.len(), 1, "the upload is not on the tracker");
+    tasks.close();
+    tokio::time::timeout(Duration::from_secs(20), tasks.wait())
+        .await
+        .expect("the upload stalled");
+    let read = tokio::time::timeout(Duration::from_secs(5), got_rx)
+        .await
+        .expect("the app did not finish")
+        .expect("app task");
+    assert_eq!(read, TOTAL, "the app got part of the body");
 }
