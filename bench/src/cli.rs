@@ -331,15 +331,9 @@ struct FrontArgs {
     #[arg(long)]
     no_nginx: bool,
     /// Loads of each round, comma-separated: plain (wrk), tls (h2load h2 and h1),
-    /// handshakes (new TLS connections), open (plain HTTP at --rate, open loop; default
-    /// when --rate is given). More rounds of fewer loads give steadier medians.
-    #[arg(long, value_delimiter = ',')]
+    /// handshakes (new TLS connections). More rounds of fewer loads give steadier medians.
+    #[arg(long, default_value = "plain,tls,handshakes", value_delimiter = ',')]
     loads: Vec<String>,
-    /// Offered requests per second of the open-loop load: every front gets the same rate,
-    /// so their latencies compare at equal load (wrk's closed loop gives a faster front
-    /// more load).
-    #[arg(long)]
-    rate: Option<f64>,
 }
 
 fn cmd_front(a: FrontArgs) -> Result<()> {
@@ -356,19 +350,9 @@ fn cmd_front(a: FrontArgs) -> Result<()> {
         handshakes: a.handshakes,
         cold: a.cold,
         workers: if a.no_nginx { Vec::new() } else { a.workers },
-        loads: if a.loads.is_empty() {
-            let mut all = scenarios::front::Loads::ALL;
-            all.open = a.rate.is_some();
-            all
-        } else {
-            scenarios::front::Loads::parse(a.loads.iter().map(String::as_str))
-                .map_err(|e| anyhow::anyhow!("--loads: {e}"))?
-        },
-        rate: a.rate,
+        loads: scenarios::front::Loads::parse(a.loads.iter().map(String::as_str))
+            .map_err(|e| anyhow::anyhow!("--loads: {e}"))?,
     };
-    if spec.loads.open && !spec.rate.is_some_and(|r| r > 0.0) {
-        bail!("the open load needs --rate (requests per second, above 0)");
-    }
     let mut res = Ok(());
     scenarios::front::run_front(&spec, &mut |line| {
         if res.is_ok() {

@@ -85,8 +85,6 @@ pub struct FrontSpec {
     pub workers: Vec<usize>,
     /// Which loads run.
     pub loads: Loads,
-    /// Offered rate of the open-loop load (`open`), requests per second.
-    pub rate: Option<f64>,
 }
 
 /// The loads of a round; `--loads` chooses them, every one by default.
@@ -98,9 +96,6 @@ pub struct Loads {
     pub tls: bool,
     /// New TLS connections (h2load -c N -n N).
     pub handshakes: bool,
-    /// Plain HTTP/1.1 at a fixed offered rate (`hako-bench run --rate`, open loop): every
-    /// front gets the same requests per second, so the latencies compare at equal load.
-    pub open: bool,
 }
 
 impl Loads {
@@ -109,31 +104,32 @@ impl Loads {
         plain: true,
         tls: true,
         handshakes: true,
-        open: true,
     };
 
-    /// Parses names such as `plain`, `tls`, `handshakes`, `open` (one per item).
+    /// Parses names such as `plain`, `tls`, `handshakes` (one per item).
     pub fn parse<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<Loads, String> {
         let mut l = Loads {
             plain: false,
             tls: false,
             handshakes: false,
-            open: false,
         };
         for n in names {
             match n.trim() {
                 "plain" => l.plain = true,
                 "tls" => l.tls = true,
                 "handshakes" => l.handshakes = true,
-                "open" => l.open = true,
                 other => {
                     return Err(format!(
-                        "unknown load '{other}' (expected plain, tls, handshakes, open)"
+                        "unknown load '{other}' (expected plain, tls, handshakes)"
                     ))
                 }
             }
         }
-        if !(l.plain || l.tls || l.handshakes || l.open) {
+        if l == (Loads {
+            plain: false,
+            tls: false,
+            handshakes: false,
+        }) {
             return Err("no load chosen".into());
         }
         Ok(l)
@@ -219,10 +215,6 @@ fn measure(
         });
     }
 
-    if let (true, Some(rate)) = (spec.loads.open, spec.rate) {
-        out.push(open_loop(front, round, spec, rate, &cpu_per)?);
-    }
-
     let url = format!("https://127.0.0.1:{}/", front.tls);
     let authority = format!(":authority: {HOST}");
     let tls_loads: &[(&str, bool)] = if spec.loads.tls {
@@ -293,51 +285,6 @@ fn measure(
         print(&sample_line(s));
     }
     Ok(out)
-}
-
-/// Plain HTTP/1.1 at `rate` requests per second, open loop: this same binary's `run
-/// --rate` (one thread, like wrk -t1), latency from each request's intended send time.
-fn open_loop(
-    front: &Front,
-    round: usize,
-    spec: &FrontSpec,
-    rate: f64,
-    cpu_per: &dyn Fn(u64, u64, u64) -> f64,
-) -> Result<Sample, FrontError> {
-    let exe = std::env::current_exe()
-        .map_err(|e| FrontError::Setup(format!("this program's path: {e}")))?;
-    let t0 = tree_cpu_ticks(front.pid, front.exclude);
-    let text = run_ok(
-        Command::new(exe)
-            .args(["--threads", "1", "run", "--json", "--host", HOST])
-            .args(["-c", &spec.connections.to_string()])
-            .args(["-d", &format!("{}s", spec.seconds)])
-            .args(["--rate", &rate.to_string()])
-            .arg(format!("http://127.0.0.1:{}/", front.plain)),
-    )?;
-    let t1 = tree_cpu_ticks(front.pid, front.exclude);
-    let failed = |reason: String| FrontError::Failed {
-        cmd: "hako-bench run --rate".into(),
-        reason,
-    };
-    let j: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| failed(format!("{e}: {text}")))?;
-    let num = |v: &serde_json::Value| v.as_f64().ok_or_else(|| failed(text.clone()));
-    let responses = j["responses"]
-        .as_u64()
-        .ok_or_else(|| failed(text.clone()))?;
-    let errors = j["errors"].as_u64().unwrap_or(0);
-    let late = j["late"].as_u64().unwrap_or(0);
-    Ok(Sample {
-        round,
-        front: front.name.clone(),
-        load: "http1 open",
-        rate: num(&j["rps"])?,
-        p50_ms: Some(num(&j["latency_ms"]["p50"])?),
-        p99_ms: Some(num(&j["latency_ms"]["p99"])?),
-        cpu_us_per_req: cpu_per(t0, t1, responses),
-        note: format!("offered {rate}/s, {errors} errors, {late} sent late"),
-    })
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -579,13 +526,7 @@ fn summary(spec: &FrontSpec, samples: &[Sample], mut tls: Vec<f64>, mut plain: V
             fronts.push(&x.front);
         }
     }
-    for load in [
-        "http1 (wrk)",
-        "http1 open",
-        "tls h2",
-        "tls h1",
-        "tls handshakes",
-    ] {
+    for load in ["http1 (wrk)", "tls h2", "tls h1", "tls handshakes"] {
         if !samples.iter().any(|x| x.load == load) {
             continue;
         }
@@ -720,7 +661,6 @@ mod tests {
             cold: 0,
             workers: vec![2],
             loads: Loads::parse(["plain"]).unwrap(),
-            rate: None,
         };
         // Round 2 ran hako first: pairing goes by round, not by position.
         let samples = vec![
@@ -748,10 +688,7 @@ mod tests {
 
     #[test]
     fn loads_are_parsed() {
-        assert_eq!(
-            Loads::parse(["plain", "tls", "handshakes", "open"]),
-            Ok(Loads::ALL)
-        );
+        assert_eq!(Loads::parse(["plain", "tls", "handshakes"]), Ok(Loads::ALL));
         let only = Loads::parse(["tls"]).unwrap();
         assert!(only.tls && !only.plain && !only.handshakes);
         assert!(Loads::parse(["quic"]).unwrap_err().contains("quic"));
