@@ -43,7 +43,8 @@ pub struct ProxyOptions {
     pub max_header_list_size: u32,
     /// Proxy worker threads, each with its own single-threaded runtime and upstream pool; a
     /// client connection, its requests and the upstream connections they use all run on one
-    /// of them (the least loaded at accept). Default: the CPUs available to the process
+    /// of them. A new connection goes to the first worker that was less than half busy over
+    /// the last 100 ms, else to the least busy (see `workers.rs`). Default: the CPUs available to the process
     /// (`std::thread::available_parallelism`). `0` is taken as 1.
     pub workers: usize,
 }
