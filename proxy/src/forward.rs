@@ -71,6 +71,15 @@ pub enum ProxyError {
         /// The configured `upstream_timeout`.
         timeout: Duration,
     },
+    /// The client's request body stalled (no byte for `upstream_timeout`) before the app
+    /// answered: 408, and the connection is closed. The instance is not blamed.
+    #[error("app '{app}': the client sent no request body bytes for {timeout:?}")]
+    ClientBodyTimeout {
+        /// The app.
+        app: String,
+        /// The configured `upstream_timeout`.
+        timeout: Duration,
+    },
     /// The exchange with the instance failed before a response arrived: 502.
     #[error("app '{app}': upstream request failed: {source}")]
     Upstream {
@@ -99,6 +108,7 @@ impl ProxyError {
             },
             ProxyError::Connect { .. } | ProxyError::Upstream { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ClientBodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -122,7 +132,7 @@ impl ProxyError {
         if let ProxyError::ConnectMethod = &self {
             h.insert(header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
         }
-        if let ProxyError::ClientBody { .. } = &self {
+        if let ProxyError::ClientBody { .. } | ProxyError::ClientBodyTimeout { .. } = &self {
             // The request's framing is broken: nothing after it on this connection can be
             // trusted.
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -319,34 +329,44 @@ async fn forward(
     let head = RequestHead::encode(&parts, &body, upgrading);
     drop(parts);
 
+    // No overall deadline: `upstream::send` gives up after `upstream_timeout` without
+    // progress, so an upload of any length at a steady pace goes through.
     let timeout = shared.opts.upstream_timeout;
     let id = key.id;
-    let exchange = match tokio::time::timeout(
-        timeout,
-        send(shared, &*upstream, key, &head, &mut body, first),
-    )
-    .await
-    {
-        Err(_) => {
+    let exchange = match send(shared, &*upstream, key, &head, &mut body, first).await {
+        Err(SendFailure::Send(SendError::TimedOut { waiting_for_client })) => {
+            return Err(if waiting_for_client {
+                ProxyError::ClientBodyTimeout {
+                    app: app.to_string(),
+                    timeout,
+                }
+            } else {
+                ProxyError::UpstreamTimeout {
+                    app: app.to_string(),
+                    timeout,
+                }
+            })
+        }
+        Err(SendFailure::ConnectTimeout) => {
             return Err(ProxyError::UpstreamTimeout {
                 app: app.to_string(),
                 timeout,
             })
         }
-        Ok(Err(SendFailure::Connect(source))) => {
+        Err(SendFailure::Connect(source)) => {
             connect_failed(shared, id, &source);
             return Err(ProxyError::Connect {
                 app: app.to_string(),
                 source,
             });
         }
-        Ok(Err(SendFailure::Send(SendError::Client(source)))) => {
+        Err(SendFailure::Send(SendError::Client(source))) => {
             return Err(ProxyError::ClientBody {
                 app: app.to_string(),
                 source,
             });
         }
-        Ok(Err(SendFailure::Send(SendError::Upstream(source)))) => {
+        Err(SendFailure::Send(SendError::Upstream(source))) => {
             if let Some(io) = source.connection_failure() {
                 shared.upstream_failed(id, &io);
             }
@@ -355,7 +375,7 @@ async fn forward(
                 source,
             });
         }
-        Ok(Err(SendFailure::Send(SendError::Stale))) => {
+        Err(SendFailure::Send(SendError::Stale)) => {
             // Only a reused connection is ever found stale; `send` ends on a fresh one.
             return Err(ProxyError::Upstream {
                 app: app.to_string(),
@@ -364,7 +384,7 @@ async fn forward(
                 },
             });
         }
-        Ok(Ok(exchange)) => exchange,
+        Ok(exchange) => exchange,
     };
 
     let resp = match exchange {
@@ -412,6 +432,8 @@ fn unreachable_guard() -> ! {
 
 enum SendFailure {
     Connect(ConnectError),
+    /// A fresh connection (after stale pooled ones) took longer than `upstream_timeout`.
+    ConnectTimeout,
     Send(SendError),
 }
 
@@ -427,19 +449,21 @@ async fn send(
     first: UpstreamConn,
 ) -> Result<Exchange, SendFailure> {
     let id = key.id;
+    let idle = shared.opts.upstream_timeout;
     let mut next = Some(first);
     while let Some(conn) = next.take().or_else(|| shared.pool.checkout(key)) {
-        match upstream::send(conn, head, body, &shared.tracker).await {
+        match upstream::send(conn, head, body, &shared.tracker, idle).await {
             Err(SendError::Stale) => {
                 tracing::debug!(upstream = id, "stale pooled connection, retrying");
             }
             other => return other.map_err(SendFailure::Send),
         }
     }
-    let conn = Pool::connect(upstream)
+    let conn = tokio::time::timeout(idle, Pool::connect(upstream))
         .await
+        .map_err(|_| SendFailure::ConnectTimeout)?
         .map_err(SendFailure::Connect)?;
-    upstream::send(conn, head, body, &shared.tracker)
+    upstream::send(conn, head, body, &shared.tracker, idle)
         .await
         .map_err(SendFailure::Send)
 }

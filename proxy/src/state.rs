@@ -30,7 +30,12 @@ pub struct ProxyOptions {
     /// Open client connections in all; further ones are closed at accept. Default unlimited
     /// (`usize::MAX`); `hako serve` sets it below its open-files limit.
     pub max_connections: usize,
-    /// Time the upstream has to send response headers (connect included); then 504.
+    /// Time without progress before the proxy gives up on an exchange with an app: to
+    /// connect; to take the next bytes of the request body or, once the body is sent, to send
+    /// the response head (504). Each body byte that goes out starts the time again, so an
+    /// upload of any length at a steady pace passes. If the wait was for the client's body
+    /// (the client stalled its upload) the answer is 408 and the connection is closed; the
+    /// rest of a body the app already answered is dropped after this long without progress.
     /// Default 60 s.
     pub upstream_timeout: Duration,
     /// Idle keep-alive connections kept per upstream instance. Default 32.

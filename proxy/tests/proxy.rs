@@ -190,6 +190,85 @@ async fn upstream_header_timeout_is_504() {
     assert!(h.activator.failures.lock().unwrap().is_empty());
 }
 
+/// `total` pattern bytes in `chunks` chunks, `gap` apart; with `stall`, the body never ends
+/// after the first chunk (a client that stops sending mid-upload).
+fn paced_body(total: u64, chunks: u64, gap: Duration, stall: bool) -> TestBody {
+    let size = total / chunks;
+    let s = futures_util::stream::unfold(0u64, move |i| async move {
+        if i >= chunks {
+            return None;
+        }
+        if i > 0 {
+            if stall {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(gap).await;
+        }
+        let chunk: Vec<u8> = (i * size..(i + 1) * size).map(pattern_byte).collect();
+        Some((
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(hyper::body::Frame::data(
+                bytes::Bytes::from(chunk),
+            )),
+            i + 1,
+        ))
+    });
+    http_body_util::StreamBody::new(s).boxed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_longer_than_the_upstream_timeout_passes_while_it_moves() {
+    // upstream_timeout bounds the time without progress, not the exchange: ten chunks 100 ms
+    // apart take about 1 s, over three times the timeout, and must reach the app whole.
+    let up = TestUpstream::start().await;
+    let opts = ProxyOptions {
+        upstream_timeout: Duration::from_millis(300),
+        ..ProxyOptions::default()
+    };
+    let h = Harness::start(vec![route("app", "app.test", None)], opts, GRACE).await;
+    h.activator.set("app", serve_up(1, up.addr));
+    let started = std::time::Instant::now();
+    let mut c = h.client().await;
+    let req = Request::post("/sink")
+        .header("host", "app.test")
+        .body(paced_body(10 * 1000, 10, Duration::from_millis(100), false))
+        .unwrap();
+    let (s, _, body) = collect(c.send(req).await).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body, "ok 10000");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert!(h.activator.failures.lock().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stalls_its_upload_gets_408_and_the_app_is_not_blamed() {
+    let up = TestUpstream::start().await;
+    let opts = ProxyOptions {
+        upstream_timeout: Duration::from_millis(300),
+        ..ProxyOptions::default()
+    };
+    let h = Harness::start(vec![route("app", "app.test", None)], opts, GRACE).await;
+    h.activator.set("app", serve_up(1, up.addr));
+    let mut c = h.client().await;
+    let req = Request::post("/sink")
+        .header("host", "app.test")
+        .body(paced_body(10 * 1000, 10, Duration::from_millis(100), true))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(10), c.send(req))
+        .await
+        .expect("no answer to a stalled upload");
+    let (s, headers, body) = collect(resp).await;
+    assert_eq!(s, StatusCode::REQUEST_TIMEOUT, "{body}");
+    assert!(body.contains("no request body bytes"), "{body}");
+    assert_eq!(
+        headers.get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
+    assert!(eventually(|| h.activator.records() == vec![(Some("app".into()), 408)]).await);
+    assert!(eventually(|| h.activator.live() == 0).await);
+    // The client stalled, not the app: the supervisor hears nothing about the instance.
+    assert!(h.activator.failures.lock().unwrap().is_empty());
+}
+
 /// `workers` proxy workers, one app on a fresh upstream.
 async fn harness_with_workers(workers: usize) -> (Harness, TestUpstream) {
     let up = TestUpstream::start().await;

@@ -22,6 +22,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::Response;
@@ -35,7 +36,7 @@ use tokio_util::task::TaskTracker;
 pub(crate) use body::UpstreamBody;
 pub(crate) use head::RequestHead;
 use head::{parse_response_head, Framing, HeadStatus, Parsed, RequestFraming};
-use upload::{Upload, UploadError};
+use upload::{Idle, Upload, UploadError};
 
 use crate::activate::Upstream;
 use crate::pool::ConnectError;
@@ -118,6 +119,23 @@ pub(crate) enum SendError<E = hyper::Error> {
     Client(E),
     /// The exchange with the app failed.
     Upstream(UpstreamError),
+    /// Nothing moved for the idle timeout: no byte of the request body went out and no
+    /// response head came. `waiting_for_client`: the body was waiting for the client's next
+    /// bytes (a client stalling its upload), not for the app.
+    TimedOut {
+        /// The client, not the app, was the one holding things up.
+        waiting_for_client: bool,
+    },
+}
+
+/// What one wait of [`send`] ended with.
+enum Step<E> {
+    /// Bytes of the response (0: the app closed), or a read error.
+    Read(io::Result<usize>),
+    /// The client's body failed.
+    Client(E),
+    /// The idle timeout ran out.
+    TimedOut,
 }
 
 /// The socket of an [`UpstreamConn`]: whole, or only its read half while a task finishes
@@ -258,15 +276,19 @@ impl<B: Body<Data = Bytes> + Unpin> RequestBody<B> {
     }
 }
 
-/// Sends `head` and `body` on `conn` and reads the response head. The caller bounds it with
-/// the upstream timeout. The body is written while the response is awaited: an answer that
-/// comes first is returned at once, and the rest of the body follows in a task of its own
-/// (the connection is not reused then).
+/// Sends `head` and `body` on `conn` and reads the response head. The body is written while
+/// the response is awaited: an answer that comes first is returned at once, and the rest of
+/// the body follows in a task of its own on `tasks` (the connection is not reused then).
+///
+/// `idle` bounds the time without progress, not the whole exchange: every byte of the body
+/// that goes out gives the app (or the client) `idle` again, so a long upload at any steady
+/// pace passes, and the response head must come within `idle` of the body's last byte.
 pub(crate) async fn send<B>(
     mut conn: UpstreamConn,
     head: &RequestHead,
     body: &mut RequestBody<B>,
     tasks: &TaskTracker,
+    idle: Duration,
 ) -> Result<Exchange, SendError<B::Error>>
 where
     B: Body<Data = Bytes> + Unpin + Send + 'static,
@@ -293,6 +315,9 @@ where
     };
     let mut write_error: Option<io::Error> = None;
     let mut got_any = !conn.buf.is_empty();
+    let sleep = tokio::time::sleep(idle);
+    tokio::pin!(sleep);
+    let mut timer = Idle::new(sleep, idle, 0);
     loop {
         if !conn.buf.is_empty() {
             match parse_response_head(&mut conn.buf, head) {
@@ -300,7 +325,7 @@ where
                     let clean = write_error.is_none();
                     return match upload.filter(|u| !u.finished() && clean) {
                         None => Ok(finish(conn, parsed, clean, None)),
-                        Some(rest) => continue_upload(conn, parsed, rest, body, tasks),
+                        Some(rest) => continue_upload(conn, parsed, rest, body, tasks, idle),
                     };
                 }
                 // An interim response was consumed: look for the next head.
@@ -319,16 +344,31 @@ where
             if let (Some(up), true, Stream::Whole(io)) = (upload.as_mut(), writing, &mut conn.io) {
                 if !up.finished() {
                     match up.poll(cx, io, body) {
-                        Poll::Ready(Err(UploadError::Client(e))) => return Poll::Ready(Err(Ok(e))),
+                        Poll::Ready(Err(UploadError::Client(e))) => {
+                            return Poll::Ready(Step::Client(e))
+                        }
                         // The app may have answered early (e.g. 413) and closed: read on.
                         Poll::Ready(Err(UploadError::Write(e))) => write_error = Some(e),
                         Poll::Ready(Ok(())) | Poll::Pending => {}
                     }
                 }
             }
-            conn.poll_fill(cx, READ_CHUNK).map_err(Err)
+            if let Poll::Ready(r) = conn.poll_fill(cx, READ_CHUNK) {
+                return Poll::Ready(Step::Read(r));
+            }
+            let progress = upload.as_ref().map_or(0, Upload::sent);
+            timer.poll(cx, progress).map(|()| Step::TimedOut)
         })
         .await;
+        let read = match read {
+            Step::Read(r) => r,
+            Step::Client(e) => return Err(SendError::Client(e)),
+            Step::TimedOut => {
+                let waiting_for_client = write_error.is_none()
+                    && upload.as_ref().is_some_and(Upload::waiting_for_client);
+                return Err(SendError::TimedOut { waiting_for_client });
+            }
+        };
         match read {
             Ok(0) => {
                 if let Some(e) = write_error {
@@ -347,8 +387,7 @@ where
                 return Err(SendError::Upstream(err));
             }
             Ok(_) => got_any = true,
-            Err(Ok(client)) => return Err(SendError::Client(client)),
-            Err(Err(e)) => {
+            Err(e) => {
                 if !got_any && retryable(body) && e.kind() == io::ErrorKind::ConnectionReset {
                     tracing::debug!(error = %e, "stale upstream connection (read)");
                     return Err(SendError::Stale);
@@ -371,6 +410,7 @@ fn continue_upload<B>(
     mut upload: Upload,
     body: &mut RequestBody<B>,
     tasks: &TaskTracker,
+    idle: Duration,
 ) -> Result<Exchange, SendError<B::Error>>
 where
     B: Body<Data = Bytes> + Unpin + Send + 'static,
@@ -395,7 +435,23 @@ where
     let client_failed = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&client_failed);
     tasks.spawn(async move {
-        match poll_fn(|cx| upload.poll(cx, &mut write, &mut rest)).await {
+        // The same idle rule as before the answer: an upload that stops moving is dropped.
+        let sleep = tokio::time::sleep(idle);
+        tokio::pin!(sleep);
+        let mut timer = Idle::new(sleep, idle, upload.sent());
+        let done = poll_fn(|cx| match upload.poll(cx, &mut write, &mut rest) {
+            Poll::Ready(r) => Poll::Ready(Some(r)),
+            Poll::Pending => timer.poll(cx, upload.sent()).map(|()| None),
+        })
+        .await;
+        let Some(done) = done else {
+            tracing::debug!(
+                idle_ms = idle.as_millis() as u64,
+                "the rest of an answered upload made no progress; dropped"
+            );
+            return;
+        };
+        match done {
             Ok(()) => {}
             Err(UploadError::Client(error)) => {
                 flag.store(true, Ordering::Release);

@@ -14,6 +14,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
 
+/// The idle timeout of exchanges in these tests (none of them is meant to reach it).
+const IDLE: Duration = Duration::from_secs(30);
+
 /// What the scripted server does with one request on a connection.
 #[derive(Clone)]
 enum Step {
@@ -134,7 +137,7 @@ where
 {
     let mut body = RequestBody::new(body);
     let head = RequestHead::encode(&parts(method, false), &body, false);
-    send(conn, &head, &mut body, &TaskTracker::new()).await
+    send(conn, &head, &mut body, &TaskTracker::new(), IDLE).await
 }
 
 async fn get(conn: UpstreamConn, method: Method) -> Result<Exchange, SendError<Infallible>> {
@@ -471,7 +474,15 @@ async fn switching_protocols_keeps_the_bytes_after_the_head() {
     .await;
     let mut body = RequestBody::new(Empty::<Bytes>::new());
     let head = RequestHead::encode(&parts(Method::GET, true), &body, true);
-    match send(conn(&srv).await, &head, &mut body, &TaskTracker::new()).await {
+    match send(
+        conn(&srv).await,
+        &head,
+        &mut body,
+        &TaskTracker::new(),
+        IDLE,
+    )
+    .await
+    {
         Ok(Exchange::Switched(resp, c)) => {
             assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
             let (_, early) = c.into_parts().expect("whole connection");
@@ -609,7 +620,7 @@ async fn the_rest_of_an_answered_upload_is_a_tracked_task() {
     let c = UpstreamConn::new(TcpStream::connect(addr).await.expect("connect"));
     let mut body = RequestBody::new(Full::new(data));
     let head = RequestHead::encode(&parts(Method::POST, false), &body, false);
-    let resp = response(send(c, &head, &mut body, &tasks).await);
+    let resp = response(send(c, &head, &mut body, &tasks, IDLE).await);
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     drop(resp);
     assert_eq!(tasks.len(), 1, "the upload is not on the tracker");
@@ -622,4 +633,125 @@ async fn the_rest_of_an_answered_upload_is_a_tracked_task() {
         .expect("the app did not finish")
         .expect("app task");
     assert_eq!(read, TOTAL, "the app got part of the body");
+}
+
+#[tokio::test]
+async fn the_rest_of_an_answered_upload_is_dropped_when_the_app_stops_reading() {
+    // The app answers at once and never reads the body. 8 MiB is far more than the sockets
+    // buffer, so the upload task blocks on the write; after the idle timeout without progress
+    // it must give up, or it (and a graceful shutdown waiting for it) would hang for ever.
+    const TOTAL: usize = 8 << 20;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let mut got = Vec::new();
+        let mut chunk = vec![0u8; 4096];
+        while find(&got, b"\r\n\r\n").is_none() {
+            let n = s.read(&mut chunk).await.expect("read");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        s.write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .expect("head");
+        // Holds the socket open, reading nothing, until the test ends.
+        let _ = done_rx.await;
+    });
+    let tasks = TaskTracker::new();
+    let c = UpstreamConn::new(TcpStream::connect(addr).await.expect("connect"));
+    let mut body = RequestBody::new(Full::new(Bytes::from(vec![1u8; TOTAL])));
+    let head = RequestHead::encode(&parts(Method::POST, false), &body, false);
+    let idle = Duration::from_millis(200);
+    let resp = response(send(c, &head, &mut body, &tasks, idle).await);
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    drop(resp);
+    assert_eq!(tasks.len(), 1);
+    tasks.close();
+    tokio::time::timeout(Duration::from_secs(10), tasks.wait())
+        .await
+        .expect("the stalled upload was not dropped");
+    let _ = done_tx.send(());
+}
+
+#[tokio::test]
+async fn a_stalled_exchange_times_out_and_says_who_stalled() {
+    // An app that reads the head and then nothing, answering never: the upload stops on the
+    // app (its window full), so the timeout is the app's.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.expect("accept");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(s);
+    });
+    let c = UpstreamConn::new(TcpStream::connect(addr).await.expect("connect"));
+    let mut body = RequestBody::new(Full::new(Bytes::from(vec![1u8; 8 << 20])));
+    let head = RequestHead::encode(&parts(Method::POST, false), &body, false);
+    let r = send(
+        c,
+        &head,
+        &mut body,
+        &TaskTracker::new(),
+        Duration::from_millis(200),
+    )
+    .await;
+    assert!(
+        matches!(
+            r,
+            Err(SendError::TimedOut {
+                waiting_for_client: false
+            })
+        ),
+        "{:?}",
+        r.err()
+    );
+
+    // A client whose body yields one chunk and then nothing: the timeout is the client's.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let mut sink = vec![0u8; 4096];
+        while s.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+    });
+    let stalled = StreamBody::new(Box::pin(futures_util::stream::unfold(
+        0u8,
+        |i| async move {
+            if i > 0 {
+                std::future::pending::<()>().await;
+            }
+            Some((
+                Ok::<_, Infallible>(Frame::data(Bytes::from_static(b"first"))),
+                i + 1,
+            ))
+        },
+    )));
+    let c = UpstreamConn::new(TcpStream::connect(addr).await.expect("connect"));
+    let mut body = RequestBody::new(stalled);
+    let head = RequestHead::encode(&parts(Method::POST, false), &body, false);
+    let r = send(
+        c,
+        &head,
+        &mut body,
+        &TaskTracker::new(),
+        Duration::from_millis(200),
+    )
+    .await;
+    assert!(
+        matches!(
+            r,
+            Err(SendError::TimedOut {
+                waiting_for_client: true
+            })
+        ),
+        "{:?}",
+        r.err()
+    );
 }

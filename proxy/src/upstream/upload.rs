@@ -4,6 +4,7 @@
 //! by then, it goes on in a task of its own beside the response (see [`super::send`]).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -27,6 +28,12 @@ pub(crate) struct Upload {
     chunked: bool,
     pending: VecDeque<Bytes>,
     eof: bool,
+    /// Bytes written to the app so far (framing included): the progress the idle timeout
+    /// watches.
+    sent: u64,
+    /// The last poll stopped because the client's body had nothing more yet (rather than
+    /// because the app was not taking bytes).
+    waiting_for_client: bool,
 }
 
 impl Upload {
@@ -35,7 +42,19 @@ impl Upload {
             chunked,
             pending: VecDeque::new(),
             eof: false,
+            sent: 0,
+            waiting_for_client: false,
         }
+    }
+
+    /// Bytes written to the app so far.
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Whether the upload is waiting for the client's next bytes (not for the app).
+    pub(crate) fn waiting_for_client(&self) -> bool {
+        self.waiting_for_client && !self.finished()
     }
 
     /// Every byte of the body, and its end, was written.
@@ -96,7 +115,10 @@ impl Upload {
                     *slice = IoSlice::new(buf);
                 }
                 match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]) {
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        self.waiting_for_client = false;
+                        return Poll::Pending;
+                    }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(UploadError::Write(e))),
                     Poll::Ready(Ok(0)) => {
                         return Poll::Ready(Err(UploadError::Write(
@@ -104,6 +126,7 @@ impl Upload {
                         )))
                     }
                     Poll::Ready(Ok(mut written)) => {
+                        self.sent += written as u64;
                         while written > 0 {
                             let Some(front) = self.pending.front_mut() else {
                                 break;
@@ -127,7 +150,10 @@ impl Upload {
                 continue;
             };
             let frame = match Pin::new(inner).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    self.waiting_for_client = true;
+                    return Poll::Pending;
+                }
                 Poll::Ready(frame) => frame,
             };
             body.touched = true;
@@ -143,6 +169,44 @@ impl Upload {
                     }
                 },
             }
+        }
+    }
+}
+
+/// An idle timeout: fires when `progress` has not moved for `every` (it is re-armed, lazily,
+/// when it runs out after progress). One timer per exchange, reset only when it runs out.
+pub(crate) struct Idle<'a> {
+    sleep: Pin<&'a mut tokio::time::Sleep>,
+    every: std::time::Duration,
+    armed: u64,
+}
+
+impl<'a> Idle<'a> {
+    /// `sleep` must have been made with `every` just now; `progress` is the count to watch.
+    pub(crate) fn new(
+        sleep: Pin<&'a mut tokio::time::Sleep>,
+        every: std::time::Duration,
+        progress: u64,
+    ) -> Self {
+        Idle {
+            sleep,
+            every,
+            armed: progress,
+        }
+    }
+
+    /// `Ready` once `every` passed with `progress` unchanged.
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>, progress: u64) -> Poll<()> {
+        loop {
+            if self.sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if progress == self.armed {
+                return Poll::Ready(());
+            }
+            self.armed = progress;
+            let next = tokio::time::Instant::now() + self.every;
+            self.sleep.as_mut().reset(next);
         }
     }
 }
