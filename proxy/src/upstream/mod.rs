@@ -280,9 +280,9 @@ impl<B: Body<Data = Bytes> + Unpin> RequestBody<B> {
 /// the response is awaited: an answer that comes first is returned at once, and the rest of
 /// the body follows in a task of its own on `tasks` (the connection is not reused then).
 ///
-/// `idle` bounds the time without progress, not the whole exchange: every byte of the body
-/// that goes out gives the app (or the client) `idle` again, so a long upload at any steady
-/// pace passes, and the response head must come within `idle` of the body's last byte.
+/// `idle` bounds the time without progress, not the whole exchange: every write of the body
+/// to the app gives the app (or the client) `idle` again, so a long upload at any steady pace
+/// passes, and the response head must come within `idle` of the body's last write.
 pub(crate) async fn send<B>(
     mut conn: UpstreamConn,
     head: &RequestHead,
@@ -317,7 +317,7 @@ where
     let mut got_any = !conn.buf.is_empty();
     let sleep = tokio::time::sleep(idle);
     tokio::pin!(sleep);
-    let mut timer = Idle::new(sleep, idle, 0);
+    let mut timer = Idle::new(sleep, idle);
     loop {
         if !conn.buf.is_empty() {
             match parse_response_head(&mut conn.buf, head) {
@@ -356,7 +356,7 @@ where
             if let Poll::Ready(r) = conn.poll_fill(cx, READ_CHUNK) {
                 return Poll::Ready(Step::Read(r));
             }
-            let progress = upload.as_ref().map_or(0, Upload::sent);
+            let progress = upload.as_ref().and_then(Upload::last_write);
             timer.poll(cx, progress).map(|()| Step::TimedOut)
         })
         .await;
@@ -438,10 +438,10 @@ where
         // The same idle rule as before the answer: an upload that stops moving is dropped.
         let sleep = tokio::time::sleep(idle);
         tokio::pin!(sleep);
-        let mut timer = Idle::new(sleep, idle, upload.sent());
+        let mut timer = Idle::new(sleep, idle);
         let done = poll_fn(|cx| match upload.poll(cx, &mut write, &mut rest) {
             Poll::Ready(r) => Poll::Ready(Some(r)),
-            Poll::Pending => timer.poll(cx, upload.sent()).map(|()| None),
+            Poll::Pending => timer.poll(cx, upload.last_write()).map(|()| None),
         })
         .await;
         let Some(done) = done else {

@@ -28,9 +28,8 @@ pub(crate) struct Upload {
     chunked: bool,
     pending: VecDeque<Bytes>,
     eof: bool,
-    /// Bytes written to the app so far (framing included): the progress the idle timeout
-    /// watches.
-    sent: u64,
+    /// When bytes last went to the app: the progress the idle timeout watches.
+    last_write: Option<tokio::time::Instant>,
     /// The last poll stopped because the client's body had nothing more yet (rather than
     /// because the app was not taking bytes).
     waiting_for_client: bool,
@@ -42,14 +41,14 @@ impl Upload {
             chunked,
             pending: VecDeque::new(),
             eof: false,
-            sent: 0,
+            last_write: None,
             waiting_for_client: false,
         }
     }
 
-    /// Bytes written to the app so far.
-    pub(crate) fn sent(&self) -> u64 {
-        self.sent
+    /// When bytes last went to the app (none yet: `None`).
+    pub(crate) fn last_write(&self) -> Option<tokio::time::Instant> {
+        self.last_write
     }
 
     /// Whether the upload is waiting for the client's next bytes (not for the app).
@@ -126,7 +125,7 @@ impl Upload {
                         )))
                     }
                     Poll::Ready(Ok(mut written)) => {
-                        self.sent += written as u64;
+                        self.last_write = Some(tokio::time::Instant::now());
                         while written > 0 {
                             let Some(front) = self.pending.front_mut() else {
                                 break;
@@ -173,40 +172,64 @@ impl Upload {
     }
 }
 
-/// An idle timeout: fires when `progress` has not moved for `every` (it is re-armed, lazily,
-/// when it runs out after progress). One timer per exchange, reset only when it runs out.
+/// An idle timeout: fires once `every` has passed since the start and since the last
+/// progress. The timer is moved only when it runs out (never per byte), to the last
+/// progress + `every`.
 pub(crate) struct Idle<'a> {
     sleep: Pin<&'a mut tokio::time::Sleep>,
     every: std::time::Duration,
-    armed: u64,
 }
 
 impl<'a> Idle<'a> {
-    /// `sleep` must have been made with `every` just now; `progress` is the count to watch.
-    pub(crate) fn new(
-        sleep: Pin<&'a mut tokio::time::Sleep>,
-        every: std::time::Duration,
-        progress: u64,
-    ) -> Self {
-        Idle {
-            sleep,
-            every,
-            armed: progress,
-        }
+    /// `sleep` must have been made with `every` just now.
+    pub(crate) fn new(sleep: Pin<&'a mut tokio::time::Sleep>, every: std::time::Duration) -> Self {
+        Idle { sleep, every }
     }
 
-    /// `Ready` once `every` passed with `progress` unchanged.
-    pub(crate) fn poll(&mut self, cx: &mut Context<'_>, progress: u64) -> Poll<()> {
+    /// `Ready` once `every` passed since `last_progress` (and since the start).
+    pub(crate) fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        last_progress: Option<tokio::time::Instant>,
+    ) -> Poll<()> {
         loop {
             if self.sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            if progress == self.armed {
-                return Poll::Ready(());
+            match last_progress.map(|t| t + self.every) {
+                Some(later) if later > self.sleep.deadline() => self.sleep.as_mut().reset(later),
+                _ => return Poll::Ready(()),
             }
-            self.armed = progress;
-            let next = tokio::time::Instant::now() + self.every;
-            self.sleep.as_mut().reset(next);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::Idle;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_fires_its_time_after_the_last_progress_not_after_the_start() {
+        let every = Duration::from_millis(100);
+        let start = Instant::now();
+        let sleep = tokio::time::sleep(every);
+        tokio::pin!(sleep);
+        let mut idle = Idle::new(sleep, every);
+        let progress = Some(start + Duration::from_millis(70));
+        poll_fn(|cx| idle.poll(cx, progress)).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(170));
+
+        // Without progress it fires after `every`.
+        let start = Instant::now();
+        let sleep = tokio::time::sleep(every);
+        tokio::pin!(sleep);
+        let mut idle = Idle::new(sleep, every);
+        poll_fn(|cx| idle.poll(cx, None)).await;
+        assert_eq!(start.elapsed(), every);
     }
 }
