@@ -173,15 +173,21 @@ async fn upstream_connect_failure_is_502_and_reported() {
     assert_eq!(h.activator.live(), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn upstream_header_timeout_is_504() {
+/// One app on a fresh upstream, with `upstream_timeout` set to `timeout`.
+async fn harness_with_upstream_timeout(timeout: Duration) -> (Harness, TestUpstream) {
     let up = TestUpstream::start().await;
     let opts = ProxyOptions {
-        upstream_timeout: Duration::from_millis(200),
+        upstream_timeout: timeout,
         ..ProxyOptions::default()
     };
     let h = Harness::start(vec![route("app", "app.test", None)], opts, GRACE).await;
     h.activator.set("app", serve_up(1, up.addr));
+    (h, up)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_header_timeout_is_504() {
+    let (h, _up) = harness_with_upstream_timeout(Duration::from_millis(200)).await;
     let (s, _, body) = h.get("app.test", "/sleep?ms=2000").await;
     assert_eq!(s, StatusCode::GATEWAY_TIMEOUT);
     assert!(body.contains("app"), "{body}");
@@ -219,13 +225,7 @@ fn paced_body(total: u64, chunks: u64, gap: Duration, stall: bool) -> TestBody {
 async fn an_upload_longer_than_the_upstream_timeout_passes_while_it_moves() {
     // upstream_timeout bounds the time without progress, not the exchange: ten chunks 100 ms
     // apart take about 1 s, over three times the timeout, and must reach the app whole.
-    let up = TestUpstream::start().await;
-    let opts = ProxyOptions {
-        upstream_timeout: Duration::from_millis(300),
-        ..ProxyOptions::default()
-    };
-    let h = Harness::start(vec![route("app", "app.test", None)], opts, GRACE).await;
-    h.activator.set("app", serve_up(1, up.addr));
+    let (h, _up) = harness_with_upstream_timeout(Duration::from_millis(300)).await;
     let started = std::time::Instant::now();
     let mut c = h.client().await;
     let req = Request::post("/sink")
@@ -241,13 +241,7 @@ async fn an_upload_longer_than_the_upstream_timeout_passes_while_it_moves() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stalls_its_upload_gets_408_and_the_app_is_not_blamed() {
-    let up = TestUpstream::start().await;
-    let opts = ProxyOptions {
-        upstream_timeout: Duration::from_millis(300),
-        ..ProxyOptions::default()
-    };
-    let h = Harness::start(vec![route("app", "app.test", None)], opts, GRACE).await;
-    h.activator.set("app", serve_up(1, up.addr));
+    let (h, _up) = harness_with_upstream_timeout(Duration::from_millis(300)).await;
     let mut c = h.client().await;
     let req = Request::post("/sink")
         .header("host", "app.test")

@@ -111,6 +111,13 @@ async fn read_request(s: &mut TcpStream) -> Option<Vec<u8>> {
     }
 }
 
+/// A listener on a fresh loopback port, and its address.
+async fn loopback() -> (TcpListener, std::net::SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    (listener, addr)
+}
+
 async fn conn(script: &Script) -> UpstreamConn {
     UpstreamConn::new(TcpStream::connect(script.addr).await.expect("connect"))
 }
@@ -584,10 +591,7 @@ async fn the_rest_of_an_answered_upload_is_a_tracked_task() {
     // the body. The proxy's shutdown waits on its tracker: the rest of the upload must be a
     // task there, or a shutdown would cut the body the app is still reading.
     const TOTAL: usize = 4 << 20;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let (listener, addr) = loopback().await;
     let (got_tx, got_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.expect("accept");
@@ -641,10 +645,7 @@ async fn the_rest_of_an_answered_upload_is_dropped_when_the_app_stops_reading() 
     // buffer, so the upload task blocks on the write; after the idle timeout without progress
     // it must give up, or it (and a graceful shutdown waiting for it) would hang for ever.
     const TOTAL: usize = 8 << 20;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let (listener, addr) = loopback().await;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.expect("accept");
@@ -680,10 +681,7 @@ async fn the_rest_of_an_answered_upload_is_dropped_when_the_app_stops_reading() 
 async fn a_stalled_exchange_times_out_and_says_who_stalled() {
     // An app that reads the head and then nothing, answering never: the upload stops on the
     // app (its window full), so the timeout is the app's.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let (listener, addr) = loopback().await;
     tokio::spawn(async move {
         let (s, _) = listener.accept().await.expect("accept");
         tokio::time::sleep(Duration::from_secs(30)).await;
@@ -712,10 +710,7 @@ async fn a_stalled_exchange_times_out_and_says_who_stalled() {
     );
 
     // A client whose body yields one chunk and then nothing: the timeout is the client's.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
+    let (listener, addr) = loopback().await;
     tokio::spawn(async move {
         let (mut s, _) = listener.accept().await.expect("accept");
         let mut sink = vec![0u8; 4096];
