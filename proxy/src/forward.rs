@@ -17,8 +17,11 @@ use crate::headers::{self, HostError};
 use crate::pool::{ConnectError, Key, Pool};
 use crate::state::{wait_phase, Phase, Shared};
 use crate::upstream::{
-    self, Exchange, RequestBody, RequestHead, SendError, UpstreamConn, UpstreamError,
+    self, Exchange, RequestBody, RequestHead, SendError, Stall, UpstreamConn, UpstreamError,
 };
+
+/// What an app that did not accept a connection in time was not doing (the 504's text).
+const CONNECTING: &str = "accepting a connection";
 
 /// Methods `Allow` names when a `CONNECT` is refused: every method is forwarded but
 /// `CONNECT` (hako is not a tunnelling proxy).
@@ -63,11 +66,15 @@ pub enum ProxyError {
         #[source]
         source: ConnectError,
     },
-    /// The instance did not answer with response headers in time: 504.
-    #[error("app '{app}': no response headers from upstream within {timeout:?}")]
+    /// The instance made no progress for `upstream_timeout`: it did not accept a connection,
+    /// stopped reading the request, or sent no response headers: 504.
+    #[error("app '{app}': upstream was not {doing} for {timeout:?}")]
     UpstreamTimeout {
         /// The app.
         app: String,
+        /// What the instance was not doing: "accepting a connection", "reading the request",
+        /// "sending response headers".
+        doing: &'static str,
         /// The configured `upstream_timeout`.
         timeout: Duration,
     },
@@ -280,6 +287,7 @@ async fn forward(
             Err(_) => {
                 return Err(ProxyError::UpstreamTimeout {
                     app: app.to_string(),
+                    doing: CONNECTING,
                     timeout,
                 })
             }
@@ -334,8 +342,8 @@ async fn forward(
     let timeout = shared.opts.upstream_timeout;
     let id = key.id;
     let exchange = match send(shared, &*upstream, key, &head, &mut body, first).await {
-        Err(SendFailure::Send(SendError::TimedOut { waiting_for_client })) => {
-            return Err(if waiting_for_client {
+        Err(SendFailure::Send(SendError::TimedOut(stall))) => {
+            return Err(if stall == Stall::Client {
                 ProxyError::ClientBodyTimeout {
                     app: app.to_string(),
                     timeout,
@@ -343,6 +351,7 @@ async fn forward(
             } else {
                 ProxyError::UpstreamTimeout {
                     app: app.to_string(),
+                    doing: stall.app_was_not(),
                     timeout,
                 }
             })
@@ -350,6 +359,7 @@ async fn forward(
         Err(SendFailure::ConnectTimeout) => {
             return Err(ProxyError::UpstreamTimeout {
                 app: app.to_string(),
+                doing: CONNECTING,
                 timeout,
             })
         }
@@ -450,9 +460,14 @@ async fn send(
 ) -> Result<Exchange, SendFailure> {
     let id = key.id;
     let idle = shared.opts.upstream_timeout;
+    let ctx = upstream::Ctx {
+        tasks: &shared.tracker,
+        idle,
+        phase: &shared.phase,
+    };
     let mut next = Some(first);
     while let Some(conn) = next.take().or_else(|| shared.pool.checkout(key)) {
-        match upstream::send(conn, head, body, &shared.tracker, idle).await {
+        match upstream::send(conn, head, body, &ctx).await {
             Err(SendError::Stale) => {
                 tracing::debug!(upstream = id, "stale pooled connection, retrying");
             }
@@ -463,7 +478,7 @@ async fn send(
         .await
         .map_err(|_| SendFailure::ConnectTimeout)?
         .map_err(SendFailure::Connect)?;
-    upstream::send(conn, head, body, &shared.tracker, idle)
+    upstream::send(conn, head, body, &ctx)
         .await
         .map_err(SendFailure::Send)
 }

@@ -31,6 +31,7 @@ use hyper::body::Incoming;
 use tokio::io::AsyncWrite;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
 pub(crate) use body::UpstreamBody;
@@ -40,6 +41,7 @@ use upload::{Idle, Upload, UploadError};
 
 use crate::activate::Upstream;
 use crate::pool::ConnectError;
+use crate::state::{wait_phase, Phase};
 
 /// Largest response head accepted (hyper's default).
 pub(crate) const MAX_HEAD: usize = 64 << 10;
@@ -119,13 +121,40 @@ pub(crate) enum SendError<E = hyper::Error> {
     Client(E),
     /// The exchange with the app failed.
     Upstream(UpstreamError),
-    /// Nothing moved for the idle timeout: no byte of the request body went out and no
-    /// response head came. `waiting_for_client`: the body was waiting for the client's next
-    /// bytes (a client stalling its upload), not for the app.
-    TimedOut {
-        /// The client, not the app, was the one holding things up.
-        waiting_for_client: bool,
-    },
+    /// Nothing moved for the idle timeout: no byte of the request went out and no response
+    /// head came.
+    TimedOut(Stall),
+}
+
+/// Who held an exchange up when its idle timeout ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stall {
+    /// The client's body had no next bytes (a client stalling its upload).
+    Client,
+    /// The app was not taking the request (head or body).
+    AppReading,
+    /// The request was sent; the app did not send its response head.
+    AppAnswering,
+}
+
+impl Stall {
+    /// What the app was not doing, for the error text (`AppReading`, `AppAnswering`).
+    pub(crate) fn app_was_not(self) -> &'static str {
+        match self {
+            Stall::AppReading => "reading the request",
+            Stall::Client | Stall::AppAnswering => "sending response headers",
+        }
+    }
+}
+
+/// What an exchange needs from the proxy besides the connection and the request.
+pub(crate) struct Ctx<'a> {
+    /// Where the rest of an answered upload runs: the proxy's shutdown tracker.
+    pub(crate) tasks: &'a TaskTracker,
+    /// The idle timeout (`ProxyOptions::upstream_timeout`).
+    pub(crate) idle: Duration,
+    /// The proxy's shutdown phase: the rest of an answered upload stops at `Phase::Force`.
+    pub(crate) phase: &'a watch::Receiver<Phase>,
 }
 
 /// What one wait of [`send`] ended with.
@@ -278,17 +307,16 @@ impl<B: Body<Data = Bytes> + Unpin> RequestBody<B> {
 
 /// Sends `head` and `body` on `conn` and reads the response head. The body is written while
 /// the response is awaited: an answer that comes first is returned at once, and the rest of
-/// the body follows in a task of its own on `tasks` (the connection is not reused then).
+/// the body follows in a task of its own on `ctx.tasks` (the connection is not reused then).
 ///
-/// `idle` bounds the time without progress, not the whole exchange: every write of the body
+/// `ctx.idle` bounds the time without progress, not the whole exchange: every write of the body
 /// to the app gives the app (or the client) `idle` again, so a long upload at any steady pace
 /// passes, and the response head must come within `idle` of the body's last write.
 pub(crate) async fn send<B>(
     mut conn: UpstreamConn,
     head: &RequestHead,
     body: &mut RequestBody<B>,
-    tasks: &TaskTracker,
-    idle: Duration,
+    ctx: &Ctx<'_>,
 ) -> Result<Exchange, SendError<B::Error>>
 where
     B: Body<Data = Bytes> + Unpin + Send + 'static,
@@ -296,10 +324,19 @@ where
 {
     let reused = conn.reused;
     let retryable = |body: &RequestBody<B>| reused && !body.touched;
-    if let Err((written, e)) = conn
-        .write_all_vectored(&mut [IoSlice::new(head.bytes())])
-        .await
-    {
+    let idle = ctx.idle;
+    let sleep = tokio::time::sleep(idle);
+    tokio::pin!(sleep);
+    // The head goes out under the same timer: an app that reads nothing can stall a head
+    // larger than the sockets' buffers. The write is polled first, so the timer is not even
+    // registered when the head goes out at once (the usual case).
+    let mut slices = [IoSlice::new(head.bytes())];
+    let wrote = tokio::select! {
+        biased;
+        r = conn.write_all_vectored(&mut slices) => r,
+        () = &mut sleep => return Err(SendError::TimedOut(Stall::AppReading)),
+    };
+    if let Err((written, e)) = wrote {
         if written == 0 && retryable(body) {
             tracing::debug!(error = %e, "stale upstream connection (write)");
             return Err(SendError::Stale);
@@ -315,8 +352,6 @@ where
     };
     let mut write_error: Option<io::Error> = None;
     let mut got_any = !conn.buf.is_empty();
-    let sleep = tokio::time::sleep(idle);
-    tokio::pin!(sleep);
     let mut timer = Idle::new(sleep, idle);
     loop {
         if !conn.buf.is_empty() {
@@ -325,7 +360,7 @@ where
                     let clean = write_error.is_none();
                     return match upload.filter(|u| !u.finished() && clean) {
                         None => Ok(finish(conn, parsed, clean, None)),
-                        Some(rest) => continue_upload(conn, parsed, rest, body, tasks, idle),
+                        Some(rest) => continue_upload(conn, parsed, rest, body, ctx),
                     };
                 }
                 // An interim response was consumed: look for the next head.
@@ -364,9 +399,12 @@ where
             Step::Read(r) => r,
             Step::Client(e) => return Err(SendError::Client(e)),
             Step::TimedOut => {
-                let waiting_for_client = write_error.is_none()
-                    && upload.as_ref().is_some_and(Upload::waiting_for_client);
-                return Err(SendError::TimedOut { waiting_for_client });
+                let stall = match upload.as_ref() {
+                    Some(up) if write_error.is_none() && up.waiting_for_client() => Stall::Client,
+                    Some(up) if write_error.is_none() && !up.finished() => Stall::AppReading,
+                    _ => Stall::AppAnswering,
+                };
+                return Err(SendError::TimedOut(stall));
             }
         };
         match read {
@@ -402,15 +440,15 @@ where
 }
 
 /// The app answered before the request body was all sent: a task sends the rest on the write
-/// half while the response streams from the read half. The task is on `tasks` (the proxy's
-/// shutdown tracker), so a graceful shutdown waits for the upload too.
+/// half while the response streams from the read half. The task is on `ctx.tasks` (the
+/// proxy's shutdown tracker), so a graceful shutdown waits for the upload too, until its
+/// grace runs out (`Phase::Force`); it is dropped after `ctx.idle` without progress.
 fn continue_upload<B>(
     conn: UpstreamConn,
     parsed: Parsed,
     mut upload: Upload,
     body: &mut RequestBody<B>,
-    tasks: &TaskTracker,
-    idle: Duration,
+    ctx: &Ctx<'_>,
 ) -> Result<Exchange, SendError<B::Error>>
 where
     B: Body<Data = Bytes> + Unpin + Send + 'static,
@@ -434,17 +472,30 @@ where
     };
     let client_failed = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&client_failed);
-    tasks.spawn(async move {
+    let idle = ctx.idle;
+    let mut phase = ctx.phase.clone();
+    ctx.tasks.spawn(async move {
         // The same idle rule as before the answer: an upload that stops moving is dropped.
         let sleep = tokio::time::sleep(idle);
         tokio::pin!(sleep);
         let mut timer = Idle::new(sleep, idle);
-        let done = poll_fn(|cx| match upload.poll(cx, &mut write, &mut rest) {
+        let moving = poll_fn(|cx| match upload.poll(cx, &mut write, &mut rest) {
             Poll::Ready(r) => Poll::Ready(Some(r)),
             Poll::Pending => timer.poll(cx, upload.last_write()).map(|()| None),
-        })
-        .await;
+        });
+        let done = tokio::select! {
+            done = moving => done,
+            () = wait_phase(&mut phase, Phase::Force) => {
+                tracing::debug!("shutdown grace over; the rest of an answered upload dropped");
+                return;
+            }
+        };
         let Some(done) = done else {
+            if upload.waiting_for_client() {
+                // The client stalled: if the app now gives up on its body, that is not the
+                // app's failure.
+                flag.store(true, Ordering::Release);
+            }
             tracing::debug!(
                 idle_ms = idle.as_millis() as u64,
                 "the rest of an answered upload made no progress; dropped"

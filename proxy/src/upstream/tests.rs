@@ -17,6 +17,31 @@ use super::*;
 /// The idle timeout of exchanges in these tests (none of them is meant to reach it).
 const IDLE: Duration = Duration::from_secs(30);
 
+/// Sends with `idle`, the rest of an answered upload on `tasks`, the phase at `phase`.
+async fn send_in<B>(
+    conn: UpstreamConn,
+    head: &RequestHead,
+    body: &mut RequestBody<B>,
+    tasks: &TaskTracker,
+    idle: Duration,
+    phase: &watch::Receiver<Phase>,
+) -> Result<Exchange, SendError<B::Error>>
+where
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: std::fmt::Display + Send,
+{
+    let ctx = Ctx { tasks, idle, phase };
+    send(conn, head, body, &ctx).await
+}
+
+/// A phase channel that stays at `Running`.
+fn running() -> watch::Receiver<Phase> {
+    let (tx, rx) = watch::channel(Phase::Running);
+    // Dropping the sender would look like `serve` gone (every phase reached).
+    std::mem::forget(tx);
+    rx
+}
+
 /// What the scripted server does with one request on a connection.
 #[derive(Clone)]
 enum Step {
@@ -144,7 +169,15 @@ where
 {
     let mut body = RequestBody::new(body);
     let head = RequestHead::encode(&parts(method, false), &body, false);
-    send(conn, &head, &mut body, &TaskTracker::new(), IDLE).await
+    send_in(
+        conn,
+        &head,
+        &mut body,
+        &TaskTracker::new(),
+        IDLE,
+        &running(),
+    )
+    .await
 }
 
 async fn get(conn: UpstreamConn, method: Method) -> Result<Exchange, SendError<Infallible>> {
@@ -481,12 +514,13 @@ async fn switching_protocols_keeps_the_bytes_after_the_head() {
     .await;
     let mut body = RequestBody::new(Empty::<Bytes>::new());
     let head = RequestHead::encode(&parts(Method::GET, true), &body, true);
-    match send(
+    match send_in(
         conn(&srv).await,
         &head,
         &mut body,
         &TaskTracker::new(),
         IDLE,
+        &running(),
     )
     .await
     {
@@ -624,7 +658,7 @@ async fn the_rest_of_an_answered_upload_is_a_tracked_task() {
     let c = UpstreamConn::new(TcpStream::connect(addr).await.expect("connect"));
     let mut body = RequestBody::new(Full::new(data));
     let head = RequestHead::encode(&parts(Method::POST, false), &body, false);
-    let resp = response(send(c, &head, &mut body, &tasks, IDLE).await);
+    let resp = response(send_in(c, &head, &mut body, &tasks, IDLE, &running()).await);
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     drop(resp);
     assert_eq!(tasks.len(), 1, "the upload is not on the tracker");
@@ -641,10 +675,10 @@ async fn the_rest_of_an_answered_upload_is_a_tracked_task() {
 
 #[tokio::test]
 async fn the_rest_of_an_answered_upload_is_dropped_when_the_app_stops_reading() {
-    // The app answers at once and never reads the body. 8 MiB is far more than the sockets
+    // The app answers at once and never reads the body. 32 MiB is far more than the sockets
     // buffer, so the upload task blocks on the write; after the idle timeout without progress
     // it must give up, or it (and a graceful shutdown waiting for it) would hang for ever.
-    const TOTAL: usize = 8 << 20;
+    const TOTAL: usize = 32 << 20;
     let (listener, addr) = loopback().await;
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -666,7 +700,7 @@ async fn the_rest_of_an_answered_upload_is_dropped_when_the_app_stops_reading() 
     let mut body = RequestBody::new(Full::new(Bytes::from(vec![1u8; TOTAL])));
     let head = RequestHead::encode(&parts(Method::POST, false), &body, false);
     let idle = Duration::from_millis(200);
-    let resp = response(send(c, &head, &mut body, &tasks, idle).await);
+    let resp = response(send_in(c, &head, &mut body, &tasks, idle, &running()).await);
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     drop(resp);
     assert_eq!(tasks.len(), 1);
@@ -688,23 +722,19 @@ async fn a_stalled_exchange_times_out_and_says_who_stalled() {
         drop(s);
     });
     let c = UpstreamConn::new(TcpStream::connect(addr).await.expect("connect"));
-    let mut body = RequestBody::new(Full::new(Bytes::from(vec![1u8; 8 << 20])));
+    let mut body = RequestBody::new(Full::new(Bytes::from(vec![1u8; 32 << 20])));
     let head = RequestHead::encode(&parts(Method::POST, false), &body, false);
-    let r = send(
+    let r = send_in(
         c,
         &head,
         &mut body,
         &TaskTracker::new(),
         Duration::from_millis(200),
+        &running(),
     )
     .await;
     assert!(
-        matches!(
-            r,
-            Err(SendError::TimedOut {
-                waiting_for_client: false
-            })
-        ),
+        matches!(r, Err(SendError::TimedOut(Stall::AppReading))),
         "{:?}",
         r.err()
     );
@@ -731,22 +761,100 @@ async fn a_stalled_exchange_times_out_and_says_who_stalled() {
     let c = UpstreamConn::new(TcpStream::connect(addr).await.expect("connect"));
     let mut body = RequestBody::new(stalled);
     let head = RequestHead::encode(&parts(Method::POST, false), &body, false);
-    let r = send(
+    let r = send_in(
         c,
         &head,
         &mut body,
         &TaskTracker::new(),
         Duration::from_millis(200),
+        &running(),
     )
     .await;
     assert!(
-        matches!(
-            r,
-            Err(SendError::TimedOut {
-                waiting_for_client: true
-            })
-        ),
+        matches!(r, Err(SendError::TimedOut(Stall::Client))),
         "{:?}",
         r.err()
     );
+}
+
+#[tokio::test]
+async fn a_head_the_app_does_not_read_times_out_too() {
+    // A head larger than the sockets' buffers (hyper's server accepts heads of hundreds of
+    // KiB) to an app that reads nothing: the head's write is under the idle timeout too.
+    let (listener, addr) = loopback().await;
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.expect("accept");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(s);
+    });
+    let c = UpstreamConn::new(TcpStream::connect(addr).await.expect("connect"));
+    let mut b = Request::builder().method(Method::GET).uri("/");
+    let big = "x".repeat(8000);
+    for i in 0..4000 {
+        b = b.header(format!("x-big-{i}"), big.as_str());
+    }
+    let parts = b.body(()).expect("request").into_parts().0;
+    let mut body = RequestBody::new(Empty::<Bytes>::new());
+    let head = RequestHead::encode(&parts, &body, false);
+    assert!(
+        head.bytes().len() > 30 << 20,
+        "the head must outgrow the buffers"
+    );
+    let r = send_in(
+        c,
+        &head,
+        &mut body,
+        &TaskTracker::new(),
+        Duration::from_millis(200),
+        &running(),
+    )
+    .await;
+    assert!(
+        matches!(r, Err(SendError::TimedOut(Stall::AppReading))),
+        "{:?}",
+        r.err()
+    );
+}
+
+#[tokio::test]
+async fn the_rest_of_an_answered_upload_stops_when_the_shutdown_grace_is_over() {
+    // The app answers and stops reading; the idle timeout is long. At `Phase::Force` the
+    // upload task must end at once, not hold the shutdown for the idle timeout.
+    let (listener, addr) = loopback().await;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let mut got = Vec::new();
+        let mut chunk = vec![0u8; 4096];
+        while find(&got, b"\r\n\r\n").is_none() {
+            let n = s.read(&mut chunk).await.expect("read");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        s.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .expect("head");
+        let _ = done_rx.await;
+    });
+    let (phase_tx, phase) = watch::channel(Phase::Running);
+    let tasks = TaskTracker::new();
+    let c = UpstreamConn::new(TcpStream::connect(addr).await.expect("connect"));
+    let mut body = RequestBody::new(Full::new(Bytes::from(vec![1u8; 32 << 20])));
+    let head = RequestHead::encode(&parts(Method::POST, false), &body, false);
+    let resp = response(send_in(c, &head, &mut body, &tasks, IDLE, &phase).await);
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    drop(resp);
+    assert_eq!(tasks.len(), 1);
+    tasks.close();
+    phase_tx.send(Phase::Draining).expect("phase");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), tasks.wait())
+            .await
+            .is_err(),
+        "the upload ended before the grace was over"
+    );
+    phase_tx.send(Phase::Force).expect("phase");
+    tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+        .await
+        .expect("the upload outlived the shutdown grace");
+    let _ = done_tx.send(());
 }
