@@ -129,8 +129,10 @@ pub async fn serve_listeners<A: Activator>(
         .max_local_error_reset_streams(Some(H2_MAX_LOCAL_ERROR_RESETS));
     let builder = Arc::new(builder);
 
+    // Often enough that connections pooled over the cap (kept `SURPLUS_IDLE`) go soon after
+    // the concurrency that needed them.
     let reap_every =
-        (opts.idle_conn_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(30));
+        (opts.idle_conn_timeout / 2).clamp(Duration::from_millis(100), crate::pool::SURPLUS_IDLE);
     let workers = Workers::start(shared, &builder, reap_every)?;
 
     let limiter = Limiter::new(opts.max_connections_per_client, opts.max_connections);

@@ -38,7 +38,10 @@ pub struct ProxyOptions {
     /// rest of a body the app already answered is dropped after this long without progress.
     /// Default 60 s.
     pub upstream_timeout: Duration,
-    /// Idle keep-alive connections kept per upstream instance. Default 32.
+    /// Idle keep-alive connections kept per upstream instance (per worker) for
+    /// `idle_conn_timeout`. Up to 16 times as many more, those a higher concurrency just
+    /// used, are kept for 2 s, so that a steady concurrency above this reuses its
+    /// connections instead of opening one per request. Default 32; 0 disables pooling.
     pub max_idle_per_upstream: usize,
     /// Idle pooled connections older than this are closed. Default 90 s.
     pub idle_conn_timeout: Duration,
