@@ -34,6 +34,65 @@ where
     send(conn, head, body, &ctx).await
 }
 
+/// The idle timeout of the tests that are meant to reach it.
+const SHORT_IDLE: Duration = Duration::from_millis(200);
+
+/// An app that accepts one connection and then neither reads nor answers (for 30 s).
+async fn silent_app() -> std::net::SocketAddr {
+    let (listener, addr) = loopback().await;
+    tokio::spawn(async move {
+        let (s, _) = listener.accept().await.expect("accept");
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        drop(s);
+    });
+    addr
+}
+
+/// An app that reads one request head, answers `response` at once and then reads nothing,
+/// holding the connection until the sender is used or dropped.
+async fn answering_app(
+    response: &'static [u8],
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let (listener, addr) = loopback().await;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.expect("accept");
+        let mut got = Vec::new();
+        let mut chunk = vec![0u8; 4096];
+        while find(&got, b"\r\n\r\n").is_none() {
+            let n = s.read(&mut chunk).await.expect("read");
+            got.extend_from_slice(&chunk[..n]);
+        }
+        s.write_all(response).await.expect("head");
+        let _ = done_rx.await;
+    });
+    (addr, done_tx)
+}
+
+/// Sends `parts` with `body` to `addr` on a fresh connection, with [`SHORT_IDLE`].
+async fn send_short_idle<B>(
+    addr: std::net::SocketAddr,
+    parts: &http::request::Parts,
+    body: B,
+) -> Result<Exchange, SendError<B::Error>>
+where
+    B: Body<Data = Bytes> + Unpin + Send + 'static,
+    B::Error: std::fmt::Display + Send,
+{
+    let c = UpstreamConn::new(TcpStream::connect(addr).await.expect("connect"));
+    let mut body = RequestBody::new(body);
+    let head = RequestHead::encode(parts, &body, false);
+    send_in(
+        c,
+        &head,
+        &mut body,
+        &TaskTracker::new(),
+        SHORT_IDLE,
+        &running(),
+    )
+    .await
+}
+
 /// A phase channel that stays at `Running`.
 fn running() -> watch::Receiver<Phase> {
     let (tx, rx) = watch::channel(Phase::Running);
@@ -679,28 +738,13 @@ async fn the_rest_of_an_answered_upload_is_dropped_when_the_app_stops_reading() 
     // buffer, so the upload task blocks on the write; after the idle timeout without progress
     // it must give up, or it (and a graceful shutdown waiting for it) would hang for ever.
     const TOTAL: usize = 32 << 20;
-    let (listener, addr) = loopback().await;
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.expect("accept");
-        let mut got = Vec::new();
-        let mut chunk = vec![0u8; 4096];
-        while find(&got, b"\r\n\r\n").is_none() {
-            let n = s.read(&mut chunk).await.expect("read");
-            got.extend_from_slice(&chunk[..n]);
-        }
-        s.write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
-            .await
-            .expect("head");
-        // Holds the socket open, reading nothing, until the test ends.
-        let _ = done_rx.await;
-    });
+    let (addr, done_tx) =
+        answering_app(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n").await;
     let tasks = TaskTracker::new();
     let c = UpstreamConn::new(TcpStream::connect(addr).await.expect("connect"));
     let mut body = RequestBody::new(Full::new(Bytes::from(vec![1u8; TOTAL])));
     let head = RequestHead::encode(&parts(Method::POST, false), &body, false);
-    let idle = Duration::from_millis(200);
-    let resp = response(send_in(c, &head, &mut body, &tasks, idle, &running()).await);
+    let resp = response(send_in(c, &head, &mut body, &tasks, SHORT_IDLE, &running()).await);
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     drop(resp);
     assert_eq!(tasks.len(), 1);
@@ -715,24 +759,8 @@ async fn the_rest_of_an_answered_upload_is_dropped_when_the_app_stops_reading() 
 async fn a_stalled_exchange_times_out_and_says_who_stalled() {
     // An app that reads the head and then nothing, answering never: the upload stops on the
     // app (its window full), so the timeout is the app's.
-    let (listener, addr) = loopback().await;
-    tokio::spawn(async move {
-        let (s, _) = listener.accept().await.expect("accept");
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        drop(s);
-    });
-    let c = UpstreamConn::new(TcpStream::connect(addr).await.expect("connect"));
-    let mut body = RequestBody::new(Full::new(Bytes::from(vec![1u8; 32 << 20])));
-    let head = RequestHead::encode(&parts(Method::POST, false), &body, false);
-    let r = send_in(
-        c,
-        &head,
-        &mut body,
-        &TaskTracker::new(),
-        Duration::from_millis(200),
-        &running(),
-    )
-    .await;
+    let body = Full::new(Bytes::from(vec![1u8; 32 << 20]));
+    let r = send_short_idle(silent_app().await, &parts(Method::POST, false), body).await;
     assert!(
         matches!(r, Err(SendError::TimedOut(Stall::AppReading))),
         "{:?}",
@@ -758,18 +786,7 @@ async fn a_stalled_exchange_times_out_and_says_who_stalled() {
             ))
         },
     )));
-    let c = UpstreamConn::new(TcpStream::connect(addr).await.expect("connect"));
-    let mut body = RequestBody::new(stalled);
-    let head = RequestHead::encode(&parts(Method::POST, false), &body, false);
-    let r = send_in(
-        c,
-        &head,
-        &mut body,
-        &TaskTracker::new(),
-        Duration::from_millis(200),
-        &running(),
-    )
-    .await;
+    let r = send_short_idle(addr, &parts(Method::POST, false), stalled).await;
     assert!(
         matches!(r, Err(SendError::TimedOut(Stall::Client))),
         "{:?}",
@@ -781,34 +798,17 @@ async fn a_stalled_exchange_times_out_and_says_who_stalled() {
 async fn a_head_the_app_does_not_read_times_out_too() {
     // A head larger than the sockets' buffers (hyper's server accepts heads of hundreds of
     // KiB) to an app that reads nothing: the head's write is under the idle timeout too.
-    let (listener, addr) = loopback().await;
-    tokio::spawn(async move {
-        let (s, _) = listener.accept().await.expect("accept");
-        tokio::time::sleep(Duration::from_secs(30)).await;
-        drop(s);
-    });
-    let c = UpstreamConn::new(TcpStream::connect(addr).await.expect("connect"));
     let mut b = Request::builder().method(Method::GET).uri("/");
     let big = "x".repeat(8000);
     for i in 0..4000 {
         b = b.header(format!("x-big-{i}"), big.as_str());
     }
     let parts = b.body(()).expect("request").into_parts().0;
-    let mut body = RequestBody::new(Empty::<Bytes>::new());
-    let head = RequestHead::encode(&parts, &body, false);
-    assert!(
-        head.bytes().len() > 30 << 20,
-        "the head must outgrow the buffers"
-    );
-    let r = send_in(
-        c,
-        &head,
-        &mut body,
-        &TaskTracker::new(),
-        Duration::from_millis(200),
-        &running(),
-    )
-    .await;
+    let size = RequestHead::encode(&parts, &RequestBody::new(Empty::<Bytes>::new()), false)
+        .bytes()
+        .len();
+    assert!(size > 30 << 20, "the head must outgrow the buffers");
+    let r = send_short_idle(silent_app().await, &parts, Empty::<Bytes>::new()).await;
     assert!(
         matches!(r, Err(SendError::TimedOut(Stall::AppReading))),
         "{:?}",
@@ -820,21 +820,8 @@ async fn a_head_the_app_does_not_read_times_out_too() {
 async fn the_rest_of_an_answered_upload_stops_when_the_shutdown_grace_is_over() {
     // The app answers and stops reading; the idle timeout is long. At `Phase::Force` the
     // upload task must end at once, not hold the shutdown for the idle timeout.
-    let (listener, addr) = loopback().await;
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await.expect("accept");
-        let mut got = Vec::new();
-        let mut chunk = vec![0u8; 4096];
-        while find(&got, b"\r\n\r\n").is_none() {
-            let n = s.read(&mut chunk).await.expect("read");
-            got.extend_from_slice(&chunk[..n]);
-        }
-        s.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n")
-            .await
-            .expect("head");
-        let _ = done_rx.await;
-    });
+    let (addr, done_tx) =
+        answering_app(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\n\r\n").await;
     let (phase_tx, phase) = watch::channel(Phase::Running);
     let tasks = TaskTracker::new();
     let c = UpstreamConn::new(TcpStream::connect(addr).await.expect("connect"));

@@ -536,9 +536,7 @@ fn summary(spec: &FrontSpec, samples: &[Sample], mut tls: Vec<f64>, mut plain: V
                 .iter()
                 .filter(|x| x.load == load && x.front == *f)
                 .collect();
-            let join = |g: &dyn Fn(&Sample) -> String| {
-                rows.iter().map(|r| g(r)).collect::<Vec<_>>().join(", ")
-            };
+            let join = |g: &dyn Fn(&Sample) -> String| listed(rows.iter().map(|r| g(r)));
             let rates: Vec<f64> = rows.iter().map(|r| r.rate).collect();
             let p99s: Vec<f64> = rows.iter().filter_map(|r| r.p99_ms).collect();
             let _ = writeln!(
@@ -566,22 +564,14 @@ fn summary(spec: &FrontSpec, samples: &[Sample], mut tls: Vec<f64>, mut plain: V
             let _ = write!(
                 s,
                 "  hako/{f:<9} rate % [{}] med {:.0}",
-                ratios
-                    .iter()
-                    .map(|r| format!("{r:.0}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                listed(ratios.iter().map(|r| format!("{r:.0}"))),
                 median(&ratios).unwrap_or(0.0),
             );
             if let Some(m) = median(&diffs) {
                 let _ = write!(
                     s,
                     "  p99 hako - {f} ms [{}] med {m:+.2}",
-                    diffs
-                        .iter()
-                        .map(|d| format!("{d:+.2}"))
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    listed(diffs.iter().map(|d| format!("{d:+.2}"))),
                 );
             }
             s.push('\n');
@@ -603,6 +593,11 @@ fn summary(spec: &FrontSpec, samples: &[Sample], mut tls: Vec<f64>, mut plain: V
         percentile(&plain, 0.99),
     );
     s
+}
+
+/// The items, comma-separated.
+fn listed(items: impl Iterator<Item = String>) -> String {
+    items.collect::<Vec<_>>().join(", ")
 }
 
 /// hako's and `front`'s samples of `load`, paired by round.
